@@ -1,0 +1,70 @@
+"""One runner for every check: ``nox -s lint typecheck tests`` (the default), docs, demo, bench."""
+
+from __future__ import annotations
+
+import json
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+PACKAGES = ["packages/calm-core", "packages/calm-heads", "packages/calm-codecs"]
+# the CPU wheel on this kind of machine; a bare "torch" would pull a multi-GB CUDA build
+TORCH = "torch==2.13.0"
+TEST_PLUGINS = [
+    "tests/plugins/acme-calm-heads",
+    "tests/plugins/broken-calm-plugin",
+    "tests/plugins/clash-calm-one",
+    "tests/plugins/clash-calm-two",
+]
+TEST_DIRS = ["packages/calm-core/tests", "packages/calm-heads/tests", "packages/calm-codecs/tests", "tests"]
+
+
+def _install_project(session: nox.Session, *extra: str) -> None:
+    session.install(TORCH)
+    session.install(*PACKAGES, *extra)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Install the three packages and the test plugins into one environment; run every test dir."""
+    _install_project(session, "pytest>=8", "pytest-timeout", "torch-optimizer>=0.3", *TEST_PLUGINS)
+    session.run("pytest", "-q", "--timeout=900", *TEST_DIRS, *session.posargs)
+    session.notify("core_alone")
+
+
+@nox.session
+def core_alone(session: nox.Session) -> None:
+    """calm-core installed alone: `calm plugins` reports no heads or codecs instead of failing."""
+    session.install(TORCH)
+    session.install("packages/calm-core")
+    out = session.run("calm", "plugins", "--json", silent=True)
+    data = json.loads(str(out).strip().splitlines()[-1])
+    if data["heads"] or data["codecs"]:
+        session.error(f"calm-core alone should list no components, got {data}")
+    text = session.run("calm", "plugins", silent=True)
+    if "no heads installed" not in str(text):
+        session.error(f"`calm plugins` should say no heads are installed, got: {text}")
+    session.log("calm-core alone: `calm plugins` reports no heads and no codecs")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy, strict, on the three packages' src/."""
+    _install_project(session, "mypy>=1.10")
+    session.run(
+        "mypy",
+        "packages/calm-core/src/calm_core",
+        "packages/calm-heads/src/calm_heads",
+        "packages/calm-codecs/src/calm_codecs",
+    )

@@ -1,0 +1,59 @@
+"""The ``calm`` command: one verb per step of the workflow.
+
+Each verb lives in its own module of this package, listed in :data:`VERBS`, and exposes
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+
+from calm_core.cli.common import CLIError, CalmArgumentParser
+
+__all__ = ["VERBS", "main"]
+
+#: verb name -> module (inside calm_core.cli) implementing it, in workflow order
+VERBS: dict[str, str] = {
+    "plugins": "plugins",
+}
+
+
+def build_parser() -> CalmArgumentParser:
+    from calm_core import __version__
+
+    parser = CalmArgumentParser(
+        prog="calm",
+        description="Continuous Autoregressive Language Models: tokenize, train a codec, train "
+        "CALM or an AR baseline, evaluate with BrierLM, generate.",
+    )
+    parser.add_argument("--version", action="version", version=f"calm {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=CalmArgumentParser)
+    for verb, module_name in VERBS.items():
+        module = import_module(f"calm_core.cli.{module_name}")
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``calm`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except CLIError as exc:
+        print(f"calm {args.verb}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"calm {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from calm_core.cli import main
+
+raise SystemExit(main())

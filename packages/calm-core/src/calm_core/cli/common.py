@@ -1,0 +1,125 @@
+"""Shared pieces of the CLI verbs: argument parsing with suggestions, config files, output dirs."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from pydantic import BaseModel
+
+from calm_core.config import ConfigError, load_config_file, merge_overrides, validate_config
+
+__all__ = [
+    "CLIError",
+    "CalmArgumentParser",
+    "check_input_path",
+    "prepare_output_dir",
+    "print_json",
+    "print_resolved_config",
+    "resolve_config",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class CLIError(Exception):
+    """A usage or input problem reported as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CalmArgumentParser(argparse.ArgumentParser):
+    """argparse with "did you mean" suggestions for unknown verbs and flags."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = ""
+        if "invalid choice:" in message:
+            bad = message.split("invalid choice:", 1)[1].split("(", 1)[0].strip().strip("'\"")
+            choices = self._choices()
+            close = difflib.get_close_matches(bad, choices, n=3, cutoff=0.5)
+            if close:
+                hint = f"\ndid you mean: {', '.join(close)}?"
+        elif message.startswith("unrecognized arguments:"):
+            opts = [o for a in self._actions for o in a.option_strings]
+            bads = [w for w in message.split(":", 1)[1].split() if w.startswith("-")]
+            sugg = []
+            for bad in bads:
+                close = difflib.get_close_matches(bad.split("=")[0], opts, n=2, cutoff=0.5)
+                if close:
+                    sugg.append(f"{bad} -> {' or '.join(close)}")
+            if sugg:
+                hint = "\ndid you mean: " + "; ".join(sugg)
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+    def _choices(self) -> list[str]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return list(action.choices)
+        return []
+
+
+def resolve_config(
+    model: type[M],
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    base: Mapping[str, Any] | None = None,
+) -> M:
+    """Defaults <- ``base`` <- config file <- flag overrides, validated into ``model``."""
+    data: dict[str, Any] = dict(base or {})
+    if config_file is not None:
+        try:
+            data = merge_overrides(data, load_config_file(config_file))
+        except ConfigError as exc:
+            raise CLIError(str(exc)) from None
+    data = merge_overrides(data, dict(overrides or {}))
+    try:
+        return validate_config(model, data)
+    except ConfigError as exc:
+        where = f" (from {config_file} and flags)" if config_file else ""
+        raise CLIError(f"{exc}{where}") from None
+
+
+def print_resolved_config(title: str, config: BaseModel | Mapping[str, Any]) -> None:
+    """Print the config a verb will run with, to stderr (stdout stays clean for --json)."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
+    print(f"{title}:\n{json.dumps(data, indent=2)}", file=sys.stderr)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=True, default=str))
+
+
+def check_input_path(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{what} {p} does not exist")
+    return p
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool, resume: bool = False) -> Path:
+    """Create an output directory; refuse a non-empty one unless ``overwrite`` or ``resume``."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CLIError(f"output path {p} exists and is not a directory")
+    if p.is_dir() and any(p.iterdir()) and not (overwrite or resume):
+        raise CLIError(
+            f"output directory {p} is not empty; pass --overwrite to replace its contents "
+            "(or --resume to continue a run)"
+        )
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / ".calm-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CLIError(f"output directory {p} is not writable: {exc.strerror or exc}") from None
+    return p

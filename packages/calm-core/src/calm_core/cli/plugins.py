@@ -1,0 +1,66 @@
+"""``calm plugins``: every installed head and codec, its provider and config fields."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from calm_core.cli.common import print_json
+
+HELP = "List installed heads and codecs with their providing distribution and config fields."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def collect() -> dict[str, Any]:
+    """Every registered component (loaded, so broken ones are found) and the load errors."""
+    from calm_core.registry import codecs, heads
+
+    out: dict[str, Any] = {}
+    for key, registry in (("heads", heads), ("codecs", codecs)):
+        table: dict[str, Any] = {}
+        for name, cls in registry.load_all().items():
+            info = registry.info(name)
+            table[name] = {
+                "distribution": info.distribution,
+                "version": info.version,
+                "class": f"{cls.__module__}.{cls.__qualname__}",
+                "config_schema": cls.config_class.model_json_schema(),
+            }
+        out[key] = table
+    out["errors"] = [
+        {"group": e.group, "name": e.name, "distribution": e.distribution, "error": e.error}
+        for e in heads.load_errors() + codecs.load_errors()
+    ]
+    return out
+
+
+def _fields(schema: dict[str, Any]) -> str:
+    props = schema.get("properties", {})
+    parts = []
+    for name, prop in props.items():
+        default = f"={prop['default']!r}" if "default" in prop else ""
+        parts.append(f"{name}{default}")
+    return ", ".join(parts) or "(no fields)"
+
+
+def run(args: argparse.Namespace) -> int:
+    data = collect()
+    if args.json:
+        print_json(data)
+        return 0
+    for key, hint in (("heads", "calm-heads"), ("codecs", "calm-codecs")):
+        table = data[key]
+        print(f"{key}:")
+        if not table:
+            print(f"  (no {key} installed; pip install {hint})")
+        for name, row in table.items():
+            print(f"  {name}  [{row['distribution']} {row['version']}]  {row['class']}")
+            print(f"      config: {_fields(row['config_schema'])}")
+    if data["errors"]:
+        print("plugins that failed to load:")
+        for e in data["errors"]:
+            print(f"  {e['group']}:{e['name']} ({e['distribution']}): {e['error']}")
+    return 0

@@ -1,0 +1,297 @@
+"""Model directories: ``config.json`` + ``model.safetensors``, no pickle anywhere.
+
+``config.json`` holds the full validated config, the library version, and for each component its
+registered name and providing distribution, so loading a directory whose component is not installed
+can say which distribution to install. Tied parameters are stored once and restored as aliases.
+Both files are written to temporary names and renamed, so a crash never leaves a torn directory.
+
+Two kinds of object are saved here:
+
+* registered components (:class:`calm_core.interfaces.Component`: heads and codecs), rebuilt
+  through their registry;
+* core models (CALM, the AR baseline) that implement :class:`PretrainedModel`, rebuilt through
+  :data:`MODEL_TYPES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "MODEL_TYPES",
+    "WEIGHTS_NAME",
+    "ComponentNotInstalledError",
+    "ModelLoadError",
+    "PretrainedModel",
+    "component_record",
+    "ensure_installed",
+    "load_pretrained",
+    "load_weights",
+    "read_config",
+    "save_pretrained",
+    "save_weights",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+_ALIASES_KEY = "calm.aliases"
+
+#: core model types, imported lazily by ``load_pretrained``: type name -> "module:Class".
+MODEL_TYPES: dict[str, str] = {
+    "calm": "calm_core.calm:CALM",
+    "transformer_lm": "calm_core.transformer_lm:TransformerLM",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that cannot be loaded (missing file, corrupted weights, wrong tensor)."""
+
+
+class ComponentNotInstalledError(ModelLoadError):
+    """The directory needs a component whose providing distribution is not installed."""
+
+
+@runtime_checkable
+class PretrainedModel(Protocol):
+    """A core model saved as a model directory (CALM, TransformerLM)."""
+
+    model_type: ClassVar[str]
+
+    def config_dict(self) -> dict[str, Any]:
+        """The full validated config, JSON-serialisable."""
+        ...
+
+    def component_records(self) -> dict[str, dict[str, str]]:
+        """For each registered component inside: its group, name, distribution and version."""
+        ...
+
+    @classmethod
+    def from_config_dict(cls, config: Mapping[str, Any]) -> Self:
+        """Build the model (random weights) from :meth:`config_dict`'s output."""
+        ...
+
+
+def _library_version() -> str:
+    from calm_core import __version__
+
+    return __version__
+
+
+def component_record(component: nn.Module) -> dict[str, str]:
+    """Name, group and provider of a registered component (for ``config.json``)."""
+    from calm_core.registry import registry_for
+
+    kind = getattr(component, "kind", None)
+    if kind is None:
+        raise TypeError(f"{type(component).__qualname__} is not a calm component")
+    info = registry_for(kind).identify(type(component))
+    return {
+        "group": info.group,
+        "name": info.name,
+        "distribution": info.distribution,
+        "version": info.version,
+    }
+
+
+def ensure_installed(record: Mapping[str, str]) -> None:
+    """Raise :class:`ComponentNotInstalledError` if the component of a record is not available."""
+    from calm_core.registry import registry_for
+
+    group = record["group"]
+    kind = group.split(".", 1)[-1]
+    registry = registry_for(kind)
+    if record["name"] not in registry:
+        dist = record.get("distribution", "?")
+        version = record.get("version", "")
+        hint = (
+            "it was registered in-process when saved; register it again before loading"
+            if dist.startswith("<")
+            else f"install it with: pip install '{dist}{'==' + version if version else ''}'"
+        )
+        raise ComponentNotInstalledError(
+            f"this model needs the {kind[:-1]} '{record['name']}' (entry-point group '{group}') "
+            f"from the distribution '{dist}' {version}, which is not installed; {hint}. "
+            f"Installed {kind}: {', '.join(registry.names()) or 'none'}."
+        )
+
+
+# ------------------------------------------------------------------------------------------ weights
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_weights(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Write a state dict to safetensors atomically; tied tensors are stored once."""
+    canonical: dict[tuple[Any, ...], str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in state.items():
+        t = tensor.detach()
+        key = (
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.dtype,
+        )
+        if t.numel() > 0 and key in canonical:
+            aliases[name] = canonical[key]
+            continue
+        canonical[key] = name
+        tensors[name] = t.contiguous().cpu()
+    metadata = {"format": "pt", _ALIASES_KEY: json.dumps(aliases)}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file (aliases restored), with errors that name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"weights file {p} does not exist")
+    out: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(p), framework="pt", device=str(device)) as f:  # type: ignore[no-untyped-call]
+            meta = f.metadata() or {}
+            for name in f.keys():
+                out[name] = f.get_tensor(name)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"weights file {p} is corrupted or truncated ({exc}); re-save or re-download it"
+        ) from None
+    for alias, target in json.loads(meta.get(_ALIASES_KEY, "{}")).items():
+        if target not in out:
+            raise ModelLoadError(f"weights file {p}: alias '{alias}' points at missing '{target}'")
+        out[alias] = out[target]
+    return out
+
+
+def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``module`` strictly, with errors naming the file and tensor."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        raise ModelLoadError(
+            f"{source} lacks tensor '{missing[0]}' expected by {type(module).__qualname__}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    if unexpected:
+        raise ModelLoadError(
+            f"{source} has tensor '{unexpected[0]}' that {type(module).__qualname__} does not have"
+            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+        )
+    for name, ref in expected.items():
+        got = state[name]
+        if got.shape != ref.shape:
+            raise ModelLoadError(
+                f"{source}: tensor '{name}' has shape {tuple(got.shape)} but the model expects "
+                f"{tuple(ref.shape)} (does config.json match the weights?)"
+            )
+    with torch.no_grad():
+        module.load_state_dict({k: state[k] for k in expected}, strict=True)
+
+
+# ------------------------------------------------------------------------------------ directories
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read and sanity-check a model directory's ``config.json``."""
+    d = Path(path)
+    cfg_path = d / CONFIG_NAME
+    if not d.is_dir():
+        raise ModelLoadError(f"model directory {d} does not exist")
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"{d} is not a calm model directory: {CONFIG_NAME} is missing")
+    try:
+        data = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{cfg_path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or "type" not in data or "config" not in data:
+        raise ModelLoadError(
+            f"{cfg_path} is not a calm model config (no 'type'/'config'); reference checkpoints "
+            "must be converted first: calm convert-reference SRC DST"
+        )
+    return data
+
+
+def save_pretrained(model: nn.Module, path: str | Path) -> Path:
+    """Save a registered component or a core model as a model directory."""
+    from calm_core.interfaces import Component
+
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"calm_format": FORMAT_VERSION, "library_version": _library_version()}
+    if isinstance(model, Component):
+        record["type"] = model.kind
+        record["component"] = component_record(model)
+        record["context"] = model.context()
+        record["config"] = model.config.model_dump(mode="json")
+    elif isinstance(model, PretrainedModel):
+        record["type"] = model.model_type
+        record["components"] = model.component_records()
+        record["config"] = model.config_dict()
+    else:
+        raise TypeError(
+            f"cannot save {type(model).__qualname__}: it is neither a registered component nor a "
+            "calm core model"
+        )
+    save_weights(model.state_dict(), d / WEIGHTS_NAME)
+    text = json.dumps(record, indent=2, sort_keys=False) + "\n"
+    _atomic_write(d / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return d
+
+
+def build_from_record(record: Mapping[str, Any]) -> nn.Module:
+    """Construct (random weights) the object a ``config.json`` record describes."""
+    from calm_core.config import validate_component_config
+    from calm_core.registry import registry_for
+
+    kind = record["type"]
+    if kind in ("head", "codec"):
+        comp = record["component"]
+        ensure_installed(comp)
+        cls = registry_for(kind).get(comp["name"])
+        config = validate_component_config(cls, record["config"], path=kind)
+        return cls(config, **record.get("context", {}))  # type: ignore[no-any-return]
+    if kind in MODEL_TYPES:
+        for comp in record.get("components", {}).values():
+            ensure_installed(comp)
+        module_name, _, attr = MODEL_TYPES[kind].partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+        return cls.from_config_dict(record["config"])  # type: ignore[no-any-return]
+    raise ModelLoadError(
+        f"unknown model type '{kind}'; known: head, codec, {', '.join(MODEL_TYPES)}"
+    )
+
+
+def load_pretrained(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load any model directory written by :func:`save_pretrained` (in eval mode)."""
+    d = Path(path)
+    record = read_config(d)
+    model = build_from_record(record)
+    state = load_weights(d / WEIGHTS_NAME, device=map_location)
+    load_state_into(model, state, str(d / WEIGHTS_NAME))
+    model.to(map_location)
+    model.eval()
+    return model

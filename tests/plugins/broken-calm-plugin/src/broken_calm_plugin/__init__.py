@@ -1,0 +1,1 @@
+"""Test fixture package of deliberately broken plugins."""

@@ -1,0 +1,1 @@
+"""Test fixture: claims the head name 'clash.head' (so does its twin)."""
