@@ -10,6 +10,7 @@ the field path, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from collections.abc import Mapping
@@ -68,7 +69,9 @@ def format_validation_error(
         etype = err.get("type", "")
         if etype == "extra_forbidden":
             allowed = sorted(_fields_at(model, loc[:-1]))
-            detail = f"unknown field (allowed fields: {', '.join(allowed)})" if allowed else msg
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            detail = f"unknown field (allowed fields: {', '.join(allowed)}){hint}" if allowed else msg
         elif etype == "missing":
             detail = "field required"
         else:

@@ -41,7 +41,10 @@ def build_parser() -> CalmArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``calm`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if extra:  # report unknown flags from the verb's own parser, which knows its options
+        verb_parser = parser.verb_parsers().get(getattr(args, "verb", None) or "", parser)
+        verb_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2

@@ -59,11 +59,15 @@ class CalmArgumentParser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}{hint}\n")
 
-    def _choices(self) -> list[str]:
+    def verb_parsers(self) -> dict[str, argparse.ArgumentParser]:
+        """The sub-parsers by verb name (empty for a parser without verbs)."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
-                return list(action.choices)
-        return []
+                return dict(action.choices)
+        return {}
+
+    def _choices(self) -> list[str]:
+        return list(self.verb_parsers())
 
 
 def resolve_config(

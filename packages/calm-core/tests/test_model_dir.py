@@ -1,0 +1,127 @@
+"""Model directories: bitwise round trip, tied weights, and the error for every broken case."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tiny_components import TinyCodec, TinyCodecConfig, TinyHead, TinyHeadConfig
+
+from calm_core.model_dir import (
+    ComponentNotInstalledError,
+    ModelLoadError,
+    load_pretrained,
+    read_config,
+    save_pretrained,
+)
+from calm_core.registry import codecs, heads
+
+
+@pytest.fixture
+def registered() -> Iterator[None]:
+    heads.register("test.tiny", TinyHead)
+    codecs.register("test.codec", TinyCodec)
+    yield
+    heads.unregister("test.tiny")
+    codecs.unregister("test.codec")
+
+
+def _codec() -> TinyCodec:
+    torch.manual_seed(0)
+    return TinyCodec(TinyCodecConfig(vocab_size=13))
+
+
+def test_codec_round_trip_is_bitwise_and_keeps_ties(registered: None, tmp_path: Path) -> None:
+    codec = _codec()
+    save_pretrained(codec, tmp_path / "m")
+    record = read_config(tmp_path / "m")
+    assert record["type"] == "codec" and record["library_version"] == "0.1.0"
+    assert record["component"]["name"] == "test.codec"
+    assert record["component"]["distribution"] == "<in-process>"
+    assert record["config"] == {"vocab_size": 13, "chunk_size": 2, "latent_size": 4}
+    stored = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert "out.weight" not in stored, "tied weight stored twice"
+    loaded = TinyCodec.from_pretrained(tmp_path / "m")
+    assert not loaded.training
+    for k, v in codec.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert loaded.out.weight is loaded.embed.weight or torch.equal(
+        loaded.out.weight, loaded.embed.weight
+    )
+
+
+def test_head_round_trip_records_context(registered: None, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    head = TinyHead(TinyHeadConfig(width=3), hidden_size=5, latent_size=2)
+    head.save_pretrained(tmp_path / "h")
+    assert read_config(tmp_path / "h")["context"] == {"hidden_size": 5, "latent_size": 2}
+    loaded = load_pretrained(tmp_path / "h")
+    assert isinstance(loaded, TinyHead) and loaded.hidden_size == 5
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    with pytest.raises(TypeError, match="holds a TinyHead, not a TinyCodec"):
+        TinyCodec.from_pretrained(tmp_path / "h")
+
+
+def test_missing_provider_names_distribution(registered: None, tmp_path: Path) -> None:
+    save_pretrained(_codec(), tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["component"].update(name="acme.codec", distribution="acme-calm-codecs", version="2.0.1")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ComponentNotInstalledError) as err:
+        load_pretrained(tmp_path / "m")
+    msg = str(err.value)
+    assert "codec 'acme.codec'" in msg and "pip install 'acme-calm-codecs==2.0.1'" in msg
+
+
+def test_truncated_weights(registered: None, tmp_path: Path) -> None:
+    save_pretrained(_codec(), tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match=r"model.safetensors is corrupted or truncated"):
+        load_pretrained(tmp_path / "m")
+
+
+def test_garbage_weights(registered: None, tmp_path: Path) -> None:
+    save_pretrained(_codec(), tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="corrupted or truncated"):
+        load_pretrained(tmp_path / "m")
+
+
+def test_missing_and_misshapen_tensor(registered: None, tmp_path: Path) -> None:
+    save_pretrained(_codec(), tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    state = load_file(str(w))
+    with safe_open(str(w), framework="pt") as f:
+        meta = f.metadata()
+    del state["enc.bias"]
+    save_file(state, str(w), metadata=meta)
+    with pytest.raises(ModelLoadError, match=r"model.safetensors lacks tensor 'enc.bias'"):
+        load_pretrained(tmp_path / "m")
+    state["enc.bias"] = torch.zeros(3)
+    save_file(state, str(w), metadata=meta)
+    with pytest.raises(ModelLoadError, match=r"tensor 'enc.bias' has shape \(3,\).*expects \(8,\)"):
+        load_pretrained(tmp_path / "m")
+
+
+def test_not_a_model_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_pretrained(tmp_path / "nope")
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ModelLoadError, match="calm convert-reference"):
+        load_pretrained(tmp_path / "ref")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json is missing"):
+        load_pretrained(tmp_path / "empty")
+
+
+def test_unregistered_component_cannot_be_saved(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="not registered as one of the codecs"):
+        save_pretrained(_codec(), tmp_path / "m")
