@@ -19,7 +19,12 @@ TEST_PLUGINS = [
     "tests/plugins/clash-calm-one",
     "tests/plugins/clash-calm-two",
 ]
-TEST_DIRS = ["packages/calm-core/tests", "packages/calm-heads/tests", "packages/calm-codecs/tests", "tests"]
+TEST_DIRS = [
+    "packages/calm-core/tests",
+    "packages/calm-heads/tests",
+    "packages/calm-codecs/tests",
+    "tests",
+]
 
 
 def _install_project(session: nox.Session, *extra: str) -> None:

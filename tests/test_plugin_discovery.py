@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-
 from calm_core.registry import PluginConflictError, UnknownComponentError, codecs, heads
 from calm_core.testing import HeadConformance
 
@@ -69,7 +68,9 @@ def test_broken_plugin_is_recorded_and_isolated() -> None:
     with pytest.raises(UnknownComponentError, match="not a subclass of .*GenerativeHead"):
         heads.get("broken.not_a_head")
     errors = {e.name: e for e in heads.load_errors()}
-    assert "broken.import" in errors and errors["broken.import"].distribution == "broken-calm-plugin"
+    assert (
+        "broken.import" in errors and errors["broken.import"].distribution == "broken-calm-plugin"
+    )
     assert "not a subclass" in errors["broken.not_a_head"].error
     assert "broken.import" not in heads.names()
     # the host and the other plugins keep working
@@ -118,7 +119,9 @@ def test_disable_plugins_env_hides_third_parties() -> None:
 def test_calm_plugins_cli_lists_providers_and_errors() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "calm_core.cli", "plugins", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     data = json.loads(out)
     acme = data["heads"]["acme.gaussian"]
@@ -127,7 +130,10 @@ def test_calm_plugins_cli_lists_providers_and_errors() -> None:
     failed = {e["name"] for e in data["errors"]}
     assert {"broken.import", "broken.not_a_head", "energyy", "clash.head", "broken.codec"} <= failed
     text = subprocess.run(
-        [sys.executable, "-m", "calm_core.cli", "plugins"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "calm_core.cli", "plugins"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "acme.gaussian  [acme-calm-heads 1.2.3]" in text and "width=32" in text
     assert "plugins that failed to load:" in text

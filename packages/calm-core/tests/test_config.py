@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from pydantic import Field
-
 from calm_core.config import (
     ComponentSpec,
     ConfigError,
@@ -18,6 +16,7 @@ from calm_core.config import (
     merge_overrides,
     validate_config,
 )
+from pydantic import Field
 
 
 class Inner(ConfigModel):
@@ -41,7 +40,9 @@ def test_defaults_and_schema() -> None:
 def test_unknown_key_names_path_and_allowed_fields() -> None:
     with pytest.raises(ConfigError) as err:
         validate_config(Outer, {"inner": {"sise": 3}})
-    assert "inner.sise: unknown field (allowed fields: kind, size); did you mean 'size'?" in str(err.value)
+    assert "inner.sise: unknown field (allowed fields: kind, size); did you mean 'size'?" in str(
+        err.value
+    )
     assert err.value.errors[0][0] == "inner.sise"
 
 
@@ -67,7 +68,9 @@ def test_assignment_is_validated() -> None:
 def test_config_files_and_overrides(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text(json.dumps({"inner": {"size": 7}}))
     (tmp_path / "b.toml").write_text('rate = 0.5\n[inner]\nkind = "b"\n')
-    data = merge_overrides(load_config_file(tmp_path / "a.json"), load_config_file(tmp_path / "b.toml"))
+    data = merge_overrides(
+        load_config_file(tmp_path / "a.json"), load_config_file(tmp_path / "b.toml")
+    )
     data = merge_overrides(data, {"head.name": "flow", "head.config.noise_size": 16, "rate": None})
     cfg = validate_config(Outer, data)
     assert (cfg.inner.size, cfg.inner.kind, cfg.rate) == (7, "b", 0.5)

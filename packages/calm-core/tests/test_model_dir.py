@@ -8,10 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from tiny_components import TinyCodec, TinyCodecConfig, TinyHead, TinyHeadConfig
-
 from calm_core.model_dir import (
     ComponentNotInstalledError,
     ModelLoadError,
@@ -20,6 +16,9 @@ from calm_core.model_dir import (
     save_pretrained,
 )
 from calm_core.registry import codecs, heads
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tiny_components import TinyCodec, TinyCodecConfig, TinyHead, TinyHeadConfig
 
 
 @pytest.fixture

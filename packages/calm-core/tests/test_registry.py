@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tiny_components import TinyCodec, TinyHead, TinyHeadConfig
-
 from calm_core.config import ConfigError
 from calm_core.registry import (
     IN_PROCESS,
@@ -15,6 +13,7 @@ from calm_core.registry import (
     heads,
     registry_for,
 )
+from tiny_components import TinyCodec, TinyHead, TinyHeadConfig
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
-from torch import Tensor, nn
-
 from calm_core.config import ConfigModel
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
+from pydantic import Field
+from torch import Tensor, nn
 
 
 class TinyHeadConfig(ConfigModel):

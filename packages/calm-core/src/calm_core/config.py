@@ -71,7 +71,9 @@ def format_validation_error(
             allowed = sorted(_fields_at(model, loc[:-1]))
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            detail = f"unknown field (allowed fields: {', '.join(allowed)}){hint}" if allowed else msg
+            detail = (
+                f"unknown field (allowed fields: {', '.join(allowed)}){hint}" if allowed else msg
+            )
         elif etype == "missing":
             detail = "field required"
         else:
@@ -132,7 +134,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}")
+        kind = p.suffix.lstrip(".") or "JSON"
+        raise ConfigError(f"config file {p} is not valid {kind}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a JSON/TOML object at the top level")
     return data

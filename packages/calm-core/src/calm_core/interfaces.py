@@ -61,7 +61,7 @@ class LatentPosterior:
         return int(self.mean.shape[-1])
 
     def sample(self, n: int | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Draw latents ``mean + std * eps``: ``[n, ..., D]``, or ``[..., D]`` when ``n`` is None."""
+        """Draw ``mean + std * eps``: ``[n, ..., D]``, or ``[..., D]`` when ``n`` is None."""
         shape = self.mean.shape if n is None else (n, *self.mean.shape)
         eps = torch.randn(
             shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype

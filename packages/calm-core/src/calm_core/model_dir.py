@@ -175,7 +175,7 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[s
     try:
         with safe_open(str(p), framework="pt", device=str(device)) as f:  # type: ignore[no-untyped-call]
             meta = f.metadata() or {}
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 out[name] = f.get_tensor(name)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(

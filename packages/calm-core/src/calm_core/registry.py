@@ -4,12 +4,13 @@ One :class:`Registry` per entry-point group: ``heads`` reads ``calm.heads`` and 
 ``calm.codecs``. First-party components are published through the same entry points as third-party
 plugins, so nothing is privileged.
 
-Discovery is lazy. Importing :mod:`calm_core` scans nothing; :meth:`Registry.names` reads entry-point
-metadata without importing any plugin module; :meth:`Registry.get` imports exactly one entry point,
-once, and caches the class. A plugin that fails to import, or exports something that is not a
-subclass of the group's base class, is recorded in :meth:`Registry.load_errors` and skipped: it never
-breaks the host or the other plugins. Two distributions claiming one name is an error naming both
-(never first-wins). ``CALM_DISABLE_PLUGINS=1`` hides every third-party distribution.
+Discovery is lazy. Importing :mod:`calm_core` scans nothing; :meth:`Registry.names` reads
+entry-point metadata without importing any plugin module; :meth:`Registry.get` imports exactly one
+entry point, once, and caches the class. A plugin that fails to import, or exports something that
+is not a subclass of the group's base class, is recorded in :meth:`Registry.load_errors` and
+skipped: it never breaks the host or the other plugins. Two distributions claiming one name is an
+error naming both (never first-wins). ``CALM_DISABLE_PLUGINS=1`` hides every third-party
+distribution.
 
 Names without a dot are reserved for the first-party distributions; third parties use
 ``vendor.name``.
@@ -176,7 +177,7 @@ class Registry(Generic[T]):
             return entries
 
     def refresh(self) -> None:
-        """Forget everything discovered (in-process registrations included) and rescan on next use."""
+        """Forget everything discovered (in-process registrations too); rescan on next use."""
         with self._lock:
             self._entries = None
             self._errors = []
@@ -210,10 +211,12 @@ class Registry(Generic[T]):
         entry = entries[name]
         if entry.conflicts:
             providers = " and ".join(
-                f"'{i.distribution}' ({i.version}, {i.value})" for i in [entry.info, *entry.conflicts]
+                f"'{i.distribution}' ({i.version}, {i.value})"
+                for i in [entry.info, *entry.conflicts]
             )
             raise PluginConflictError(
-                f"{self.kind[:-1]} '{name}' is provided by more than one distribution: {providers}. "
+                f"{self.kind[:-1]} '{name}' is provided by more than one distribution: "
+                f"{providers}. "
                 "Uninstall one of them; calm never picks one silently."
             )
         return entry

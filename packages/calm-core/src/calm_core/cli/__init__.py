@@ -10,13 +10,14 @@ import sys
 from collections.abc import Sequence
 from importlib import import_module
 
-from calm_core.cli.common import CLIError, CalmArgumentParser
+from calm_core.cli.common import CalmArgumentParser, CLIError
 
 __all__ = ["VERBS", "main"]
 
 #: verb name -> module (inside calm_core.cli) implementing it, in workflow order
 VERBS: dict[str, str] = {
     "plugins": "plugins",
+    "convert-reference": "convert_reference",
 }
 
 

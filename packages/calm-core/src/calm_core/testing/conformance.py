@@ -64,7 +64,9 @@ class HeadConformance:
         perturb_parameters(head)
         return head
 
-    def make_inputs(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, LatentPosterior]:
+    def make_inputs(
+        self, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, LatentPosterior]:
         gen = torch.Generator().manual_seed(1)
         n, h, d = self.num_positions, self.hidden_size, self.latent_size
         hidden = torch.randn(n, h, generator=gen, dtype=dtype)
@@ -233,5 +235,7 @@ class CodecConformance:
         tokens = self.make_tokens(codec)
         with torch.no_grad():
             assert torch.equal(codec.encode(tokens).mean, loaded.encode(tokens).mean)
-            assert torch.equal(codec.decode_tokens(codec.encode(tokens).mean),
-                               loaded.decode_tokens(loaded.encode(tokens).mean))
+            assert torch.equal(
+                codec.decode_tokens(codec.encode(tokens).mean),
+                loaded.decode_tokens(loaded.encode(tokens).mean),
+            )

@@ -53,9 +53,7 @@ def fixture_names(prefix: str = "") -> list[str]:
     if d is None:
         return []
     return sorted(
-        p.stem
-        for p in d.glob(f"{prefix}*.json")
-        if (d / f"{p.stem}.safetensors").is_file()
+        p.stem for p in d.glob(f"{prefix}*.json") if (d / f"{p.stem}.safetensors").is_file()
     )
 
 

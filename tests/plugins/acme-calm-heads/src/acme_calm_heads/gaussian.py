@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
-from torch import Tensor, nn
-
 from calm_core.config import ConfigModel
 from calm_core.interfaces import GenerativeHead, LatentPosterior
+from pydantic import Field
+from torch import Tensor, nn
 
 
 class DiagonalGaussianConfig(ConfigModel):
@@ -25,7 +24,9 @@ class DiagonalGaussianHead(GenerativeHead):
     ) -> None:
         super().__init__(config, hidden_size=hidden_size, latent_size=latent_size)
         self.net = nn.Sequential(
-            nn.Linear(hidden_size, config.width), nn.SiLU(), nn.Linear(config.width, 2 * latent_size)
+            nn.Linear(hidden_size, config.width),
+            nn.SiLU(),
+            nn.Linear(config.width, 2 * latent_size),
         )
 
     def _params(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
