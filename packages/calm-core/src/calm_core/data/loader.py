@@ -135,12 +135,12 @@ class BlockLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a saved position; the data and the global batch must match."""
-        for key in ("seed", "seq_len", "num_blocks", "shuffle", "global_batch_size"):
-            mine = self.global_batch_size if key == "global_batch_size" else getattr(self, key)
+        """Continue from a saved position (of any batch size); data, seq_len and seed must match."""
+        for key in ("seed", "seq_len", "num_blocks", "shuffle"):
+            mine = getattr(self, key)
             if key in state and state[key] != mine:
                 raise DataError(
                     f"cannot resume the loader: saved {key}={state[key]!r} but this loader has "
-                    f"{key}={mine!r}; resume with the same data, seq_len, seed and global batch"
+                    f"{key}={mine!r}; resume with the same data, seq_len and seed"
                 )
         self.position = int(state["position"])

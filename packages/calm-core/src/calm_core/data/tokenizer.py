@@ -113,7 +113,7 @@ class Tokenizer(ABC):
             meta = json.loads(cfg_path.read_text(encoding="utf-8"))
         if meta.get("kind") == ByteTokenizer.kind or _is_byte_description(path):
             return ByteTokenizer()
-        return BPETokenizer.from_file(path, pad_token=meta.get("pad"), eos_token=meta.get("eos"))
+        return BPETokenizer.load_file(path, pad_token=meta.get("pad"), eos_token=meta.get("eos"))
 
     @staticmethod
     def byte_level() -> ByteTokenizer:
@@ -128,7 +128,7 @@ class Tokenizer(ABC):
     @staticmethod
     def from_file(path: str | Path) -> BPETokenizer:
         """Load an existing local ``tokenizer.json`` (EOS/PAD found by name, or added)."""
-        return BPETokenizer.from_file(Path(path))
+        return BPETokenizer.load_file(Path(path))
 
 
 def _is_byte_description(path: Path) -> bool:
@@ -252,7 +252,7 @@ class BPETokenizer(Tokenizer):
         return cls(tok, PAD_TOKEN, EOS_TOKEN)
 
     @classmethod
-    def from_file(
+    def load_file(
         cls, path: Path, *, pad_token: str | None = None, eos_token: str | None = None
     ) -> BPETokenizer:
         """Load a local ``tokenizer.json``; PAD/EOS are found by name or added as new tokens."""
