@@ -19,11 +19,14 @@ TEST_PLUGINS = [
     "tests/plugins/clash-calm-one",
     "tests/plugins/clash-calm-two",
 ]
+# the example third-party plugin: CI installs it like a user would and runs its own tests
+EXAMPLE_PLUGIN = "examples/calm-head-gaussian"
 TEST_DIRS = [
     "packages/calm-core/tests",
     "packages/calm-heads/tests",
     "packages/calm-codecs/tests",
     "tests",
+    f"{EXAMPLE_PLUGIN}/tests",
 ]
 
 
@@ -35,7 +38,14 @@ def _install_project(session: nox.Session, *extra: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Install the three packages and the test plugins into one environment; run every test dir."""
-    _install_project(session, "pytest>=8", "pytest-timeout", "torch-optimizer>=0.3", *TEST_PLUGINS)
+    _install_project(
+        session,
+        "pytest>=8",
+        "pytest-timeout",
+        "torch-optimizer>=0.3",
+        *TEST_PLUGINS,
+        EXAMPLE_PLUGIN,
+    )
     session.run("pytest", "-q", "--timeout=900", *TEST_DIRS, *session.posargs)
     session.notify("core_alone")
 
@@ -73,3 +83,23 @@ def typecheck(session: nox.Session) -> None:
         "packages/calm-heads/src/calm_heads",
         "packages/calm-codecs/src/calm_codecs",
     )
+
+
+DOCS_REQUIREMENTS = [
+    "mkdocs>=1.6,<2",
+    "mkdocs-material>=9.5,<10",
+    "mkdocstrings>=0.26,<2",
+    "mkdocstrings-python>=1.12,<3",
+]
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the mkdocs site in strict mode (broken links and missing API references fail).
+
+    mkdocstrings reads the packages' sources statically (griffe, ``paths`` in mkdocs.yml), so no
+    torch is needed here; the docs' code snippets are executed by tests/test_docs_snippets.py in
+    the ``tests`` session.
+    """
+    session.install(*DOCS_REQUIREMENTS)
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
