@@ -1,0 +1,1 @@
+"""calm's speed and quality benchmarks; the entry point is ``python benchmarks/run.py``."""

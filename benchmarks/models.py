@@ -1,0 +1,171 @@
+"""The benchmark configuration ("bench" of BENCHMARKS.md) as model builders and FLOP shapes.
+
+Every speed figure and the quality sweep build their models here, so the shapes are written once.
+The shapes are BENCHMARKS.md's; they are spelled out below rather than taken from a preset so the
+benchmark keeps measuring the same thing if a preset's defaults move.
+
+What is unusual: the diffusion and flow heads have no bench shape in BENCHMARKS.md; they are
+given the energy head's depth (2 blocks, width = backbone width) and their SPEC.md defaults
+otherwise (8 target draws; 100 sampling steps / 10 midpoint steps), so the three heads are
+compared at equal network size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.flops import BackboneShape, CodecShape, EnergyHeadShape
+
+__all__ = [
+    "BACKBONE",
+    "CODEC",
+    "ENERGY",
+    "HEAD_CONFIGS",
+    "PROMPT_LEN",
+    "SEQ_LEN",
+    "TRAIN_BATCH",
+    "VOCAB",
+    "MissingFigureError",
+    "backbone_shape",
+    "build_ar",
+    "build_calm",
+    "build_codec",
+    "codec_shape",
+    "energy_shape",
+]
+
+VOCAB = 4096
+CHUNK = 4
+SEQ_LEN = 512
+TRAIN_BATCH = 8
+PROMPT_LEN = 32
+NEW_TOKENS = 256
+
+#: codec: width 256, FFN 640, D=64, K=4, one FFN layer per stage, KL 1e-3 (floor 0.5), mask and
+#: latent dropout 0.15 (the AutoencoderConfig fields)
+CODEC: dict[str, Any] = {
+    "vocab_size": VOCAB,
+    "chunk_size": CHUNK,
+    "latent_size": 64,
+    "hidden_size": 256,
+    "intermediate_size": 640,
+    "ffn_layers_per_stage": 1,
+    "kl_weight": 1e-3,
+    "kl_floor": 0.5,
+    "token_mask_rate": 0.15,
+    "latent_dropout": 0.15,
+}
+
+#: Llama backbone shared by CALM and the AR baseline (BackboneConfig fields)
+BACKBONE: dict[str, Any] = {
+    "hidden_size": 256,
+    "intermediate_size": 704,
+    "num_layers": 4,
+    "num_heads": 4,
+    "num_kv_heads": 4,
+    "rope_theta": 10000.0,
+}
+
+#: energy head: 2 blocks, noise 32, N=8 samples, M=100 target draws, a=1
+ENERGY: dict[str, Any] = {
+    "num_blocks": 2,
+    "noise_size": 32,
+    "num_samples": 8,
+    "num_target_samples": 100,
+    "alpha": 1.0,
+}
+
+HEAD_CONFIGS: dict[str, dict[str, Any]] = {
+    "energy": ENERGY,
+    "diffusion": {"num_blocks": 2},
+    "flow": {"num_blocks": 2},
+}
+
+
+class MissingFigureError(RuntimeError):
+    """A figure cannot be measured because the code it needs does not exist (yet)."""
+
+
+def backbone_shape() -> BackboneShape:
+    return BackboneShape(
+        hidden=BACKBONE["hidden_size"],
+        intermediate=BACKBONE["intermediate_size"],
+        layers=BACKBONE["num_layers"],
+        heads=BACKBONE["num_heads"],
+        kv_heads=BACKBONE["num_kv_heads"],
+    )
+
+
+def codec_shape(chunk: int = CHUNK) -> CodecShape:
+    return CodecShape(
+        hidden=CODEC["hidden_size"],
+        intermediate=CODEC["intermediate_size"],
+        latent=CODEC["latent_size"],
+        chunk=chunk,
+        layers_per_stage=CODEC["ffn_layers_per_stage"],
+    )
+
+
+def energy_shape() -> EnergyHeadShape:
+    return EnergyHeadShape(
+        blocks=ENERGY["num_blocks"],
+        noise=ENERGY["noise_size"],
+        samples=ENERGY["num_samples"],
+        target_samples=ENERGY["num_target_samples"],
+    )
+
+
+def _max_positions(context_tokens: int, chunk: int) -> int:
+    return max(2048, -(-context_tokens // chunk) + 8)
+
+
+def build_codec(*, chunk: int = CHUNK, vocab: int = VOCAB, seed: int = 0, **overrides: Any) -> Any:
+    """The bench chunk autoencoder (registry codec ``autoencoder``), seeded, fp32."""
+    from calm_core import registry
+
+    if "autoencoder" not in registry.codecs:
+        raise MissingFigureError("codec 'autoencoder' is not installed (package calm-codecs)")
+    torch.manual_seed(seed)
+    config = {**CODEC, "chunk_size": chunk, "vocab_size": vocab, **overrides}
+    return registry.codecs.build({"name": "autoencoder", "config": config})
+
+
+def build_ar(*, vocab: int = VOCAB, context_tokens: int = 2048, seed: int = 0) -> nn.Module:
+    """The AR baseline: the bench backbone over tokens, untied input/output embeddings."""
+    try:
+        from calm_core.backbone import BackboneConfig
+        from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
+    except ImportError as exc:
+        raise MissingFigureError(f"the AR baseline is not available: {exc}") from None
+    torch.manual_seed(seed)
+    backbone = BackboneConfig(**BACKBONE, max_positions=max(2048, context_tokens + 8))
+    config = TransformerLMConfig(backbone=backbone, vocab_size=vocab, tie_embeddings=False)
+    return TransformerLM(config)
+
+
+def build_calm(
+    head: str = "energy",
+    *,
+    codec: nn.Module | None = None,
+    chunk: int = CHUNK,
+    vocab: int = VOCAB,
+    context_tokens: int = 2048,
+    seed: int = 0,
+    head_overrides: dict[str, Any] | None = None,
+) -> nn.Module:
+    """A CALM with the bench backbone, the named head and a (given or freshly built) codec."""
+    try:
+        from calm_core.backbone import BackboneConfig
+        from calm_core.calm import CALM, CALMConfig
+    except ImportError as exc:
+        raise MissingFigureError(f"the CALM model is not available: {exc}") from None
+    if codec is None:
+        codec = build_codec(chunk=chunk, vocab=vocab, seed=seed)
+    torch.manual_seed(seed + 1)
+    backbone = BackboneConfig(**BACKBONE, max_positions=_max_positions(context_tokens, chunk))
+    head_spec = {"name": head, "config": {**HEAD_CONFIGS[head], **(head_overrides or {})}}
+    config = CALMConfig(backbone=backbone, head=head_spec)  # type: ignore[call-arg]
+    return CALM(config, codec=codec)  # type: ignore[call-arg]

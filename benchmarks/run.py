@@ -1,0 +1,213 @@
+"""The single benchmark entry point: ``python benchmarks/run.py [--quick] [--json OUT] ...``.
+
+Speed (default): every figure of BENCHMARKS.md on the bench configuration, each the median of
+>= 3 repetitions after a warm-up, with the thread count, the machine and the fp32 GEMM throughput
+measured in the same run; ratios (CALM/AR, ours/reference) are computed from this run only.
+
+* ``--quick``: 3 repetitions, short warm-ups (under 2 minutes); implies ``--check``.
+* ``--check``: exit 1 when a ratio CI checks falls below its target / 1.6 (see
+  :mod:`benchmarks.targets` for the rule).
+* ``--docs``: regenerate ``docs/benchmarks.md`` and ``docs/img/bench_*.png`` from this run and the
+  latest quality results (``benchmarks/results/quality.json``), and save this run's details to
+  ``benchmarks/results/speed.json``.
+* ``--quality``: run the quality sweep instead (long; see :mod:`benchmarks.quality`).
+
+What is unusual: ``--json OUT`` holds exactly the keys of BENCHMARKS.md plus ``missing`` (figure
+-> reason, for figures whose code is absent or failed; their values are null), so consumers can
+rely on the schema; everything else (every repetition, targets, FLOPs) goes to ``--details``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import targets as T  # noqa: E402
+from benchmarks.timing import machine_info, matmul_gflops, set_threads  # noqa: E402
+
+__all__ = ["main", "output_keys"]
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+GROUPS = ("train", "gen", "eval", "ctx")
+OUTPUT_GROUPS = {
+    "gen_tok_s": [
+        "calm_t1_b1",
+        "calm_t1_b8",
+        "calm_t05batch_b1",
+        "calm_t05batch_b8",
+        "calm_t05exact_b1",
+        "ar_b1",
+        "ar_b8",
+    ],
+    "train_tok_s": ["codec", "calm_energy", "calm_diffusion", "calm_flow", "ar"],
+    "eval_s": ["calm_brier", "ar_brier"],
+    "gen_token_s_ctx": ["100", "1500"],
+    "mfu": ["calm", "ar"],
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Speed (default) or quality (--quality) benchmarks of calm on the bench "
+        "configuration of BENCHMARKS.md.",
+    )
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the output keys to OUT")
+    p.add_argument("--details", type=Path, metavar="OUT", help="write every timing to OUT")
+    p.add_argument("--quick", action="store_true", help="3 reps, short warm-ups; implies --check")
+    p.add_argument("--check", action="store_true", help="exit 1 on a regression (target / 1.6)")
+    p.add_argument("--docs", action="store_true", help="regenerate docs/benchmarks.md")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (>= 3)")
+    p.add_argument(
+        "--only",
+        default=None,
+        help=f"comma-separated speed groups to run, from {', '.join(GROUPS)} (default all)",
+    )
+    p.add_argument("--quality", action="store_true", help="run the quality sweep instead")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="--quality: training minutes per main model (default 15, the protocol)",
+    )
+    p.add_argument(
+        "--quality-dir",
+        type=Path,
+        default=None,
+        help="--quality: working directory for data and runs (default a temp dir)",
+    )
+    return p
+
+
+def output_keys(results: dict[str, Any], missing: dict[str, str]) -> dict[str, Any]:
+    """The ``--json`` object: exactly the BENCHMARKS.md keys (null where missing) + ``missing``."""
+    out: dict[str, Any] = {}
+    for group, keys in OUTPUT_GROUPS.items():
+        got = results.get(group, {})
+        out[group] = {k: got.get(k) for k in keys}
+    for extra in ("matmul_gflops", "machine"):
+        out[extra] = results.get(extra)
+    out["missing"] = dict(missing)
+    return out
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from benchmarks.speed import Settings, run_speed
+
+    quick = bool(args.quick)
+    check = bool(args.check or quick)
+    reps = args.reps if args.reps is not None else (3 if quick else 5)
+    settings = Settings(
+        reps=reps,
+        warmup=1,
+        train_warmup=1 if quick else 2,
+        ctx_new_tokens=32 if quick else 64,
+    )
+    only = None
+    if args.only:
+        only = {g.strip() for g in args.only.split(",") if g.strip()}
+        unknown = only - set(GROUPS)
+        if unknown:
+            print(f"unknown --only group(s) {sorted(unknown)}; choose from {GROUPS}")
+            return 2
+    threads = set_threads(args.threads)
+    machine = machine_info()
+    machine["command"] = "python benchmarks/run.py " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:]
+    )
+    start = time.perf_counter()
+    settings.log(f"threads={threads}; measuring fp32 matmul throughput")
+    gemm, gemm_m = matmul_gflops()
+    settings.log(f"  matmul 1024^3 fp32: {gemm:.1f} GFLOP/s")
+    run = run_speed(settings, gemm, only=only)
+    # GEMM again at the end: the machine is shared, so its speed can drift during the run
+    gemm_end, gemm_end_m = matmul_gflops()
+    results: dict[str, Any] = dict(run.results)
+    results["matmul_gflops"] = gemm
+    machine["wall_s"] = round(time.perf_counter() - start, 1)
+    results["machine"] = machine
+    rows = T.evaluate_targets(results)
+    failures = T.check(rows) if check else []
+    out = output_keys(results, run.missing)
+    details = {
+        **out,
+        "mode": "quick" if quick else "full",
+        "reps": reps,
+        "timings": run.timings,
+        "matmul": {"start": gemm_m.as_dict(), "end": gemm_end_m.as_dict(), "end_gflops": gemm_end},
+        "extra": run.extra,
+        "targets": rows,
+        "reference_ratios": T.reference_ratios(results),
+        "noise_factor": T.NOISE_FACTOR,
+        "ci_failures": failures,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.details:
+        args.details.parent.mkdir(parents=True, exist_ok=True)
+        args.details.write_text(json.dumps(details, indent=1) + "\n")
+    if args.docs:
+        from benchmarks.report import write_docs
+
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / "speed.json").write_text(json.dumps(details, indent=1) + "\n")
+        write_docs(ROOT, details, RESULTS_DIR / "quality.json")
+    _print_summary(details)
+    if failures:
+        print("\nREGRESSION (below target / noise factor):")
+        for f in failures:
+            print(f"  {f}")
+        return 1
+    return 0
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "missing" if value is None else f"{value:.{digits}g}"
+
+
+def _print_summary(details: dict[str, Any]) -> None:
+    print(f"\nmachine: {details['machine']['cpu']}, threads {details['machine']['threads']}")
+    print(f"matmul fp32: {_fmt(details['matmul_gflops'], 4)} GFLOP/s")
+    for group in OUTPUT_GROUPS:
+        values = ", ".join(f"{k}={_fmt(v, 4)}" for k, v in details[group].items())
+        print(f"{group}: {values}")
+    print("targets:")
+    for row in details["targets"]:
+        verdict = {True: "met", False: "NOT met", None: "missing"}[row["met"]]
+        print(f"  {row['name']}: {_fmt(row['ratio'])} (target >= {row['target']:g}) {verdict}")
+    for key, reason in details["missing"].items():
+        print(f"missing {key}: {reason}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.reps is not None and args.reps < 3:
+        print("--reps must be >= 3 (the benchmark rule is a median of >= 3 repetitions)")
+        return 2
+    if args.quality:
+        from benchmarks.quality import run_quality
+
+        set_threads(args.threads)
+        return run_quality(
+            ROOT,
+            minutes=args.minutes,
+            work_dir=args.quality_dir,
+            quick=bool(args.quick),
+            out=RESULTS_DIR / ("quality_quick.json" if args.quick else "quality.json"),
+        )
+    return _speed(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,332 @@
+"""The speed figures of BENCHMARKS.md: generation, training, BrierLM evaluation, context, MFU.
+
+Each figure is measured by :func:`benchmarks.timing.measure` (warm-up, then the median of >= 3
+repetitions) on the bench models of :mod:`benchmarks.models` with random weights and random token
+ids. A figure whose code is missing, or that raises, is recorded as ``None`` with the reason in
+``missing``; nothing is estimated or filled in.
+
+What is unusual:
+
+* The training step is written out here (zero_grad -> forward in train mode -> backward ->
+  clip_grad_norm(1.0) -> optimizer step) with the project's own optimizer builder, exactly the
+  step of BENCHMARKS.md, rather than timing ``Trainer.fit`` (whose logging and checkpointing
+  are not part of the figure).
+* Per-token generation time at a context length is measured with the models' ``stream``
+  iterators: the prompt's prefill and the first step are untimed, then the following steps are
+  timed, so prefill cost never leaks into the per-token figure.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from benchmarks import models as M
+from benchmarks.flops import ar_flops_per_token, calm_flops_per_token, causal_context
+from benchmarks.timing import Measurement, measure
+
+__all__ = ["Settings", "SpeedRun", "run_speed"]
+
+CONTEXTS = (100, 1500)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to repeat: ``reps`` timed repetitions after ``warmup`` untimed calls."""
+
+    reps: int = 5
+    warmup: int = 1
+    train_warmup: int = 2
+    ctx_new_tokens: int = 64
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+
+
+@dataclass
+class SpeedRun:
+    """Everything one speed run measured: the output keys, per-figure timings and missing ones."""
+
+    results: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def put(self, group: str, key: str, value: float | None, timing: Measurement | None) -> None:
+        self.results.setdefault(group, {})[key] = value
+        if timing is not None:
+            self.timings[f"{group}.{key}"] = timing.as_dict()
+
+    def fail(self, group: str, keys: list[str], reason: str) -> None:
+        for key in keys:
+            self.results.setdefault(group, {})[key] = None
+            self.missing[f"{group}.{key}"] = reason
+
+
+def _attempt(
+    run: SpeedRun,
+    group: str,
+    keys: list[str],
+    settings: Settings,
+    fn: Callable[[], None],
+) -> None:
+    """Run one figure group; record its keys as missing (with the reason) if it cannot run."""
+    start = time.perf_counter()
+    try:
+        fn()
+    except M.MissingFigureError as exc:
+        run.fail(group, keys, f"missing code: {exc}")
+    except Exception as exc:  # a broken figure must not hide the others
+        traceback.print_exc()
+        run.fail(group, keys, f"error: {type(exc).__name__}: {exc}")
+    for key in keys:
+        run.results.setdefault(group, {}).setdefault(key, None)
+        if run.results[group][key] is None and f"{group}.{key}" not in run.missing:
+            run.missing[f"{group}.{key}"] = "not measured"
+    settings.log(f"  {group} {', '.join(keys)}: {time.perf_counter() - start:.1f} s")
+
+
+def _tokens(batch: int, length: int, seed: int, vocab: int = M.VOCAB) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=gen)
+
+
+# ----------------------------------------------------------------------------------- training
+def _train_step_fn(model: nn.Module, tokens: Tensor) -> Callable[[], None]:
+    """One BENCHMARKS.md training step on ``tokens`` (AdamW 3e-4, (0.9, 0.95), wd 0.1, clip 1)."""
+    from calm_core.training.config import TrainConfig
+    from calm_core.training.optim import build_optimizer
+
+    config = TrainConfig(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0)
+    optimizer = build_optimizer(model, config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(tokens)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    return step
+
+
+def _time_training(model: nn.Module, settings: Settings) -> Measurement:
+    tokens = _tokens(M.TRAIN_BATCH, M.SEQ_LEN, seed=1)
+    return measure(_train_step_fn(model, tokens), reps=settings.reps, warmup=settings.train_warmup)
+
+
+def _training(run: SpeedRun, settings: Settings) -> None:
+    tokens_per_step = M.TRAIN_BATCH * M.SEQ_LEN
+
+    def _codec() -> None:
+        m = _time_training(M.build_codec(), settings)
+        run.put("train_tok_s", "codec", tokens_per_step / m.seconds, m)
+
+    _attempt(run, "train_tok_s", ["codec"], settings, _codec)
+
+    for head in ("energy", "diffusion", "flow"):
+
+        def _calm() -> None:
+            m = _time_training(M.build_calm(head), settings)  # noqa: B023 - called at once
+            run.put("train_tok_s", f"calm_{head}", tokens_per_step / m.seconds, m)  # noqa: B023
+
+        _attempt(run, "train_tok_s", [f"calm_{head}"], settings, _calm)
+
+    def _ar() -> None:
+        m = _time_training(M.build_ar(), settings)
+        run.put("train_tok_s", "ar", tokens_per_step / m.seconds, m)
+
+    _attempt(run, "train_tok_s", ["ar"], settings, _ar)
+
+
+# --------------------------------------------------------------------------------- generation
+def _generation(run: SpeedRun, settings: Settings) -> None:
+    new = M.NEW_TOKENS
+    calm_keys = ["calm_t1_b1", "calm_t1_b8", "calm_t05batch_b1", "calm_t05batch_b8"]
+
+    def _calm() -> None:
+        model = M.build_calm("energy").eval()
+        cases: dict[str, tuple[int, dict[str, Any]]] = {
+            "calm_t1_b1": (1, {"temperature": 1.0}),
+            "calm_t1_b8": (8, {"temperature": 1.0}),
+            "calm_t05batch_b1": (
+                1,
+                {"temperature": 0.5, "sampling": "batch", "num_candidates": 200},
+            ),
+            "calm_t05batch_b8": (
+                8,
+                {"temperature": 0.5, "sampling": "batch", "num_candidates": 200},
+            ),
+        }
+        for key, (batch, kwargs) in cases.items():
+            prompts = _tokens(batch, M.PROMPT_LEN, seed=2)
+            gen = torch.Generator().manual_seed(0)
+            m = measure(
+                lambda p=prompts, g=gen, kw=kwargs: model.generate(  # type: ignore[operator]
+                    p, new, generator=g, eos_id=None, **kw
+                ),
+                reps=settings.reps,
+                warmup=settings.warmup,
+            )
+            run.put("gen_tok_s", key, batch * new / m.seconds, m)
+
+    _attempt(run, "gen_tok_s", calm_keys, settings, _calm)
+
+    def _calm_exact() -> None:
+        model = M.build_calm("energy").eval()
+        prompts = _tokens(1, M.PROMPT_LEN, seed=2)
+        gen = torch.Generator().manual_seed(0)
+        m = measure(
+            lambda: model.generate(  # type: ignore[operator]
+                prompts, new, temperature=0.5, sampling="exact", generator=gen, eos_id=None
+            ),
+            reps=settings.reps,
+            warmup=settings.warmup,
+        )
+        run.put("gen_tok_s", "calm_t05exact_b1", new / m.seconds, m)
+
+    _attempt(run, "gen_tok_s", ["calm_t05exact_b1"], settings, _calm_exact)
+
+    def _ar() -> None:
+        model = M.build_ar().eval()
+        for batch in (1, 8):
+            prompts = _tokens(batch, M.PROMPT_LEN, seed=2)
+            m = measure(
+                lambda p=prompts: model.generate(p, new, temperature=0.0, eos_id=None),  # type: ignore[operator]
+                reps=settings.reps,
+                warmup=settings.warmup,
+            )
+            run.put("gen_tok_s", f"ar_b{batch}", batch * new / m.seconds, m)
+
+    _attempt(run, "gen_tok_s", ["ar_b1", "ar_b8"], settings, _ar)
+
+
+def _stream_per_token(make_stream: Callable[[], Iterator[Tensor]]) -> Callable[[], float]:
+    """A repetition: prefill + first step untimed, then seconds per new token over the rest."""
+
+    def rep() -> float:
+        it = make_stream()
+        next(it)
+        start = time.perf_counter()
+        count = 0
+        for out in it:
+            count += int(out.shape[-1])
+        elapsed = time.perf_counter() - start
+        if count == 0:
+            raise RuntimeError("the stream yielded a single step; nothing to time")
+        return elapsed / count
+
+    return rep
+
+
+def _median_of(rep: Callable[[], float], settings: Settings) -> Measurement:
+    for _ in range(settings.warmup):
+        rep()
+    values = [rep() for _ in range(max(3, settings.reps))]
+    values_sorted = sorted(values)
+    return Measurement(values_sorted[len(values) // 2], values, settings.warmup)
+
+
+def _context(run: SpeedRun, settings: Settings) -> None:
+    keys = [str(c) for c in CONTEXTS]
+    new = settings.ctx_new_tokens
+
+    def _calm() -> None:
+        model = M.build_calm("energy", context_tokens=max(CONTEXTS) + new).eval()
+        if not hasattr(model, "stream"):
+            raise M.MissingFigureError("CALM has no stream() iterator to time steps after prefill")
+        for ctx in CONTEXTS:
+            prompt = _tokens(1, ctx, seed=3)
+            gen = torch.Generator().manual_seed(0)
+            rep = _stream_per_token(
+                lambda p=prompt, g=gen: model.stream(  # type: ignore[operator]
+                    p, new + M.CHUNK, temperature=1.0, generator=g, eos_id=None
+                )
+            )
+            with torch.no_grad():
+                m = _median_of(rep, settings)
+            run.put("gen_token_s_ctx", str(ctx), m.seconds, m)
+
+    _attempt(run, "gen_token_s_ctx", keys, settings, _calm)
+
+    # AR per-token time at the same contexts: a detail for the report, not an output key
+    try:
+        ar = M.build_ar(context_tokens=max(CONTEXTS) + new).eval()
+        detail: dict[str, float] = {}
+        for ctx in CONTEXTS:
+            prompt = _tokens(1, ctx, seed=3)
+            rep = _stream_per_token(
+                lambda p=prompt: ar.stream(p, new + 1, temperature=0.0, eos_id=None)  # type: ignore[operator]
+            )
+            with torch.no_grad():
+                detail[str(ctx)] = _median_of(rep, settings).seconds
+        run.extra["ar_gen_token_s_ctx"] = detail
+    except Exception as exc:  # a detail: report why it is absent
+        run.extra["ar_gen_token_s_ctx"] = f"not measured: {type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------------- evaluation
+def _evaluation(run: SpeedRun, settings: Settings) -> None:
+    tokens = _tokens(M.TRAIN_BATCH, M.SEQ_LEN, seed=4)
+
+    for name, build in (("calm_brier", lambda: M.build_calm("energy")), ("ar_brier", M.build_ar)):
+
+        def _eval() -> None:
+            try:
+                from calm_core.metrics.brier import brier_scores
+            except ImportError as exc:
+                msg = f"calm_core.metrics.brier is not available: {exc}"
+                raise M.MissingFigureError(msg) from None
+            model = build().eval()  # noqa: B023 - called at once
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                m = measure(
+                    lambda: brier_scores(model, tokens, generator=gen),
+                    reps=settings.reps,
+                    warmup=settings.warmup,
+                )
+            run.put("eval_s", name, m.seconds, m)  # noqa: B023
+
+        _attempt(run, "eval_s", [name], settings, _eval)
+
+
+# ------------------------------------------------------------------------------------------ MFU
+def _mfu(run: SpeedRun, gemm_gflops: float) -> None:
+    bb, codec, head = M.backbone_shape(), M.codec_shape(), M.energy_shape()
+    calm_fpt = calm_flops_per_token(bb, codec, head, causal_context(M.SEQ_LEN // M.CHUNK))
+    ar_fpt = ar_flops_per_token(bb, M.VOCAB, causal_context(M.SEQ_LEN))
+    run.extra["train_flops_per_token"] = {"calm": calm_fpt, "ar": ar_fpt}
+    run.extra["achieved_gflops"] = {}
+    for name, key, fpt in (("calm", "calm_energy", calm_fpt), ("ar", "ar", ar_fpt)):
+        tok_s = run.results.get("train_tok_s", {}).get(key)
+        if tok_s is None:
+            run.fail("mfu", [name], f"needs train_tok_s.{key}, which is missing")
+            continue
+        achieved = tok_s * fpt / 1e9
+        run.extra["achieved_gflops"][name] = achieved
+        run.put("mfu", name, achieved / gemm_gflops, None)
+
+
+def run_speed(settings: Settings, gemm_gflops: float, *, only: set[str] | None = None) -> SpeedRun:
+    """Measure every speed figure (or the groups in ``only``); never raises for one figure."""
+    run = SpeedRun()
+    groups: list[tuple[str, Callable[[SpeedRun, Settings], None]]] = [
+        ("train", _training),
+        ("gen", _generation),
+        ("eval", _evaluation),
+        ("ctx", _context),
+    ]
+    for name, fn in groups:
+        if only is None or name in only:
+            settings.log(f"[{name}]")
+            fn(run, settings)
+    if only is None or "train" in only:
+        _mfu(run, gemm_gflops)
+    return run
