@@ -16,6 +16,7 @@ __all__ = ["VERBS", "main"]
 
 #: verb name -> module (inside calm_core.cli) implementing it, in workflow order
 VERBS: dict[str, str] = {
+    "tokenize": "tokenize",
     "plugins": "plugins",
     "convert-reference": "convert_reference",
 }
