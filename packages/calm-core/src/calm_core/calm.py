@@ -1,0 +1,517 @@
+"""CALM: a backbone that predicts the next chunk's latent, a generative head, and a frozen codec.
+
+Training (SPEC.md §3): chunks ``0..L-2`` are embedded token by token with the model's own table,
+concatenated (``K*H``) and compressed (``Linear(K*H, 2H) -> SiLU -> Linear(2H, H) -> LayerNorm``,
+"discrete grounding"); the backbone maps them to hidden states, and ``head.loss`` scores each
+hidden state against the frozen codec's posterior of the *next* chunk.
+
+What is unusual:
+
+* The codec is frozen, in fp32 and in eval mode, always: its parameters have
+  ``requires_grad=False``; :meth:`CALM.train` keeps it in eval mode (the reference flips it back
+  to training mode, which turns on its token masking and a bf16 cast); dtype casts of the model
+  (``.to(torch.bfloat16)``, ``.half()``) move the codec's device but leave it in float32; its
+  encoder runs under ``no_grad`` with autocast disabled.
+* Vocabulary and K come from the codec. A config that states them must agree with the codec, or
+  construction fails naming both values.
+* Generation prompts whose length is not a multiple of K are **left-padded with ``pad_id`` inside
+  their first chunk**: those PAD tokens are part of the first input chunk (the model sees them, as
+  it saw PAD at the end of documents in training). Whole chunks of padding added to align a batch
+  are masked out of attention instead, so a padded row generates what the row alone would.
+* The head and the codec are found through the registry by name; the saved config holds both
+  full specs, and ``model.safetensors`` holds the codec's weights, so a model directory is
+  self-contained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from calm_core.backbone import Backbone, BackboneConfig, Cache, StaticKVCache
+from calm_core.config import (
+    ComponentSpec,
+    ConfigError,
+    ConfigModel,
+    validate_component_config,
+    validate_config,
+)
+from calm_core.generation import (
+    PaddingState,
+    PromptsLike,
+    StopState,
+    check_context,
+    check_generation_args,
+    collect,
+    prepare_prompts,
+)
+from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
+
+__all__ = ["CALM", "CALMConfig", "validate_calm_config"]
+
+
+class CALMConfig(ConfigModel):
+    """A CALM model: backbone shape, head spec, codec spec (incl. its full config) and ids."""
+
+    backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig.model_validate({}))
+    head: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="energy"),
+        description="Generative head: registered name and its config.",
+    )
+    codec: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="autoencoder"),
+        description="Frozen codec: registered name and its full config.",
+    )
+    vocab_size: int | None = Field(
+        None, gt=1, description="Token vocabulary V; None = the codec's. Must match the codec."
+    )
+    chunk_size: int | None = Field(
+        None, gt=0, description="Tokens per chunk K; None = the codec's. Must match the codec."
+    )
+    pad_id: int | None = Field(
+        None,
+        ge=0,
+        description="PAD id: embedding padding_idx and the id used to left-pad prompts.",
+    )
+    eos_id: int | None = Field(None, ge=0, description="Default stop id for generate().")
+    layer_norm_eps: float = Field(1e-6, gt=0, description="Epsilon of the compressor LayerNorm.")
+
+
+def validate_calm_config(data: Any) -> CALMConfig:
+    """Two-pass validation: the CALM config, then head and codec configs via the registry.
+
+    Errors name the full path, e.g. ``head.config.noise_size``.
+    """
+    from calm_core.registry import codecs, heads
+
+    config = validate_config(CALMConfig, data)
+    head_cls = heads.get(config.head.name)
+    head_cfg = validate_component_config(head_cls, config.head.config, path="head")
+    codec_cls = codecs.get(config.codec.name)
+    codec_cfg = validate_component_config(codec_cls, config.codec.config, path="codec")
+    config.head = ComponentSpec(name=config.head.name, config=head_cfg.model_dump(mode="json"))
+    config.codec = ComponentSpec(name=config.codec.name, config=codec_cfg.model_dump(mode="json"))
+    return config
+
+
+def _codec_spec(codec: Codec) -> ComponentSpec:
+    from calm_core.registry import codecs
+
+    name = codecs.identify(type(codec)).name
+    return ComponentSpec(name=name, config=codec.config.model_dump(mode="json"))
+
+
+class CALM(nn.Module):
+    """Continuous autoregressive LM: ``embed_tokens``, ``embed_proj``, ``backbone``, ``head``,
+    ``codec`` (frozen).
+
+    Args:
+        config: a :class:`CALMConfig` (or a mapping validated into one).
+        codec: an already built (e.g. pretrained) codec; default: built from ``config.codec``
+            with random weights (a saved model's weights then overwrite it).
+    """
+
+    model_type: ClassVar[str] = "calm"
+
+    def __init__(self, config: CALMConfig | Mapping[str, Any], codec: Codec | None = None) -> None:
+        super().__init__()
+        from calm_core.registry import codecs, heads
+
+        if codec is not None:
+            data = config.model_dump() if isinstance(config, CALMConfig) else dict(config)
+            data["codec"] = _codec_spec(codec).model_dump()
+            config = data
+        cfg = validate_calm_config(config)
+        if codec is None:
+            codec = codecs.build(cfg.codec)
+        if not isinstance(codec, Codec):
+            raise TypeError(f"codec must be a calm_core.interfaces.Codec, got {type(codec)}")
+        for field, ours in (("vocab_size", cfg.vocab_size), ("chunk_size", cfg.chunk_size)):
+            theirs = int(getattr(codec, field))
+            if ours is not None and ours != theirs:
+                raise ConfigError(
+                    f"the codec's {field} is {theirs} but the CALM config says {field}={ours}; "
+                    f"use a codec trained with {field}={ours} or set {field} to {theirs} (or None)"
+                )
+        cfg.vocab_size, cfg.chunk_size = codec.vocab_size, codec.chunk_size
+        for name in ("pad_id", "eos_id"):
+            value = getattr(cfg, name)
+            if value is not None and value >= codec.vocab_size:
+                raise ConfigError(
+                    f"{name}={value} is outside the codec's vocabulary of {codec.vocab_size}"
+                )
+        self.config = cfg
+        H, K, V = cfg.backbone.hidden_size, codec.chunk_size, codec.vocab_size
+        self.chunk_size = K
+        self.vocab_size = V
+        self.embed_tokens = nn.Embedding(V, H, padding_idx=cfg.pad_id)
+        self.embed_proj = nn.Sequential(
+            nn.Linear(K * H, 2 * H),
+            nn.SiLU(),
+            nn.Linear(2 * H, H),
+            nn.LayerNorm(H, eps=cfg.layer_norm_eps),
+        )
+        self.backbone = Backbone(cfg.backbone)
+        self.head: GenerativeHead = heads.build(
+            cfg.head, hidden_size=H, latent_size=codec.latent_size
+        )
+        nn.init.normal_(self.embed_tokens.weight, std=0.02)
+        if cfg.pad_id is not None:
+            with torch.no_grad():
+                self.embed_tokens.weight[cfg.pad_id].zero_()
+        self.codec: Codec = codec
+        self.codec.requires_grad_(False)
+        self.codec.float()
+        self.codec.eval()
+
+    # -------------------------------------------------------------------------- builders
+    @classmethod
+    def from_codec(
+        cls,
+        codec: Codec | str | Path,
+        *,
+        backbone: BackboneConfig | Mapping[str, Any] | None = None,
+        head: ComponentSpec | Mapping[str, Any] | str = "energy",
+        **fields: Any,
+    ) -> CALM:
+        """Build a CALM around a codec (an instance or a codec model directory).
+
+        Args:
+            codec: the frozen codec, or the path of a directory saved by ``calm train-codec``.
+            backbone: backbone shape (default :class:`BackboneConfig` defaults).
+            head: head spec or bare registered name.
+            **fields: further :class:`CALMConfig` fields (``pad_id``, ``eos_id``, ...).
+        """
+        if not isinstance(codec, Codec):
+            codec = Codec.from_pretrained(codec)
+        spec = ComponentSpec(name=head) if isinstance(head, str) else head
+        data: dict[str, Any] = {
+            "backbone": backbone if backbone is not None else {},
+            "head": spec.model_dump() if isinstance(spec, ComponentSpec) else dict(spec),
+            **fields,
+        }
+        if isinstance(data["backbone"], BackboneConfig):
+            data["backbone"] = data["backbone"].model_dump()
+        return cls(data, codec=codec)
+
+    # ------------------------------------------------------------------ frozen-codec rules
+    def train(self, mode: bool = True) -> Self:
+        """Set train/eval mode; the frozen codec always stays in eval mode."""
+        super().train(mode)
+        self.codec.eval()
+        return self
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Self:
+        # The codec follows device moves but never dtype casts: keep it float32.
+        codec = self._modules.pop("codec", None)
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            if codec is not None:
+                self._modules["codec"] = codec
+        if codec is not None:
+            probe = next(codec.parameters(), None)
+            if probe is not None:
+                device = fn(torch.empty(0, device=probe.device)).device
+                if device != probe.device:
+                    codec.to(device=device)
+        return self
+
+    # ----------------------------------------------------------------------------- forward
+    def embed_chunks(self, chunk_tokens: Tensor) -> Tensor:
+        """Discrete grounding: ``[B, n, K]`` token ids -> ``[B, n, H]`` input vectors."""
+        B, n, K = chunk_tokens.shape
+        e = self.embed_tokens(chunk_tokens).reshape(B, n, K * self.embed_tokens.embedding_dim)
+        out: Tensor = self.embed_proj(e)
+        return out
+
+    def hidden_states(
+        self,
+        tokens: Tensor,
+        cache: Cache | None = None,
+        *,
+        positions: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``tokens [B, L*K] -> hidden [B, L, H]``; the hidden state at chunk j predicts j+1."""
+        chunks = self._chunks(tokens)
+        out: Tensor = self.backbone(self.embed_chunks(chunks), positions, cache, attn_mask)
+        return out
+
+    @torch.no_grad()
+    def encode_targets(self, tokens: Tensor) -> LatentPosterior:
+        """The frozen codec's posterior of ``tokens [B, L*K]``, in float32, without autograd."""
+        with torch.autocast(tokens.device.type, enabled=False):
+            post = self.codec.encode(tokens)
+        return post.detach()
+
+    def forward(self, tokens: Tensor) -> dict[str, Tensor]:
+        """Training loss on ``tokens [B, L*K]`` (L >= 2): mean head loss over chunks 1..L-1."""
+        chunks = self._chunks(tokens)
+        if chunks.shape[1] < 2:
+            raise ValueError(
+                f"training needs at least 2 chunks per row (>= {2 * self.chunk_size} tokens), "
+                f"got {tokens.shape[1]} tokens"
+            )
+        K = self.chunk_size
+        hidden = self.backbone(self.embed_chunks(chunks[:, :-1]))  # [B, L-1, H]
+        target = self.encode_targets(tokens[:, K:]).reshape(-1)
+        per_position = self.head.loss(hidden.reshape(-1, hidden.shape[-1]), target)
+        return {"loss": per_position.mean()}
+
+    def _chunks(self, tokens: Tensor) -> Tensor:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, L*K], got shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        if T % self.chunk_size:
+            raise ValueError(
+                f"sequence length {T} is not a multiple of the chunk size K={self.chunk_size}"
+            )
+        return tokens.reshape(B, T // self.chunk_size, self.chunk_size)
+
+    # -------------------------------------------------------------------------- generation
+    def _next_chunk(
+        self,
+        hidden: Tensor,
+        temperature: float,
+        sampling: str,
+        num_candidates: int,
+        generator: torch.Generator | None,
+        max_draws: int,
+        on_exhausted: Literal["raise", "fallback"],
+    ) -> Tensor:
+        """``hidden [B, H]`` -> the next chunk's tokens ``[B, K]``."""
+
+        def sampler(num: int) -> Tensor:
+            latents = self.head.sample(hidden, num, generator)  # [num, B, D]
+            return self.codec.decode_tokens(latents.float())  # [num, B, K]
+
+        if temperature == 1.0:
+            return sampler(1)[0]
+        from calm_core.sampling import batch_temperature_sample, exact_temperature_sample
+
+        if sampling == "exact":
+            return exact_temperature_sample(
+                sampler,
+                temperature,
+                max_draws=max_draws,
+                on_exhausted=on_exhausted,
+                generator=generator,
+            )
+        return batch_temperature_sample(sampler(num_candidates), temperature, generator=generator)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompts: PromptsLike,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        *,
+        sampling: Literal["exact", "batch"] = "exact",
+        num_candidates: int = 200,
+        generator: torch.Generator | None = None,
+        eos_id: int | None = None,
+        max_draws: int = 10_000,
+        on_exhausted: Literal["raise", "fallback"] = "raise",
+    ) -> Iterator[Tensor]:
+        """Yield new tokens ``[B, K]`` one chunk at a time (see :meth:`generate`).
+
+        The last chunk is cut so that exactly ``max_new_tokens`` tokens come out in total.
+        """
+        check_generation_args(max_new_tokens, temperature)
+        if not 0 < temperature <= 1:
+            raise ValueError(
+                f"CALM temperature must be in (0, 1] (likelihood-free sampling can only sharpen), "
+                f"got {temperature}"
+            )
+        if sampling not in ("exact", "batch"):
+            raise ValueError(f"sampling must be 'exact' or 'batch', got {sampling!r}")
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        K = self.chunk_size
+        device = self.embed_tokens.weight.device
+        batch = prepare_prompts(
+            prompts,
+            vocab_size=self.vocab_size,
+            pad_id=self.config.pad_id,
+            multiple=K,
+            device=device,
+        )
+        B, T0 = batch.tokens.shape
+        L0 = T0 // K
+        steps = -(-max_new_tokens // K)
+        check_context(L0, steps - 1, self.config.backbone.max_positions, "chunks")
+        chunk_valid = batch.valid.reshape(B, L0, K).any(dim=-1)
+        capacity = L0 + steps - 1
+        cache = StaticKVCache.for_module(self.backbone, B, capacity)
+        pad = PaddingState(chunk_valid, capacity)
+        eos = eos_id if eos_id is not None else self.config.eos_id
+        fill = self.config.pad_id if self.config.pad_id is not None else (eos or 0)
+        stop = StopState(B, eos, fill, device)
+        args = (temperature, sampling, num_candidates, generator, max_draws, on_exhausted)
+        positions, mask = pad.prefill()
+        hidden = self.hidden_states(batch.tokens, cache, positions=positions, attn_mask=mask)
+        h = hidden[:, -1]
+        remaining = max_new_tokens
+        for step in range(steps):
+            chunk = self._next_chunk(h, *args)  # [B, K]
+            out = stop.apply(chunk)
+            yield out if remaining >= K else out[:, :remaining]
+            remaining -= K
+            if stop.all_finished or step == steps - 1:
+                return
+            positions, mask = pad.step()
+            x = self.embed_chunks(chunk[:, None])
+            h = self.backbone(x, positions, cache, mask)[:, 0]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: PromptsLike,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        *,
+        sampling: Literal["exact", "batch"] = "exact",
+        num_candidates: int = 200,
+        generator: torch.Generator | None = None,
+        eos_id: int | None = None,
+        max_draws: int = 10_000,
+        on_exhausted: Literal["raise", "fallback"] = "raise",
+    ) -> Tensor:
+        """Generate continuations, one backbone call per chunk of K tokens (KV-cached).
+
+        Args:
+            prompts: ``[B, T]`` LongTensor or a list of token-id lists of any lengths. A prompt
+                whose length is not a multiple of K is left-padded with ``config.pad_id`` inside
+                its first chunk; rows shorter than the longest get whole masked chunks.
+            max_new_tokens: tokens per row (>= 1); ``ceil(max_new_tokens / K)`` steps.
+            temperature: in ``(0, 1]``. At 1, one head sample per step. Below 1, ``"exact"`` uses
+                the exact rejection sampler (:func:`calm_core.sampling.exact_temperature_sample`,
+                at most ``max_draws`` draws per row, then ``on_exhausted``) and ``"batch"`` the
+                batch approximation over ``num_candidates`` samples.
+            generator: random source for the head's noise and the samplers.
+            eos_id: stop id (default ``config.eos_id``); tokens after a row's EOS are the pad
+                id, and generation ends when every row has produced one.
+
+        Returns:
+            LongTensor ``[B, n]`` of new tokens, ``n <= max_new_tokens``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            it = self.stream(
+                prompts,
+                max_new_tokens,
+                temperature,
+                sampling=sampling,
+                num_candidates=num_candidates,
+                generator=generator,
+                eos_id=eos_id,
+                max_draws=max_draws,
+                on_exhausted=on_exhausted,
+            )
+            return collect(it, max_new_tokens)
+        finally:
+            self.train(was_training)
+
+    # ------------------------------------------------------------------------ persistence
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def component_records(self) -> dict[str, dict[str, str]]:
+        from calm_core.model_dir import component_record
+
+        return {"head": component_record(self.head), "codec": component_record(self.codec)}
+
+    @classmethod
+    def from_config_dict(cls, config: Mapping[str, Any]) -> Self:
+        return cls(dict(config))
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (codec weights included)."""
+        from calm_core.model_dir import save_pretrained
+
+        return save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
+        """Load a directory written by :meth:`save_pretrained` (in eval mode)."""
+        from calm_core.model_dir import load_pretrained
+
+        obj = load_pretrained(path, map_location=map_location)
+        if not isinstance(obj, cls):
+            raise TypeError(f"{path} holds a {type(obj).__qualname__}, not a {cls.__qualname__}")
+        return obj
+
+    @classmethod
+    def from_reference(
+        cls,
+        state_dict: Mapping[str, Tensor],
+        ref_config: Mapping[str, Any],
+        *,
+        codec: Codec | None = None,
+        codec_config: Mapping[str, Any] | None = None,
+        head: str = "energy",
+        **fields: Any,
+    ) -> CALM:
+        """Load a reference CALM state dict (``transformer.*``, ``embed_proj.*``, head keys).
+
+        Args:
+            state_dict: reference key names with the fixture prefix stripped. ``ae_model.*`` keys,
+                if present, give the codec (with ``codec_config``, the reference AE config).
+            ref_config: the reference CALM config dict (``calm_config``).
+            codec: an already converted codec; otherwise built via the registry's
+                ``autoencoder.from_reference``.
+            codec_config: the reference AE config, needed when ``codec`` is not given.
+            head: registered head whose ``from_reference`` reads the generator keys.
+            **fields: further :class:`CALMConfig` fields (``eos_id``, ...).
+        """
+        from calm_core.registry import codecs, heads
+        from calm_core.transformer_lm import backbone_config_from_reference
+
+        if codec is None:
+            ae_state = {
+                k[len("ae_model.") :]: v for k, v in state_dict.items() if k.startswith("ae_model.")
+            }
+            if not ae_state or codec_config is None:
+                raise ValueError(
+                    "no codec: pass codec=..., or include the 'ae_model.*' weights in state_dict "
+                    "together with codec_config (the reference AE config)"
+                )
+            codec = codecs.get("autoencoder").from_reference(ae_state, codec_config)  # type: ignore[attr-defined]
+        assert codec is not None
+        head_module = heads.get(head).from_reference(  # type: ignore[attr-defined]
+            state_dict,
+            ref_config,
+            hidden_size=int(ref_config["hidden_size"]),
+            latent_size=codec.latent_size,
+        )
+        pad = ref_config.get("pad_token_id")
+        data: dict[str, Any] = {
+            "backbone": backbone_config_from_reference(ref_config).model_dump(),
+            "head": {"name": head, "config": head_module.config.model_dump(mode="json")},
+            "vocab_size": int(ref_config["vocab_size"]),
+            "chunk_size": int(ref_config["patch_size"]),
+            "pad_id": int(pad) if pad is not None else None,
+        }
+        data.update(fields)
+        model = cls(data, codec=codec)
+        ours: dict[str, Tensor] = {}
+        for key, value in state_dict.items():
+            if key == "transformer.embed_tokens.weight":
+                ours["embed_tokens.weight"] = value
+            elif key.startswith("transformer."):
+                ours["backbone." + key[len("transformer.") :]] = value
+            elif key.startswith("embed_proj."):
+                ours[key] = value
+        ours.update({f"head.{k}": v for k, v in head_module.state_dict().items()})
+        ours.update({f"codec.{k}": v for k, v in codec.state_dict().items()})
+        from calm_core.model_dir import load_state_into
+
+        load_state_into(model, ours, "reference CALM state dict")
+        return model

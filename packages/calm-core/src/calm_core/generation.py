@@ -1,0 +1,244 @@
+"""Batched, KV-cached generation machinery shared by CALM and the AR baseline.
+
+Both models generate the same way: validate and left-pad the prompts, run the prompt once through
+the backbone into a preallocated :class:`~calm_core.backbone.StaticKVCache`, then take one backbone
+call per step (a token for the AR model, a chunk of K tokens for CALM). The model-specific part is
+only "turn the last hidden state into the next tokens"; everything else lives here.
+
+What is unusual:
+
+* Left padding is exact, not approximate: padded key positions are masked out of attention and
+  each row gets its own rotary positions (``0..len-1`` for its real tokens), so a padded row
+  computes what the row alone would. When no row is padded, no mask is built at all (the fast
+  ``is_causal`` path).
+* Stopping is per row and vectorised: tokens after a row's first EOS (inside the same chunk, for
+  CALM) are replaced by the fill id and the row is marked finished; the loop ends when every row
+  has finished. Finished rows keep being computed (batch shapes stay fixed), never looped over.
+* The streaming iterator (:meth:`stream`) is the primitive; ``generate`` just concatenates it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "PaddedPrompts",
+    "PaddingState",
+    "StopState",
+    "check_context",
+    "check_generation_args",
+    "collect",
+    "prepare_prompts",
+    "sample_from_logits",
+    "to_lists",
+]
+
+PromptsLike = Tensor | Sequence[Sequence[int]] | Sequence[Tensor]
+
+
+@dataclass(frozen=True)
+class PaddedPrompts:
+    """Prompts left-padded into one batch.
+
+    Attributes:
+        tokens: ``[B, T]`` token ids; ``T`` a multiple of the requested ``multiple``.
+        valid: ``[B, T]`` bool, True at real prompt tokens.
+        lengths: prompt lengths (real tokens) per row.
+    """
+
+    tokens: Tensor
+    valid: Tensor
+    lengths: list[int]
+
+    @property
+    def padded(self) -> bool:
+        """Whether any row is padded."""
+        return bool(min(self.lengths) != self.tokens.shape[1])
+
+
+def prepare_prompts(
+    prompts: PromptsLike,
+    *,
+    vocab_size: int,
+    pad_id: int | None,
+    multiple: int = 1,
+    device: torch.device | str | None = None,
+) -> PaddedPrompts:
+    """Validate prompts and left-pad them to one length, a multiple of ``multiple``.
+
+    Args:
+        prompts: a LongTensor ``[B, T]`` (or ``[T]`` for one prompt), or a list of token-id lists
+            or 1-D tensors of possibly different lengths.
+        vocab_size: ids must lie in ``[0, vocab_size)``.
+        pad_id: the id written into padded slots; needed only when padding is required.
+        multiple: the padded length is rounded up to a multiple of this (K for CALM).
+        device: where the batch goes.
+
+    Raises:
+        ValueError: for an empty batch, an empty prompt, ids outside the vocabulary, or padding
+            needed without a ``pad_id``.
+    """
+    rows: list[Tensor]
+    if isinstance(prompts, Tensor):
+        if prompts.dim() == 1:
+            prompts = prompts.unsqueeze(0)
+        if prompts.dim() != 2:
+            raise ValueError(
+                f"prompts tensor must be [B, T] token ids, got shape {tuple(prompts.shape)}"
+            )
+        rows = list(prompts)
+    else:
+        if isinstance(prompts, str | bytes):
+            raise ValueError("prompts must be token ids; encode text with the tokenizer first")
+        rows = [torch.as_tensor(p, dtype=torch.long).reshape(-1) for p in prompts]
+    if not rows:
+        raise ValueError("no prompts given: pass at least one prompt")
+    for i, row in enumerate(rows):
+        if row.numel() == 0:
+            raise ValueError(
+                f"prompt {i} is empty; every prompt needs at least one token (e.g. a BOS/EOS id)"
+            )
+        if row.is_floating_point() or row.dtype == torch.bool:
+            raise ValueError(f"prompt {i} must hold integer token ids, got dtype {row.dtype}")
+        lo, hi = int(row.min()), int(row.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"prompt {i} contains token id {bad}, outside the vocabulary [0, {vocab_size}); "
+                "use the tokenizer the model was trained with"
+            )
+    lengths = [int(r.numel()) for r in rows]
+    longest = max(lengths)
+    total = -(-longest // multiple) * multiple
+    if (total != min(lengths)) and pad_id is None:
+        raise ValueError(
+            f"prompts need left padding (lengths {sorted(set(lengths))}, padded length {total}) "
+            "but the model has no pad_id; set pad_id in the model config or give prompts of "
+            f"equal length that is a multiple of {multiple}"
+        )
+    fill = 0 if pad_id is None else pad_id
+    tokens = torch.full((len(rows), total), fill, dtype=torch.long)
+    valid = torch.zeros((len(rows), total), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        tokens[i, total - row.numel() :] = row.long()
+        valid[i, total - row.numel() :] = True
+    return PaddedPrompts(tokens.to(device), valid.to(device), lengths)
+
+
+class PaddingState:
+    """Attention masks and rotary positions for a left-padded batch across generation steps.
+
+    Args:
+        valid: ``[B, S0]`` bool, True at real (attendable) positions of the prefill.
+        capacity: total backbone positions the cache holds (prefill + decode steps).
+    """
+
+    def __init__(self, valid: Tensor, capacity: int) -> None:
+        B, S0 = valid.shape
+        self.padded = not bool(valid.all())
+        self._len = S0
+        self.key_valid = torch.ones((B, capacity), dtype=torch.bool, device=valid.device)
+        self.key_valid[:, :S0] = valid
+        self.next_pos = valid.sum(dim=1)  # [B]
+
+    def prefill(self) -> tuple[Tensor | None, Tensor | None]:
+        """``(positions [B, S0], attn_mask [B, 1, S0, S0])``, or ``(None, None)`` if unpadded."""
+        if not self.padded:
+            return None, None
+        S0 = self._len
+        valid = self.key_valid[:, :S0]
+        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+        causal = torch.ones((S0, S0), dtype=torch.bool, device=valid.device).tril()
+        eye = torch.eye(S0, dtype=torch.bool, device=valid.device)
+        # A pad query sees itself so that its softmax row is never empty (no NaN in the cache).
+        mask = (valid[:, None, None, :] & causal) | eye
+        return positions, mask
+
+    def step(self) -> tuple[Tensor | None, Tensor | None]:
+        """Positions ``[B, 1]`` and mask ``[B, 1, 1, S]`` for the next single-position call."""
+        if not self.padded:
+            self._len += 1
+            return None, None
+        positions = self.next_pos[:, None]
+        self.next_pos = self.next_pos + 1
+        self._len += 1
+        return positions, self.key_valid[:, None, None, : self._len]
+
+
+class StopState:
+    """Per-row EOS stopping: masks tokens after a row's first EOS and tracks finished rows."""
+
+    def __init__(self, batch_size: int, eos_id: int | None, fill_id: int, device: torch.device):
+        self.eos_id = eos_id
+        self.fill_id = fill_id
+        self.finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.all_finished = False
+
+    def apply(self, new: Tensor) -> Tensor:
+        """``new [B, k]`` -> the tokens to emit (after-EOS positions set to ``fill_id``)."""
+        if self.eos_id is None:
+            return new
+        is_eos = new == self.eos_id
+        seen_before = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
+        drop = seen_before | self.finished[:, None]
+        out = torch.where(drop, torch.full_like(new, self.fill_id), new)
+        self.finished = self.finished | is_eos.any(dim=1)
+        self.all_finished = bool(self.finished.all())
+        return out
+
+
+def sample_from_logits(
+    logits: Tensor, temperature: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """``logits [B, V]`` -> ids ``[B]``: argmax at ``temperature == 0``, else softmax sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def collect(stream: Iterator[Tensor], max_new_tokens: int) -> Tensor:
+    """Concatenate a stream of ``[B, k]`` pieces and cut it at ``max_new_tokens`` columns."""
+    pieces = list(stream)
+    if not pieces:
+        raise RuntimeError("generation produced no tokens")
+    return torch.cat(pieces, dim=1)[:, :max_new_tokens]
+
+
+def to_lists(tokens: Tensor, eos_id: int | None = None) -> list[list[int]]:
+    """Rows of generated ids as lists, each cut after its first EOS (kept) when ``eos_id`` given."""
+    out: list[list[int]] = []
+    for row in tokens.tolist():
+        if eos_id is not None and eos_id in row:
+            row = row[: row.index(eos_id) + 1]
+        out.append(row)
+    return out
+
+
+def check_generation_args(max_new_tokens: int, temperature: float) -> None:
+    """Shared argument checks with messages that say what is allowed."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
+def check_context(prompt_positions: int, new_positions: int, max_positions: int, unit: str) -> None:
+    """Refuse prompts (or prompt + generation) longer than the model's context."""
+    if prompt_positions > max_positions:
+        raise ValueError(
+            f"prompt is too long: {prompt_positions} {unit} but the context holds "
+            f"{max_positions}; shorten the prompt"
+        )
+    if prompt_positions + new_positions > max_positions:
+        raise ValueError(
+            f"prompt ({prompt_positions} {unit}) plus generation ({new_positions} {unit}) "
+            f"exceeds the context of {max_positions} {unit}; lower max_new_tokens or shorten "
+            "the prompt"
+        )
