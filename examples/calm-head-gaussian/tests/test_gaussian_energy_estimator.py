@@ -45,7 +45,7 @@ def test_one_component_is_exactly_the_spec_estimator() -> None:
         std,
         targets,
         num_samples=N,
-        exponent=a,
+        alpha=a,
         generator=torch.Generator().manual_seed(3),
     )
     eps = torch.randn((P, 1, N, D), generator=torch.Generator().manual_seed(3))
@@ -53,8 +53,8 @@ def test_one_component_is_exactly_the_spec_estimator() -> None:
     torch.testing.assert_close(got, _spec_energy_loss(x, targets, a), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("exponent", [1.0, 0.5])
-def test_mixture_estimator_is_unbiased(exponent: float) -> None:
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_mixture_estimator_is_unbiased(alpha: float) -> None:
     """Rao-Blackwellised estimate vs. the plain estimator on draws with sampled components."""
     P, C, D, N = 4000, 3, 2, 4
     weights, means, stds, targets = _mixture(P, C, D, seed=1)
@@ -64,7 +64,7 @@ def test_mixture_estimator_is_unbiased(exponent: float) -> None:
         stds,
         targets,
         num_samples=N,
-        exponent=exponent,
+        alpha=alpha,
         generator=torch.Generator().manual_seed(2),
     )
     g = torch.Generator().manual_seed(3)
@@ -73,19 +73,17 @@ def test_mixture_estimator_is_unbiased(exponent: float) -> None:
     mu = means.expand(N, P, C, D).gather(2, idx).squeeze(2)
     sd = stds.expand(N, P, C, D).gather(2, idx).squeeze(2)
     x = mu + sd * torch.randn(N, P, D, generator=g)
-    plain = _spec_energy_loss(x, targets, exponent)
+    plain = _spec_energy_loss(x, targets, alpha)
     se = math.sqrt(ours.var().item() / P + plain.var().item() / P)
     assert abs(ours.mean().item() - plain.mean().item()) < 4.0 * se, (ours.mean(), plain.mean(), se)
 
 
-def test_gradients_finite_for_small_exponent() -> None:
+def test_gradients_finite_for_small_alpha() -> None:
     weights, means, stds, targets = _mixture(3, 2, 4, seed=4)
     logits = weights.log().clone().requires_grad_(True)
     means = means.clone().requires_grad_(True)
     stds = stds.clone().requires_grad_(True)
-    loss = mixture_energy_loss(
-        logits.softmax(-1), means, stds, targets, num_samples=3, exponent=0.5
-    )
+    loss = mixture_energy_loss(logits.softmax(-1), means, stds, targets, num_samples=3, alpha=0.5)
     loss.sum().backward()
     for t in (logits, means, stds):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
@@ -95,15 +93,15 @@ def test_estimator_rejects_bad_arguments() -> None:
     w, m, s, y = _mixture(2, 2, 3, seed=5)
     with pytest.raises(ValueError, match="num_samples must be at least 2"):
         mixture_energy_loss(w, m, s, y, num_samples=1)
-    with pytest.raises(ValueError, match=r"exponent must lie in \(0, 2\)"):
-        mixture_energy_loss(w, m, s, y, num_samples=2, exponent=2.0)
+    with pytest.raises(ValueError, match=r"alpha must lie in \(0, 2\)"):
+        mixture_energy_loss(w, m, s, y, num_samples=2, alpha=2.0)
     with pytest.raises(ValueError, match="targets must be"):
         mixture_energy_loss(w, m, s, y[:, :1], num_samples=2)
 
 
 def test_config_errors_name_the_field() -> None:
-    spec = {"name": "example.gaussian_energy", "config": {"exponent": 2.0}}
-    with pytest.raises(ConfigError, match="exponent"):
+    spec = {"name": "example.gaussian_energy", "config": {"alpha": 2.0}}
+    with pytest.raises(ConfigError, match="alpha"):
         heads.build(spec, hidden_size=8, latent_size=2)
     spec = {"name": "example.gaussian_energy", "config": {"num_component": 2}}
     with pytest.raises(ConfigError, match="allowed fields: .*num_components"):

@@ -22,19 +22,19 @@ from torch import Tensor
 __all__ = ["mixture_energy_loss", "pairwise_distance_power"]
 
 
-def pairwise_distance_power(x: Tensor, y: Tensor, exponent: float) -> Tensor:
+def pairwise_distance_power(x: Tensor, y: Tensor, alpha: float) -> Tensor:
     """``||x_i - y_j||^a`` for every pair.
 
     Args:
         x: ``[P, I, D]``.
         y: ``[P, J, D]``.
-        exponent: the energy-score exponent ``a`` in ``(0, 2)``.
+        alpha: the energy-score exponent ``a`` in ``(0, 2)``.
 
     Returns:
-        ``[P, I, J]`` distances raised to ``exponent``.
+        ``[P, I, J]`` distances raised to ``alpha``.
     """
     dist = torch.cdist(x, y)
-    return dist if exponent == 1.0 else dist.pow(exponent)
+    return dist if alpha == 1.0 else dist.pow(alpha)
 
 
 def mixture_energy_loss(
@@ -44,7 +44,7 @@ def mixture_energy_loss(
     targets: Tensor,
     *,
     num_samples: int,
-    exponent: float = 1.0,
+    alpha: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Unbiased energy loss of a diagonal-Gaussian mixture against target draws, per position.
@@ -55,19 +55,19 @@ def mixture_energy_loss(
         stds: component standard deviations ``[P, C, D]``, positive.
         targets: draws from the target distribution ``[M, P, D]``.
         num_samples: N, reparameterised draws per component (at least 2).
-        exponent: ``a`` in ``(0, 2)``; 1 is the default of the paper.
+        alpha: ``a`` in ``(0, 2)``; 1 is the default of the paper.
         generator: optional random generator for the draws.
 
     Returns:
         ``[P]``: the estimate of ``2 E||X - Y||^a - E||X - X'||^a`` at each position.
 
     Raises:
-        ValueError: on inconsistent shapes, ``num_samples < 2`` or an exponent outside ``(0, 2)``.
+        ValueError: on inconsistent shapes, ``num_samples < 2`` or ``alpha`` outside ``(0, 2)``.
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2 for the energy loss, got {num_samples}")
-    if not 0.0 < exponent < 2.0:
-        raise ValueError(f"exponent must lie in (0, 2) for a strictly proper score, got {exponent}")
+    if not 0.0 < alpha < 2.0:
+        raise ValueError(f"alpha must lie in (0, 2) for a strictly proper score, got {alpha}")
     if means.shape != stds.shape or means.dim() != 3:
         raise ValueError(
             "means and stds must both be [P, C, D], got "
@@ -84,7 +84,7 @@ def mixture_energy_loss(
     x = (means.unsqueeze(2) + stds.unsqueeze(2) * eps).reshape(P, C * N, D)
 
     y = targets.transpose(0, 1)  # [P, M, D]
-    cross = pairwise_distance_power(x, y, exponent).mean(-1).reshape(P, C, N).mean(-1)  # [P, C]
+    cross = pairwise_distance_power(x, y, alpha).mean(-1).reshape(P, C, N).mean(-1)  # [P, C]
     cross = (weights * cross).sum(-1)
 
     # self term: all pairs of draws, excluding a draw with itself; the diagonal is set to 1 before
@@ -92,8 +92,8 @@ def mixture_energy_loss(
     dist = torch.cdist(x, x)
     eye = torch.eye(C * N, dtype=torch.bool, device=x.device)
     dist = torch.where(eye, torch.ones_like(dist), dist)
-    if exponent != 1.0:
-        dist = dist.pow(exponent)
+    if alpha != 1.0:
+        dist = dist.pow(alpha)
     dist = dist.masked_fill(eye, 0.0).reshape(P, C, N, C, N).sum(dim=(2, 4))  # [P, C, C]
     pairs = torch.full((C, C), float(N * N), dtype=means.dtype, device=means.device)
     pairs.fill_diagonal_(float(N * (N - 1)))

@@ -42,7 +42,7 @@ class GaussianEnergyConfig(ConfigModel):
     num_target_samples: int = Field(
         100, ge=1, description="M: draws from the codec posterior per position in the loss."
     )
-    exponent: float = Field(
+    alpha: float = Field(
         1.0, gt=0.0, lt=2.0, description="Energy-score exponent a; the score is proper for 0<a<2."
     )
     min_std: float = Field(1e-4, gt=0.0, description="Floor added to every predicted std.")
@@ -135,7 +135,7 @@ class GaussianEnergyHead(GenerativeHead):
             std,
             targets,
             num_samples=self.config.num_samples,
-            exponent=self.config.exponent,
+            alpha=self.config.alpha,
         )
 
     def sample(
