@@ -503,6 +503,8 @@ class CALM(nn.Module):
         model = cls(data, codec=codec)
         ours: dict[str, Tensor] = {}
         for key, value in state_dict.items():
+            if key.endswith("rotary_emb.inv_freq"):  # recomputed from the config
+                continue
             if key == "transformer.embed_tokens.weight":
                 ours["embed_tokens.weight"] = value
             elif key.startswith("transformer."):

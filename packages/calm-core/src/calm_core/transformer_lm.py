@@ -234,6 +234,8 @@ class TransformerLM(nn.Module):
         model = cls(validate_config(TransformerLMConfig, data))
         ours: dict[str, Tensor] = {}
         for key, value in state_dict.items():
+            if key.endswith("rotary_emb.inv_freq"):  # recomputed from the config
+                continue
             if key == "model.embed_tokens.weight":
                 ours["embed_tokens.weight"] = value
             elif key.startswith("model."):
