@@ -330,6 +330,8 @@ class Trainer:
                 if c.eval_every and step_num % c.eval_every == 0:
                     self._run_eval(model, step_num, log, progress, info)
                     evaluated_at = step_num
+                if not info.distributed:  # alone, a stop asked for by a callback counts now
+                    stop_votes = 1.0 if self._stop_reason is not None else 0.0
                 if stop_votes > 0 and self._stop_reason is None:
                     self._stop_reason = "stop requested on another rank"
                 if (c.checkpoint_every and step_num % c.checkpoint_every == 0) or (stop_votes > 0):
