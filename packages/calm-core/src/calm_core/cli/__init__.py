@@ -17,8 +17,11 @@ __all__ = ["VERBS", "main"]
 #: verb name -> module (inside calm_core.cli) implementing it, in workflow order
 VERBS: dict[str, str] = {
     "tokenize": "tokenize",
+    "train-codec": "train_codec",
+    "eval-codec": "eval_codec",
     "plugins": "plugins",
     "convert-reference": "convert_reference",
+    "demo": "demo",
 }
 
 

@@ -1,0 +1,207 @@
+"""Unit tests of the chunk autoencoder: contract, objective, variants, errors."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from calm_codecs import AutoencoderConfig, ChunkAutoencoder, TrainingDraws
+from calm_core.config import ConfigError
+from calm_core.registry import codecs
+from calm_core.testing import CodecConformance
+
+TINY: dict[str, Any] = {
+    "vocab_size": 50,
+    "chunk_size": 4,
+    "latent_size": 8,
+    "hidden_size": 16,
+    "intermediate_size": 24,
+}
+
+
+class TestAutoencoderConformance(CodecConformance):
+    codec_name = "autoencoder"
+    codec_config: ClassVar[dict[str, Any]] = dict(TINY)
+
+
+class TestDeterministicConformance(CodecConformance):
+    codec_name = "autoencoder"
+    codec_config: ClassVar[dict[str, Any]] = {**TINY, "variational": False, "chunk_size": 2}
+
+
+class TestDedicatedMaskConformance(CodecConformance):
+    codec_name = "autoencoder"
+    codec_config: ClassVar[dict[str, Any]] = {
+        **TINY,
+        "mask_token": "dedicated",
+        "ffn_layers_per_stage": 2,
+    }
+
+
+def make(**over: Any) -> ChunkAutoencoder:
+    torch.manual_seed(0)
+    model = ChunkAutoencoder(AutoencoderConfig(**{**TINY, **over}))
+    with torch.no_grad():  # larger weights than the init, so outputs are far from trivial
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def tokens(model: ChunkAutoencoder, b: int = 2, chunks: int = 3, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.vocab_size, (b, chunks * model.chunk_size), generator=g)
+
+
+def test_registered_class_is_ours() -> None:
+    assert codecs.get("autoencoder") is ChunkAutoencoder
+    built = codecs.build({"name": "autoencoder", "config": TINY})
+    assert isinstance(built, ChunkAutoencoder) and built.latent_size == 8
+
+
+def test_encode_is_deterministic_in_train_mode() -> None:
+    model = make().train()
+    x = tokens(model)
+    a, b = model.encode(x), model.encode(x)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
+
+
+def test_chunks_are_encoded_independently() -> None:
+    model = make().eval()
+    x = tokens(model, b=1, chunks=3)
+    y = x.clone()
+    y[0, :4] = (y[0, :4] + 1) % model.vocab_size  # change only chunk 0
+    a, b = model.encode(x).mean, model.encode(y).mean
+    assert not torch.allclose(a[0, 0], b[0, 0])
+    assert torch.equal(a[0, 1:], b[0, 1:])
+
+
+def test_loss_matches_the_formula_with_injected_draws() -> None:
+    model = make().train()
+    x = tokens(model)
+    labels = x.reshape(-1, 4)
+    draws = model.draw(labels.shape[0], generator=torch.Generator().manual_seed(3))
+    out = model.loss(x, draws=draws)
+    # recompute by hand from the public pieces
+    c = model.config
+    masked = torch.where(draws.token_keep, labels, torch.zeros_like(labels))
+    post = model.encode(masked.reshape(1, -1))
+    mean, std = post.mean[0], post.std[0]
+    z = (mean + draws.eps * std) * draws.latent_keep / (1 - c.latent_dropout)
+    logits = model.decode(z)
+    ce = F.cross_entropy(logits.reshape(-1, c.vocab_size), labels.reshape(-1))
+    kl = 0.5 * (mean**2 + std**2 - 1 - 2 * std.log())
+    expected = ce * 4 + c.kl_weight * kl.clamp_min(c.kl_floor).sum(-1).mean()
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["ce"], ce, rtol=1e-5, atol=1e-6)
+    acc = (logits.argmax(-1) == labels).float().mean()
+    torch.testing.assert_close(out["token_accuracy"], acc)
+    assert out["kl"] >= c.kl_floor * c.latent_size - 1e-5
+    assert out["kl_raw"] <= out["kl"] + 1e-5
+
+
+def test_generator_makes_training_loss_reproducible() -> None:
+    model = make().train()
+    x = tokens(model)
+    a = model.loss(x, generator=torch.Generator().manual_seed(5))["loss"]
+    b = model.loss(x, generator=torch.Generator().manual_seed(5))["loss"]
+    c = model.loss(x, generator=torch.Generator().manual_seed(6))["loss"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_draw_rates_match_config() -> None:
+    model = make(token_mask_rate=0.25, latent_dropout=0.1)
+    d = model.draw(20000, generator=torch.Generator().manual_seed(0))
+    n_tok, n_lat = d.token_keep.numel(), d.latent_keep.numel()
+    # 5 standard errors of a binomial proportion
+    assert abs((~d.token_keep).float().mean().item() - 0.25) < 5 * (0.25 * 0.75 / n_tok) ** 0.5
+    assert abs((~d.latent_keep).float().mean().item() - 0.1) < 5 * (0.1 * 0.9 / n_lat) ** 0.5
+    assert abs(d.eps.mean().item()) < 5 / n_lat**0.5
+
+
+def test_kl_floor_blocks_gradient_of_small_dims() -> None:
+    model = make(kl_floor=1e6).train()  # every dim under the floor: KL contributes no gradient
+    x = tokens(model)
+    draws = model.draw(6, generator=torch.Generator().manual_seed(0))
+    with_kl = model.loss(x, draws=draws)
+    model.zero_grad()
+    with_kl["loss"].backward()
+    g1 = model.to_latent.weight.grad.clone()  # type: ignore[union-attr]
+    model.config.kl_weight = 0.0
+    model.zero_grad()
+    model.loss(x, draws=draws)["loss"].backward()
+    torch.testing.assert_close(model.to_latent.weight.grad, g1)
+
+
+def test_eval_loss_decodes_the_mean() -> None:
+    model = make().eval()
+    x = tokens(model)
+    out = model.loss(x)
+    logits = model.decode(model.encode(x).mean)
+    ce = F.cross_entropy(logits.reshape(-1, model.vocab_size), x.reshape(-1))
+    torch.testing.assert_close(out["ce"], ce)
+
+
+def test_deterministic_variant_has_no_kl_and_no_sampling() -> None:
+    model = make(variational=False).train()
+    x = tokens(model)
+    assert model.to_latent.out_features == model.latent_size
+    d = model.draw(6, generator=torch.Generator().manual_seed(0))
+    no_mask = TrainingDraws(torch.ones_like(d.token_keep), d.eps, d.latent_keep)
+    out = model.loss(x, draws=no_mask)
+    assert out["kl"].item() == 0.0
+    logits = model.decode(model.encode(x).mean)
+    ce = F.cross_entropy(logits.reshape(-1, model.vocab_size), x.reshape(-1))
+    torch.testing.assert_close(out["loss"], 4 * ce)
+    assert torch.all(model.encode(x).std < 1e-3)
+
+
+def test_dedicated_mask_is_an_extra_input_row_never_decoded() -> None:
+    model = make(mask_token="dedicated")
+    assert model.mask_token_id == model.vocab_size
+    assert model.embed.num_embeddings == model.vocab_size + 1
+    assert model.decode(torch.zeros(3, 8)).shape == (3, 4, model.vocab_size)
+    g = torch.Generator().manual_seed(0)
+    draws = model.draw(6, generator=g)
+    seen: list[torch.Tensor] = []
+    handle = model.embed.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    model.train().loss(tokens(model), draws=draws)
+    handle.remove()
+    fed = seen[0].reshape(-1, 4)
+    assert torch.equal(fed == model.vocab_size, ~draws.token_keep)
+
+
+def test_dtype_and_device_follow_the_module() -> None:
+    model = make().double().train()
+    x = tokens(model)
+    out = model.loss(x)
+    assert out["loss"].dtype == torch.float64
+    assert model.encode(x).mean.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        ({"mask_token": 50}, "mask_token 50 is outside the vocabulary"),
+        ({"mask_token": "other"}, "mask_token"),
+        ({"token_mask_rate": 1.0}, "token_mask_rate"),
+        ({"unknown": 1}, "unknown field"),
+    ],
+)
+def test_bad_config_is_named(over: dict[str, Any], needle: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=needle):
+        codecs.build({"name": "autoencoder", "config": {**TINY, **over}})
+
+
+def test_bad_inputs_have_clear_errors() -> None:
+    model = make()
+    with pytest.raises(ValueError, match="multiple of the chunk size K=4"):
+        model.encode(torch.zeros(1, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 50\)"):
+        model.encode(torch.full((1, 4), 50))
+    with pytest.raises(TypeError, match="integer ids"):
+        model.encode(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="latent size D is 8"):
+        model.decode(torch.zeros(2, 5))
