@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 from calm_core.testing.fixtures import Fixture, fixture_names, require_fixture
-
 from calm_heads.diffusion import DiffusionHead
 from calm_heads.energy import EnergyHead
 from calm_heads.energy_score import energy_loss
@@ -127,7 +126,9 @@ def test_diffusion_loss_parity(name: str) -> None:
     head = _diffusion_head(fx)
     with torch.no_grad():
         terms = head.loss_terms(
-            fx.tensors["loss_target"], fx.tensors["loss_z"], fx.tensors["loss_t"],
+            fx.tensors["loss_target"],
+            fx.tensors["loss_z"],
+            fx.tensors["loss_t"],
             fx.tensors["loss_noise"],
         )
     for key, ref in (("mse", "loss_mse"), ("vb", "loss_vb"), ("loss", "loss")):
@@ -175,7 +176,9 @@ def test_flow_loss_parity(name: str) -> None:
     head = _flow_head(fx)
     with torch.no_grad():
         loss = head.loss_terms(
-            fx.tensors["loss_target"], fx.tensors["loss_z"], fx.tensors["loss_t"],
+            fx.tensors["loss_target"],
+            fx.tensors["loss_z"],
+            fx.tensors["loss_t"],
             fx.tensors["loss_x0"],
         )
     assert _close(loss, fx.tensors["loss"]), (loss - fx.tensors["loss"]).abs().max()

@@ -170,8 +170,9 @@ def energy_loss_naive(
     n = samples.shape[0]
     y = mean.unsqueeze(0) + std.unsqueeze(0) * target_eps  # [M, P, D]
     cross = (samples.unsqueeze(1) - y.unsqueeze(0)).norm(dim=-1).pow(alpha).mean(dim=(0, 1))
-    pair = (samples.unsqueeze(1) - samples.unsqueeze(0)).norm(dim=-1).pow(alpha)  # [N, N, P]
-    spread = pair.sum(dim=(0, 1)) / (n * (n - 1))  # the n == k terms are exactly 0
+    i, k = torch.where(~torch.eye(n, dtype=torch.bool, device=samples.device))  # pairs n != k
+    pair = (samples[i] - samples[k]).norm(dim=-1).pow(alpha)  # [N (N-1), P]
+    spread = pair.sum(dim=0) / (n * (n - 1))
     out: Tensor = 2.0 * cross - spread
     return out
 
