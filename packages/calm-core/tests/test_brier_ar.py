@@ -1,0 +1,157 @@
+"""The AR BrierLM estimator on a real TransformerLM: batched rollouts and reference parity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from calm_core.backbone import BackboneConfig
+from calm_core.metrics.brier_ar import TransformerLMRollout, ar_brier_scores
+from calm_core.testing.fixtures import Fixture, fixture_names, require_fixture
+from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
+
+
+def tiny_lm(seed: int = 0, vocab: int = 13) -> TransformerLM:
+    torch.manual_seed(seed)
+    cfg = TransformerLMConfig(
+        backbone=BackboneConfig(
+            hidden_size=16,
+            intermediate_size=24,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            max_positions=64,
+        ),
+        vocab_size=vocab,
+    )
+    lm = TransformerLM(cfg).eval()
+    with torch.no_grad():  # larger logits than the 0.02 init, so distributions are not flat
+        lm.lm_head.weight.mul_(60.0)
+    return lm
+
+
+def test_batched_rollout_matches_sequential_forward() -> None:
+    """Every rolled-out distribution equals a fresh forward pass over prefix + fed tokens."""
+    lm = tiny_lm()
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 13, (2, 9), generator=gen)
+    seen: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    fed_by_step: dict[int, dict[int, torch.Tensor]] = {}
+
+    def draw(probs: torch.Tensor, step: int, starts: torch.Tensor) -> torch.Tensor:
+        seen.append((step, probs.clone(), starts.clone(), torch.empty(0)))
+        # both samples equal (the path always continues); vary the fed token by start
+        tok = (starts[None, :] * 3 + step + torch.arange(2)[:, None]) % 13
+        fed_by_step[step] = {int(s): tok[:, c] for c, s in enumerate(starts)}
+        return tok[..., None].expand(-1, -1, 2)
+
+    ar_brier_scores(lm, tokens, draw=draw)
+    assert [s[0] for s in seen] == [0, 1, 2]  # steps 0..2 draw; step 3 only needs its collision
+    with torch.no_grad():
+        for step, probs, starts, _ in seen[1:]:
+            for c, i in enumerate(starts.tolist()):
+                path = [fed_by_step[j][i] for j in range(step)]
+                seq = torch.cat([tokens[:, : i + 1], torch.stack(path, 1)], dim=1)
+                want = torch.softmax(lm.logits(seq)[:, -1], -1)
+                torch.testing.assert_close(probs[:, c], want, rtol=1e-4, atol=1e-6)
+
+
+def test_rollout_skips_starts_whose_samples_disagree() -> None:
+    lm = tiny_lm()
+    tokens = torch.randint(0, 13, (3, 10), generator=torch.Generator().manual_seed(2))
+    calls: list[int] = []
+
+    def draw(probs: torch.Tensor, step: int, starts: torch.Tensor) -> torch.Tensor:
+        calls.append(len(starts))
+        out = torch.zeros(probs.shape[0], probs.shape[1], 2, dtype=torch.long)
+        out[..., 1] = 1  # disagree everywhere ...
+        if step == 0:
+            out[1, 2, 1] = 0  # ... except row 1 at start 2
+        return out
+
+    r = ar_brier_scores(lm, tokens, draw=draw)
+    assert calls == [6, 1]  # only start 2 is rolled out, and it stops after one step
+    assert r.scores.shape == (3, 6, 4)
+
+
+def test_ar_estimator_input_errors() -> None:
+    with pytest.raises(ValueError, match="T > 4"):
+        ar_brier_scores(tiny_lm(), torch.zeros(1, 4, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------------- parity
+
+
+def _reference_lm(fx: Fixture) -> TransformerLM:
+    return TransformerLM.from_reference(fx.params("ar."), fx.meta["llama_config"]).eval()
+
+
+def _stored_draws(fx: Fixture) -> Any:
+    table = {
+        (int(i), int(j)): fx.tensors["mc_draws"][k]
+        for k, (i, j) in enumerate(fx.tensors["mc_draw_position_step"].tolist())
+    }
+    used: set[tuple[int, int]] = set()
+
+    def draw(probs: torch.Tensor, step: int, starts: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(probs.shape[0], probs.shape[1], 2, dtype=torch.long)
+        out[..., 1] = 1  # a start the reference did not draw for has every row disagreeing
+        for c, i in enumerate(starts.tolist()):
+            if (i, step) in table:
+                out[:, c] = table[(i, step)]
+                used.add((i, step))
+        return out
+
+    draw.used = used  # type: ignore[attr-defined]
+    draw.table = table  # type: ignore[attr-defined]
+    return draw
+
+
+AR_FIXTURES = fixture_names("ar_brier") or ["ar_brier"]
+
+
+@pytest.mark.parametrize("name", AR_FIXTURES)
+def test_parity_ar_brier_deterministic_terms(name: str) -> None:
+    fx = require_fixture(name)
+    t = fx.tensors
+    lm = _reference_lm(fx)
+    tokens = t["input_ids"]
+    torch.testing.assert_close(lm.logits(tokens), t["logits"], rtol=1e-5, atol=1e-5)
+
+    # draws that always disagree leave Brier-1 = accuracy_1 - collision at step 0, and
+    # Brier-2..4 = accuracy (both exact, no randomness)
+    def disagree(probs: torch.Tensor, step: int, starts: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([0, 1]).expand(probs.shape[0], probs.shape[1], 2)
+
+    r = ar_brier_scores(lm, tokens, draw=disagree)
+    S = t["ngram_golden_prob"].shape[1]
+    assert r.scores.shape == (tokens.shape[0], S, 4)
+    torch.testing.assert_close(
+        r.scores[..., 1:].mean(dim=(0, 1)), t["accuracy_term"][1:], rtol=1e-5, atol=1e-6
+    )
+    want_1 = 2 * t["ngram_golden_prob"][..., 0] - t["collision_prob_first_token"]
+    torch.testing.assert_close(r.scores[..., 0], want_1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", AR_FIXTURES)
+def test_parity_ar_brier_with_stored_draws(name: str) -> None:
+    fx = require_fixture(name)
+    lm = _reference_lm(fx)
+    draw = _stored_draws(fx)
+    r = ar_brier_scores(lm, fx.tensors["input_ids"], draw=draw)
+    torch.testing.assert_close(r.scores.mean(dim=(0, 1)), fx.tensors["brier"], rtol=1e-5, atol=1e-6)
+    assert draw.used == set(draw.table)  # the same (start, step) draws as the reference
+    # a perturbed weight must break parity
+    with torch.no_grad():
+        lm.backbone.layers[0].mlp.up_proj.weight[0, 0] += 0.5
+    bad = ar_brier_scores(lm, fx.tensors["input_ids"], draw=_stored_draws(fx))
+    assert not torch.allclose(
+        bad.scores.mean(dim=(0, 1)), fx.tensors["brier"], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_transformer_lm_rollout_requires_begin() -> None:
+    roll = TransformerLMRollout(tiny_lm())
+    with pytest.raises(RuntimeError, match="begin"):
+        roll.extend(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), None, 1)
