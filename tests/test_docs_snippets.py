@@ -1,0 +1,278 @@
+"""Every code block of the docs runs here, so the docs cannot rot.
+
+Each Markdown page under ``docs/`` (and the example plugin's README) is one test. Its fenced blocks
+run in page order, in a fresh temporary working directory, like one interactive session:
+
+* ``python``: executed in one namespace per page. Conformance suites a page defines (``Test*``
+  subclasses of ``HeadConformance``/``CodecConformance``) are then run, every test method.
+* ``bash``/``console``: each command runs. ``calm ...`` commands go through
+  ``calm_core.cli.main`` in this process (no interpreter start-up per command); anything else runs
+  in ``bash -euo pipefail``. A non-zero exit status fails the page.
+* ``toml``/``json``: parsed.
+* ``text``/``mermaid``: not code (diagrams, sample output); ignored.
+
+Any other language fails the test, so every block is a deliberate choice. An HTML comment on the
+line before a block changes what happens to it:
+
+* ``<!-- docs-test: file NAME -->`` also writes the block to ``NAME`` in the working directory
+  (a config file that later commands use);
+* ``<!-- docs-test: skip REASON -->`` does not run it (only for commands that change the
+  environment, such as ``pip install``); a reason is required.
+
+Pages listed in :data:`SLOW_PAGES` are marked ``slow`` (still run by the nox ``tests`` session).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted(
+    [*ROOT.joinpath("docs").rglob("*.md"), ROOT / "examples" / "calm-head-gaussian" / "README.md"]
+)
+#: pages whose commands take more than a few seconds (several processes, real training)
+SLOW_PAGES = {"docs/how-to/distributed.md"}
+RUN_LANGS = {"python", "bash", "console", "toml", "json"}
+IGNORED_LANGS = {"text", "mermaid"}
+DIRECTIVE = re.compile(r"^<!--\s*docs-test:\s*(?P<verb>file|skip)\s*(?P<arg>.*?)\s*-->\s*$")
+FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<info>[^`]*)$")
+
+
+@dataclass
+class Block:
+    """One fenced code block of a page."""
+
+    lang: str
+    code: str
+    line: int  # 1-based line of the opening fence
+    directive: tuple[str, str] | None
+
+
+def parse_blocks(text: str) -> list[Block]:
+    """Fenced blocks of a Markdown page, with the ``docs-test`` directive just before each."""
+    blocks: list[Block] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        indent, fence = len(m["indent"]), m["fence"]
+        info = m["info"].strip()
+        lang = info.split()[0].lstrip("{.").rstrip("}") if info else ""
+        prev = lines[i - 1].strip() if i > 0 else ""
+        d = DIRECTIVE.match(prev)
+        start = i
+        body: list[str] = []
+        i += 1
+        while i < len(lines) and lines[i].strip() != fence:
+            body.append(lines[i][indent:] if lines[i][:indent].strip() == "" else lines[i])
+            i += 1
+        if i >= len(lines):
+            raise AssertionError(f"unclosed code fence at line {start + 1}")
+        i += 1
+        blocks.append(
+            Block(lang, "\n".join(body) + "\n", start + 1, (d["verb"], d["arg"]) if d else None)
+        )
+    return blocks
+
+
+def shell_commands(code: str) -> list[str]:
+    """Commands of a shell block: continuation lines joined; comments, blanks and prompts dropped."""
+    commands: list[str] = []
+    pending = ""
+    for raw in code.splitlines():
+        line = raw.rstrip()
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.startswith("$ "):
+            line = line[2:]
+        if pending:
+            line = line.strip()
+        if line.endswith("\\"):
+            pending += line[:-1].rstrip() + " "
+            continue
+        commands.append(pending + line)
+        pending = ""
+    if pending:
+        commands.append(pending)
+    return commands
+
+
+def run_shell(command: str, where: str) -> str:
+    """Run one command; ``calm`` in process, anything else in bash. Returns its stdout."""
+    words = shlex.split(command, comments=True)
+    simple = not any(ch in command for ch in "|&;<>$`")
+    if simple and words and words[0] == "calm":
+        from calm_core.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(words[1:])
+            except SystemExit as exc:  # argparse exits for --help / usage errors
+                code = exc.code if isinstance(exc.code, int) else 1
+        if code != 0:
+            raise AssertionError(
+                f"{where}: `{command}` exited with {code}\nstdout:\n{out.getvalue()}\n"
+                f"stderr:\n{err.getvalue()[-3000:]}"
+            )
+        return out.getvalue()
+    if words and (
+        words[0] in ("pip", "pip3", "nox") or words[1:3] in (["-m", "pip"], ["-m", "nox"])
+    ):
+        raise AssertionError(
+            f"{where}: `{command}` would change the environment or run the whole suite; "
+            "put `<!-- docs-test: skip REASON -->` on the line before its block"
+        )
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["CALM_REPO_ROOT"] = str(ROOT)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{where}: `{command}` exited with {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+            f"stderr:\n{proc.stderr[-3000:]}"
+        )
+    return proc.stdout
+
+
+def run_conformance(namespace: dict[str, Any], tmp_path: Path, where: str) -> int:
+    """Run every test method of the conformance suites a page defined; returns how many ran."""
+    from calm_core.testing import CodecConformance, HeadConformance
+
+    ran = 0
+    for name, obj in list(namespace.items()):
+        suites = (HeadConformance, CodecConformance)
+        if not (isinstance(obj, type) and issubclass(obj, suites) and name.startswith("Test")):
+            continue
+        for attr in sorted(dir(obj)):
+            if not attr.startswith("test_"):
+                continue
+            method = getattr(obj(), attr)
+            target = tmp_path / f"conformance-{name}-{attr}"
+            target.mkdir()
+            try:
+                if "tmp_path" in method.__code__.co_varnames[: method.__code__.co_argcount]:
+                    method(target)
+                else:
+                    method()
+            except Exception as exc:
+                raise AssertionError(f"{where}: {name}.{attr} failed: {exc!r}") from exc
+            ran += 1
+    return ran
+
+
+@pytest.fixture
+def clean_registries() -> Iterator[None]:
+    """Pages may register components in-process; forget them afterwards."""
+    from calm_core.registry import codecs, heads
+
+    yield
+    heads.refresh()
+    codecs.refresh()
+
+
+def _page_id(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def _params() -> list[Any]:
+    out = []
+    for page in PAGES:
+        rel = _page_id(page)
+        marks = [pytest.mark.slow] if rel in SLOW_PAGES else []
+        out.append(pytest.param(page, id=rel, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("page", _params())
+def test_docs_page_snippets_run(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_registries: None
+) -> None:
+    rel = _page_id(page)
+    blocks = parse_blocks(page.read_text(encoding="utf-8"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("CALM_REPO_ROOT", str(ROOT))
+    module_name = "docs_snippet_" + re.sub(r"\W", "_", rel)
+    namespace: dict[str, Any] = {"__name__": module_name}
+    for block in blocks:
+        where = f"{rel}:{block.line}"
+        if block.lang in IGNORED_LANGS:
+            continue
+        assert block.lang in RUN_LANGS, (
+            f"{where}: code block language {block.lang!r} is neither run ({sorted(RUN_LANGS)}) "
+            f"nor a known non-code language ({sorted(IGNORED_LANGS)})"
+        )
+        if block.directive is not None:
+            verb, arg = block.directive
+            if verb == "skip":
+                assert arg, f"{where}: `docs-test: skip` needs a reason"
+                continue
+            if verb == "file":
+                assert arg, f"{where}: `docs-test: file` needs a file name"
+                (work / arg).parent.mkdir(parents=True, exist_ok=True)
+                (work / arg).write_text(block.code, encoding="utf-8")
+        if block.lang == "python":
+            code = compile(block.code, f"{rel}:{block.line}", "exec")
+            exec(code, namespace)
+        elif block.lang in ("bash", "console"):
+            for command in shell_commands(block.code):
+                run_shell(command, where)
+        elif block.lang == "toml":
+            tomllib.loads(block.code)
+        elif block.lang == "json":
+            json.loads(block.code)
+    run_conformance(namespace, tmp_path, rel)
+
+
+def test_every_docs_page_is_in_the_nav() -> None:
+    """mkdocs --strict only warns about pages left out of the nav; fail here instead."""
+    nav = ROOT.joinpath("mkdocs.yml").read_text(encoding="utf-8")
+    listed = set(re.findall(r":\s*([\w/.-]+\.md)\s*$|^\s*-\s*([\w/.-]+\.md)\s*$", nav, re.M))
+    names = {a or b for a, b in listed}
+    missing = [
+        p.relative_to(ROOT / "docs").as_posix()
+        for p in ROOT.joinpath("docs").rglob("*.md")
+        if p.relative_to(ROOT / "docs").as_posix() not in names
+    ]
+    assert not missing, f"docs pages missing from the mkdocs.yml nav: {missing}"
+
+
+def test_snippet_parser_handles_directives_and_continuations() -> None:
+    text = (
+        'intro\n\n<!-- docs-test: file cfg.json -->\n```json\n{"a": 1}\n```\n\n'
+        "<!-- docs-test: skip changes the environment -->\n```bash\npip install x\n```\n"
+        "```bash\n# comment\ncalm plugins \\\n  --json\n$ echo hi\n```\n"
+    )
+    blocks = parse_blocks(text)
+    assert [b.lang for b in blocks] == ["json", "bash", "bash"]
+    assert blocks[0].directive == ("file", "cfg.json") and blocks[0].line == 4
+    assert blocks[1].directive == ("skip", "changes the environment")
+    assert shell_commands(blocks[2].code) == ["calm plugins --json", "echo hi"]
+    with pytest.raises(AssertionError, match="unclosed"):
+        parse_blocks("```python\nprint(1)\n")
