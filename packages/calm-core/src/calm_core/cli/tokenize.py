@@ -70,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from calm_core.data.packing import (
         DataError,
+        choose_dtype,
         find_input_files,
         read_documents,
         split_documents,
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         elif cfg.tokenizer:
             tokenizer = Tokenizer.load(cfg.tokenizer)
         else:
+            choose_dtype(cfg.vocab_size, cfg.dtype)  # refuse before training, not after
             tokenizer = Tokenizer.train_bpe((docs[i].text for i in train_idx), cfg.vocab_size)
         out = prepare_output_dir(args.out, overwrite=args.overwrite)
         index = write_data_dir(
