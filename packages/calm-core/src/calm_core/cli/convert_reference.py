@@ -29,16 +29,22 @@ import pickle
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+from pydantic import Field
 
-from calm_core.cli.common import CLIError, prepare_output_dir, print_resolved_config
+from calm_core.cli.common import CLIError, prepare_output_dir, print_resolved_config, resolve_config
+from calm_core.config import ConfigModel
+
+if TYPE_CHECKING:  # torch is imported only when a conversion runs (``calm --help`` stays fast)
+    from torch import Tensor, nn
+
+    from calm_core.interfaces import Codec
 
 __all__ = [
     "AE_PATH_FIELDS",
     "HELP",
+    "ConvertReferenceConfig",
     "ReferenceCheckpoint",
     "add_arguments",
     "convert_reference",
@@ -57,6 +63,14 @@ AE_PATH_FIELDS = ("ae_path", "ae_name_or_path", "autoencoder_path")
 _AE_PREFIX = "ae_model."
 _HEAD_ALIAS = "generative_head."
 _HEAD_PREFIX = "mlp_generator."
+
+
+class ConvertReferenceConfig(ConfigModel):
+    """Settings of ``calm convert-reference`` besides SRC and DST (``--config`` may set them)."""
+
+    ae: str | None = Field(
+        None, description="Reference autoencoder directory for a CALM checkpoint."
+    )
 
 
 class ReferenceCheckpoint:
@@ -97,6 +111,8 @@ class ReferenceCheckpoint:
 
 
 def _load_bin(path: Path) -> dict[str, Tensor]:
+    import torch
+
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
@@ -109,7 +125,7 @@ def _load_bin(path: Path) -> dict[str, Tensor]:
         raise CLIError(f"{path} is not a readable PyTorch weights file: {exc}") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CLIError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return {str(k): v for k, v in obj.items()}
 
@@ -231,7 +247,7 @@ def _ae_dir_from_config(ckpt: ReferenceCheckpoint) -> Path | None:
     return None
 
 
-def _build_codec(state: Mapping[str, Tensor], ae_config: Mapping[str, Any]) -> nn.Module:
+def _build_codec(state: Mapping[str, Tensor], ae_config: Mapping[str, Any]) -> Codec:
     from calm_core.registry import codecs
 
     try:
@@ -248,6 +264,8 @@ def _split_calm_state(
     ckpt: ReferenceCheckpoint,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """(CALM tensors without duplicates, AE tensors without ``ae_model.``)."""
+    import torch
+
     calm: dict[str, Tensor] = {}
     ae: dict[str, Tensor] = {}
     for key, value in ckpt.tensors.items():
@@ -270,6 +288,8 @@ def _split_calm_state(
 
 
 def _convert_calm(ckpt: ReferenceCheckpoint, ae_dir: Path | None) -> tuple[nn.Module, str]:
+    import torch
+
     calm_state, ae_state = _split_calm_state(ckpt)
     ae_dir = ae_dir or _ae_dir_from_config(ckpt)
     if ae_dir is not None:
@@ -343,6 +363,8 @@ def convert_reference(
     Raises:
         CLIError: unreadable input, unsupported kind, mismatched codec, unwritable output.
     """
+    import torch
+
     ckpt = read_reference_checkpoint(src)
     kind = ckpt.kind
     created = not Path(dst).exists()
@@ -396,15 +418,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the contents of a non-empty DST_DIR"
     )
+    parser.add_argument("--config", metavar="FILE", help="JSON/TOML file with these settings")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(ConvertReferenceConfig, args.config, {"ae": args.ae})
     print_resolved_config(
-        "convert-reference",
-        {"src": args.src, "dst": args.dst, "ae": args.ae, "overwrite": args.overwrite},
+        "calm convert-reference config",
+        {"src": args.src, "dst": args.dst, **cfg.model_dump(), "overwrite": args.overwrite},
     )
-    summary = convert_reference(args.src, args.dst, ae=args.ae, overwrite=args.overwrite)
+    summary = convert_reference(args.src, args.dst, ae=cfg.ae, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:

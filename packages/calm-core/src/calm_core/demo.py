@@ -1,0 +1,617 @@
+"""``calm demo``: the whole workflow end to end on a small corpus, sized for 2 CPU cores.
+
+Stages, each with its own progress display: tokenize (document-level split; held-out articles are
+never trained on, not even by the tokenizer) -> train the codec -> train a CALM with the energy
+head and an AR baseline on the same backbone and the same token stream -> evaluate codec
+reconstruction and BrierLM of both on held-out blocks -> sample continuations of held-out prompts
+at T=1 and T=0.5 -> write ``report.md``, ``results.json``, ``metrics.jsonl`` and a plot.
+
+What is unusual:
+
+* Every stage calls the same library functions the separate verbs use (``write_data_dir``,
+  :class:`~calm_core.training.Trainer`, ``reconstruction_report``, the Brier estimators,
+  ``generate``); no subprocesses.
+* Training stages have both a step count and a wall-clock budget: the step count keeps runs
+  comparable, the budget keeps the demo inside its time on slow machines (a stopped stage says so
+  in the report). The AR baseline trains for the steps the CALM actually took (equal tokens).
+* ``--quick`` is the same pipeline with tiny budgets, for smoke tests; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from calm_core.config import ConfigModel
+
+__all__ = [
+    "QUICK_OVERRIDES",
+    "DemoCodecConfig",
+    "DemoConfig",
+    "DemoEvalConfig",
+    "DemoLMConfig",
+    "DemoResult",
+    "run_demo",
+    "training_flops",
+]
+
+
+class DemoCodecConfig(ConfigModel):
+    """The codec stage: autoencoder shape and its training budget."""
+
+    hidden_size: int = Field(256, ge=8, description="Codec width.")
+    intermediate_size: int = Field(640, ge=8, description="Codec SwiGLU inner width.")
+    latent_size: int = Field(64, ge=1, description="Latent size D per chunk.")
+    steps: int = Field(1200, ge=1, description="Most optimizer steps.")
+    time_budget_s: float = Field(170.0, gt=0, description="Stop training after this many seconds.")
+    batch_size: int = Field(16, ge=1, description="Sequences per step.")
+    seq_len: int = Field(256, ge=4, description="Tokens per sequence (a multiple of K).")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.")
+
+
+class DemoLMConfig(ConfigModel):
+    """The CALM / AR stage: the shared backbone, the energy head and the training budget."""
+
+    hidden_size: int = Field(256, ge=8, description="Backbone width H.")
+    intermediate_size: int = Field(704, ge=8, description="Backbone SwiGLU inner width.")
+    num_layers: int = Field(4, ge=1, description="Backbone layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    head_blocks: int = Field(2, ge=1, description="Energy-head residual blocks.")
+    noise_size: int = Field(32, ge=1, description="Energy-head noise size.")
+    steps: int = Field(600, ge=1, description="Most optimizer steps (CALM; AR takes the same).")
+    time_budget_s: float = Field(
+        150.0, gt=0, description="Stop each model's training after this many seconds."
+    )
+    batch_size: int = Field(8, ge=1, description="Sequences per step.")
+    seq_len: int = Field(256, ge=8, description="Tokens per sequence (a multiple of K).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps.")
+
+
+class DemoEvalConfig(ConfigModel):
+    """Held-out evaluation and sampling."""
+
+    brier_blocks: int = Field(8, ge=1, description="Held-out blocks scored by BrierLM.")
+    brier_block_len: int = Field(256, ge=16, description="Tokens per BrierLM block.")
+    num_prompts: int = Field(3, ge=1, description="Held-out prompts to continue.")
+    prompt_tokens: int = Field(32, ge=4, description="Prompt length in tokens (multiple of K).")
+    new_tokens: int = Field(48, ge=1, description="Tokens generated per continuation.")
+    temperatures: list[float] = Field(
+        default_factory=lambda: [1.0, 0.5], description="Sampling temperatures in (0, 1]."
+    )
+    num_candidates: int = Field(
+        200, ge=2, description="CALM batch-approximation candidates below T=1."
+    )
+    speed_new_tokens: int = Field(64, ge=4, description="Tokens per row in the speed probe.")
+
+
+class DemoConfig(ConfigModel):
+    """Everything ``calm demo`` does; ``--config FILE`` may set any field, flags override."""
+
+    vocab_size: int = Field(2048, ge=260, description="BPE vocabulary size.")
+    chunk_size: int = Field(4, ge=1, description="K, tokens per chunk.")
+    val_docs: int = Field(6, ge=1, description="Held-out documents (never trained on).")
+    seed: int = Field(0, description="Seed of the split, the data order and every model.")
+    codec: DemoCodecConfig = Field(default_factory=lambda: DemoCodecConfig.model_validate({}))
+    lm: DemoLMConfig = Field(default_factory=lambda: DemoLMConfig.model_validate({}))
+    eval: DemoEvalConfig = Field(default_factory=lambda: DemoEvalConfig.model_validate({}))
+
+
+#: what ``--quick`` changes (a smoke test of the whole pipeline, about a minute on 2 cores)
+QUICK_OVERRIDES: dict[str, Any] = {
+    "vocab_size": 512,
+    "val_docs": 4,
+    "codec": {
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "latent_size": 16,
+        "steps": 60,
+        "time_budget_s": 15.0,
+        "batch_size": 8,
+        "seq_len": 128,
+        "warmup_steps": 5,
+    },
+    "lm": {
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "num_layers": 2,
+        "num_heads": 2,
+        "noise_size": 8,
+        "steps": 30,
+        "time_budget_s": 10.0,
+        "batch_size": 4,
+        "seq_len": 64,
+        "warmup_steps": 3,
+    },
+    "eval": {
+        "brier_blocks": 2,
+        "brier_block_len": 64,
+        "num_prompts": 1,
+        "prompt_tokens": 16,
+        "new_tokens": 16,
+        "num_candidates": 20,
+        "speed_new_tokens": 16,
+    },
+}
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured; ``to_dict`` is ``results.json``."""
+
+    out_dir: Path
+    config: DemoConfig
+    quick: bool
+    corpus: str
+    data: dict[str, Any] = field(default_factory=dict)
+    codec: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "quick": self.quick,
+            "corpus": self.corpus,
+            "config": self.config.model_dump(mode="json"),
+            "data": self.data,
+            "codec": self.codec,
+            "models": self.models,
+            "samples": self.samples,
+            "stage_seconds": self.stage_seconds,
+            "notes": self.notes,
+            "wall_s": self.wall_s,
+        }
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Budget:
+    """Trainer callback: ask the trainer to stop once ``seconds`` of wall time have passed."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = time.perf_counter()
+        self.hit = False
+
+    def __call__(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        if not self.hit and time.perf_counter() - self.start > self.seconds:
+            self.hit = True
+            trainer.request_stop("time budget")
+
+
+def _train(
+    model: nn.Module,
+    *,
+    run_dir: Path,
+    data: Any,
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    warmup: int,
+    seed: int,
+    budget_s: float,
+) -> dict[str, Any]:
+    """Train with the library Trainer under a step count and a time budget."""
+    from calm_core.training import TrainConfig, Trainer, TrainingInterrupted
+
+    cfg = TrainConfig.model_validate(
+        {
+            "steps": steps,
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "lr": lr,
+            "warmup_steps": min(warmup, max(steps - 1, 0)),
+            "log_every": max(1, min(10, steps // 20)),
+            "seed": seed,
+            "keep_checkpoints": 1,
+        }
+    )
+    budget = _Budget(budget_s)
+    trainer = Trainer(model, cfg, train_data=data, run_dir=run_dir, callbacks=[budget])
+    t0 = time.perf_counter()
+    try:
+        summary = trainer.fit()
+    except TrainingInterrupted as stop:
+        if budget.hit is False:
+            raise
+        summary = {"steps": stop.step}
+    wall = time.perf_counter() - t0
+    done = int(summary["steps"])
+    tokens = done * batch_size * seq_len
+    model.eval()
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the model dir is what we keep
+    return {
+        "steps": done,
+        "planned_steps": steps,
+        "stopped_by_budget": budget.hit,
+        "tokens": tokens,
+        "train_s": wall,
+        "train_tokens_per_s": tokens / wall if wall > 0 else 0.0,
+    }
+
+
+# ------------------------------------------------------------------------------------- FLOPs
+def _linear_params(module: nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def training_flops(model: nn.Module, tokens: int, seq_len: int) -> float:
+    """Analytic training FLOPs: matmuls only, 2 per multiply-add, backward = 2x forward.
+
+    Per backbone position: ``6 x (linear weights) + 3 x 4 x context x H x layers`` (attention
+    scores and weighted sum, causal context ``(S+1)/2``). A CALM has one backbone position per
+    chunk (tokens / K), its energy head runs ``num_samples`` times per position, and its frozen
+    codec encoder costs a forward pass only. The AR model adds its output projection per token.
+    """
+    from calm_core.backbone import Backbone
+
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"{type(model).__name__} has no calm Backbone")
+    cfg = backbone.config
+    K = int(getattr(model, "chunk_size", 1))
+    positions = tokens / K
+    context = (seq_len / K + 1) / 2
+    attn = 4 * context * cfg.hidden_size * cfg.num_layers
+    per_position = 6 * _linear_params(backbone) + 3 * attn
+    head = getattr(model, "head", None)
+    codec = getattr(model, "codec", None)
+    if head is not None and codec is not None:  # CALM
+        per_position += 6 * _linear_params(model.embed_proj)  # type: ignore[arg-type]
+        samples = int(getattr(head.config, "num_samples", 1))
+        per_position += 6 * samples * _linear_params(head)
+        encoder = sum(
+            p.numel() for n, p in codec.named_parameters() if n.startswith(("enc", "to_latent"))
+        )
+        per_position += 2 * encoder
+        return float(positions * per_position)
+    lm_head = getattr(model, "lm_head", None)
+    out = 6 * lm_head.weight.numel() if isinstance(lm_head, nn.Linear) else 0
+    return float(tokens * (per_position + out))
+
+
+# ------------------------------------------------------------------------------------ stages
+def _stage_tokenize(result: DemoResult, corpus: str | Path | None, data_dir: Path) -> Any:
+    from calm_core.corpus import load_corpus
+    from calm_core.data import PackedDataset, Tokenizer
+    from calm_core.data.packing import split_documents, write_data_dir
+
+    cfg = result.config
+    docs = load_corpus(corpus)
+    train_idx, val_idx = split_documents(len(docs), cfg.val_docs, cfg.seed)
+    _say(
+        f"[1/5] tokenize: {len(docs)} documents ({len(train_idx)} train, {len(val_idx)} held "
+        f"out); training a {cfg.vocab_size}-token BPE on the training documents only"
+    )
+    tokenizer = Tokenizer.train_bpe((docs[i].text for i in train_idx), cfg.vocab_size)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    index = write_data_dir(
+        data_dir, docs, tokenizer, chunk_size=cfg.chunk_size, val_docs=cfg.val_docs, seed=cfg.seed
+    )
+    train, val = PackedDataset(data_dir, "train"), PackedDataset(data_dir, "val")
+    result.data = {
+        "dir": str(data_dir),
+        "documents": len(docs),
+        "train_documents": train.num_documents,
+        "val_documents": val.num_documents,
+        "train_tokens": train.num_tokens,
+        "val_tokens": val.num_tokens,
+        "vocab_size": tokenizer.vocab_size,
+        "held_out_sources": index["splits"]["val"]["doc_sources"],
+    }
+    _say(f"      {train.num_tokens:,} training tokens, {val.num_tokens:,} held-out tokens")
+    return train, val, tokenizer
+
+
+def _stage_codec(result: DemoResult, train: Any, val: Any, out: Path) -> Any:
+    from calm_core.metrics.reconstruction import reconstruction_report
+    from calm_core.registry import codecs
+
+    cfg = result.config
+    c = cfg.codec
+    torch.manual_seed(cfg.seed)
+    codec = codecs.build(
+        {
+            "name": "autoencoder",
+            "config": {
+                "vocab_size": train.vocab_size,
+                "chunk_size": cfg.chunk_size,
+                "latent_size": c.latent_size,
+                "hidden_size": c.hidden_size,
+                "intermediate_size": c.intermediate_size,
+            },
+        }
+    )
+    _say(
+        f"[2/5] codec: autoencoder K={cfg.chunk_size}, D={c.latent_size}, width "
+        f"{c.hidden_size}; up to {c.steps} steps / {c.time_budget_s:.0f} s"
+    )
+    stats = _train(
+        codec, run_dir=out, data=train, steps=c.steps, batch_size=c.batch_size,
+        seq_len=c.seq_len, lr=c.lr, warmup=c.warmup_steps, seed=cfg.seed,
+        budget_s=c.time_budget_s,
+    )  # fmt: skip
+    codec.save_pretrained(out)
+    train.tokenizer.save(out)
+    report = reconstruction_report(codec, val.tokens, ignore_id=val.pad_id)
+    result.codec = {"dir": str(out), **stats, "reconstruction": report.to_dict()}
+    _say(
+        f"      held-out reconstruction: {100 * report.token_accuracy:.2f}% of tokens, "
+        f"{100 * report.chunk_accuracy:.2f}% of chunks ({stats['steps']} steps, "
+        f"{stats['train_s']:.0f} s)"
+    )
+    return codec
+
+
+def _stage_lm(
+    result: DemoResult, kind: str, codec: Any, train: Any, out: Path, steps: int
+) -> nn.Module:
+    from calm_core.backbone import BackboneConfig
+
+    cfg = result.config
+    c = cfg.lm
+    backbone = BackboneConfig.model_validate(
+        {
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_layers": c.num_layers,
+            "num_heads": c.num_heads,
+            "max_positions": max(c.seq_len, cfg.eval.brier_block_len, 1024),
+        }
+    )
+    torch.manual_seed(cfg.seed)
+    model: nn.Module
+    if kind == "calm":
+        from calm_core.calm import CALM
+
+        head = {
+            "name": "energy",
+            "config": {"num_blocks": c.head_blocks, "noise_size": c.noise_size},
+        }
+        model = CALM.from_codec(
+            codec, backbone=backbone, head=head, pad_id=train.pad_id, eos_id=train.eos_id
+        )
+    else:
+        from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
+
+        lm_config = {
+            "backbone": backbone.model_dump(),
+            "vocab_size": train.vocab_size,
+            "pad_id": train.pad_id,
+            "eos_id": train.eos_id,
+        }
+        model = TransformerLM(TransformerLMConfig.model_validate(lm_config))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    title = "CALM (energy head)" if kind == "calm" else "AR baseline (same backbone)"
+    _say(
+        f"[3/5] {title}: {trainable:,} trainable parameters; up to {steps} steps / "
+        f"{c.time_budget_s:.0f} s"
+    )
+    stats = _train(
+        model, run_dir=out, data=train, steps=steps, batch_size=c.batch_size, seq_len=c.seq_len,
+        lr=c.lr, warmup=c.warmup_steps, seed=cfg.seed, budget_s=c.time_budget_s,
+    )  # fmt: skip
+    model.save_pretrained(out)  # type: ignore[operator]
+    train.tokenizer.save(out)
+    stats["parameters"] = trainable
+    stats["train_flops"] = training_flops(model, stats["tokens"], c.seq_len)
+    result.models[kind] = {"dir": str(out), **stats}
+    return model
+
+
+def _stage_brier(result: DemoResult, kind: str, model: nn.Module, val: Any) -> None:
+    from calm_core.data import BlockLoader
+    from calm_core.metrics.brier import BrierAccumulator
+
+    e = result.config.eval
+    n_blocks = max(1, min(e.brier_blocks, val.num_tokens // e.brier_block_len))
+    loader = BlockLoader(val, e.brier_block_len, 1, seed=0, shuffle=False)
+    gen = torch.Generator().manual_seed(result.config.seed + 1)
+    acc = BrierAccumulator()
+    t0 = time.perf_counter()
+    model.eval()
+    with torch.no_grad():
+        for _ in _progress(range(n_blocks), f"BrierLM {kind}"):
+            block = loader.next_batch()
+            if kind == "calm":
+                from calm_core.metrics.brier_calm import calm_brier_scores
+
+                scores = calm_brier_scores(model, block, generator=gen, pad_id=val.pad_id)
+            else:
+                from calm_core.metrics.brier_ar import ar_brier_scores
+
+                scores = ar_brier_scores(model, block, generator=gen, pad_id=val.pad_id)
+            acc.update(scores)
+    res = acc.result()
+    result.models[kind]["brier"] = res.to_dict()
+    result.models[kind]["brier_s"] = time.perf_counter() - t0
+    result.models[kind]["brier_blocks"] = n_blocks
+
+
+def _progress(it: range, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(it, desc=f"      {desc}", file=sys.stderr, leave=False, disable=None)
+
+
+def _generate(
+    model: nn.Module,
+    kind: str,
+    prompts: torch.Tensor,
+    n: int,
+    temperature: float,
+    *,
+    seed: int,
+    candidates: int,
+    eos_id: int | None,
+) -> torch.Tensor:
+    """One ``generate`` call; below T=1 a CALM uses the batch approximation (N candidates)."""
+    gen = torch.Generator().manual_seed(seed)
+    kwargs: dict[str, Any] = {"generator": gen, "eos_id": eos_id}
+    if kind == "calm" and temperature < 1.0:
+        kwargs.update(sampling="batch", num_candidates=candidates)
+    out: torch.Tensor = model.generate(prompts, n, temperature, **kwargs)  # type: ignore[operator]
+    return out
+
+
+def _stage_generate(
+    result: DemoResult, models: Mapping[str, nn.Module], val: Any, tok: Any
+) -> None:
+    e = result.config.eval
+    K = result.config.chunk_size
+    plen = max(K, e.prompt_tokens - e.prompt_tokens % K)
+    prompts: list[list[int]] = []
+    refs: list[list[int]] = []
+    for i in range(min(e.num_prompts, val.num_documents)):
+        doc = [int(x) for x in val.document(i)]
+        content = [x for x in doc if x not in (val.pad_id, val.eos_id)]
+        if len(content) < plen + 1:
+            continue
+        prompts.append(content[:plen])
+        refs.append(content[plen : plen + e.new_tokens])
+    if not prompts:
+        result.notes.append("no held-out document was long enough for a generation prompt")
+        return
+    batch = torch.tensor(prompts, dtype=torch.long)
+    for p, r in zip(prompts, refs, strict=True):
+        result.samples.append(
+            {"prompt": tok.decode(p), "reference": tok.decode(r), "continuations": {}}
+        )
+    for kind, model in models.items():
+        model.eval()
+        for t in e.temperatures:
+            with torch.no_grad():
+                new = _generate(
+                    model, kind, batch, e.new_tokens, t, seed=result.config.seed,
+                    candidates=e.num_candidates, eos_id=None,
+                )  # fmt: skip
+            for i, row in enumerate(new.tolist()):
+                result.samples[i]["continuations"][f"{kind} T={t:g}"] = tok.decode(row)
+        # speed probe: batch 1 and batch 8 at T=1, EOS never stops it
+        speed: dict[str, float] = {}
+        for b in (1, 8):
+            prompt = batch[:1].expand(b, -1).contiguous()
+            t0 = time.perf_counter()
+            with torch.no_grad():  # eos_id=-1: never stops early, so every row is timed in full
+                _generate(
+                    model, kind, prompt, e.speed_new_tokens, 1.0, seed=0,
+                    candidates=e.num_candidates, eos_id=-1,
+                )  # fmt: skip
+            speed[f"b{b}"] = b * e.speed_new_tokens / (time.perf_counter() - t0)
+        result.models[kind]["gen_tokens_per_s"] = speed
+
+
+def run_demo(
+    config: DemoConfig,
+    out_dir: str | Path,
+    *,
+    corpus: str | Path | None = None,
+    quick: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Run every stage into ``out_dir`` (which the caller has prepared) and write the report.
+
+    Args:
+        config: the resolved demo config (``QUICK_OVERRIDES`` already applied for ``--quick``).
+        out_dir: output directory; receives ``data/``, ``codec/``, ``calm/``, ``ar/``,
+            ``metrics.jsonl``, ``results.json``, ``report.md`` and ``training_curves.png``.
+        corpus: None for the bundled WikiText-103 test articles, else the user's text.
+        quick: recorded in the report (the numbers of a quick run mean nothing).
+        on_stage: called with each stage's name as it starts (for tests and UIs).
+
+    Returns:
+        The :class:`DemoResult` that ``results.json`` holds.
+    """
+    from calm_core.demo_report import write_outputs
+
+    out = Path(out_dir)
+    t_start = time.perf_counter()
+    corpus_name = str(corpus) if corpus is not None else "bundled WikiText-103 test articles"
+    result = DemoResult(out_dir=out, config=config, quick=quick, corpus=corpus_name)
+
+    def stage(name: str) -> float:
+        if on_stage is not None:
+            on_stage(name)
+        return time.perf_counter()
+
+    t = stage("tokenize")
+    train, val, tok = _stage_tokenize(result, corpus, out / "data")
+    result.stage_seconds["tokenize"] = time.perf_counter() - t
+    for split, ds, need in (
+        ("training", train, config.lm.seq_len),
+        ("held-out", val, config.eval.brier_block_len),
+    ):
+        if ds.num_tokens < need:
+            from calm_core.data import DataError
+
+            raise DataError(
+                f"the {split} split has {ds.num_tokens} tokens, fewer than one block of {need}; "
+                "use a larger corpus or a smaller seq_len / brier_block_len"
+            )
+
+    t = stage("codec")
+    codec = _stage_codec(result, train, val, out / "codec")
+    result.stage_seconds["codec"] = time.perf_counter() - t
+
+    t = stage("calm")
+    calm = _stage_lm(result, "calm", codec, train, out / "calm", config.lm.steps)
+    result.stage_seconds["calm"] = time.perf_counter() - t
+    t = stage("ar")
+    # equal tokens: the baseline gets exactly the steps the CALM managed
+    ar = _stage_lm(result, "ar", codec, train, out / "ar", result.models["calm"]["steps"])
+    result.stage_seconds["ar"] = time.perf_counter() - t
+
+    t = stage("eval")
+    _say("[4/5] evaluate: BrierLM of both models on held-out blocks")
+    for kind, model in (("calm", calm), ("ar", ar)):
+        _stage_brier(result, kind, model, val)
+    result.stage_seconds["eval"] = time.perf_counter() - t
+
+    t = stage("generate")
+    _say(
+        "[5/5] generate: held-out prompts at T="
+        + ", ".join(f"{x:g}" for x in config.eval.temperatures)
+    )
+    _stage_generate(result, {"calm": calm, "ar": ar}, val, tok)
+    result.stage_seconds["generate"] = time.perf_counter() - t
+
+    if quick:
+        result.notes.append(
+            "--quick run: tiny models and a few seconds of training per stage; it checks that "
+            "the pipeline works, and its numbers mean nothing"
+        )
+    result.wall_s = time.perf_counter() - t_start
+    write_outputs(result)
+    return result
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return str(value)
+
+
+def dump_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (used for results.json)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    tmp.replace(path)
