@@ -19,6 +19,7 @@ VERBS: dict[str, str] = {
     "tokenize": "tokenize",
     "train-codec": "train_codec",
     "eval-codec": "eval_codec",
+    "eval": "eval",
     "plugins": "plugins",
     "convert-reference": "convert_reference",
     "demo": "demo",
