@@ -74,8 +74,10 @@ def test_demo_quick_metrics_parse_and_lie_in_range(quick_demo: tuple[Path, str])
         assert m["steps"] >= 1 and m["tokens"] == m["steps"] * 4 * 64
         assert m["train_flops"] > 0 and m["train_tokens_per_s"] > 0
         assert m["gen_tokens_per_s"]["b1"] > 0 and m["gen_tokens_per_s"]["b8"] > 0
-    # equal tokens: the baseline trains exactly the steps the CALM took
-    assert res["models"]["ar"]["steps"] == res["models"]["calm"]["steps"]
+    # equal tokens: the baseline trains the steps the CALM took, unless its time budget ran out
+    calm_steps, ar = res["models"]["calm"]["steps"], res["models"]["ar"]
+    assert ar["planned_steps"] == calm_steps
+    assert ar["steps"] == calm_steps or (ar["stopped_by_budget"] and ar["steps"] < calm_steps)
     assert res["samples"], "expected at least one held-out prompt"
     conts = res["samples"][0]["continuations"]
     assert set(conts) == {"calm T=1", "calm T=0.5", "ar T=1", "ar T=0.5"}

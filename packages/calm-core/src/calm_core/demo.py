@@ -250,43 +250,22 @@ def _train(
 
 
 # ------------------------------------------------------------------------------------- FLOPs
-def _linear_params(module: nn.Module) -> int:
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
-
-
 def training_flops(model: nn.Module, tokens: int, seq_len: int) -> float:
-    """Analytic training FLOPs: matmuls only, 2 per multiply-add, backward = 2x forward.
+    """Analytic training FLOPs for ``tokens`` tokens, via :func:`calm_core.presets.flops_per_token`.
 
-    Per backbone position: ``6 x (linear weights) + 3 x 4 x context x H x layers`` (attention
-    scores and weighted sum, causal context ``(S+1)/2``). A CALM has one backbone position per
-    chunk (tokens / K), its energy head runs ``num_samples`` times per position, and its frozen
-    codec encoder costs a forward pass only. The AR model adds its output projection per token.
+    The attention context is the causal average over a training sequence, ``(S + 1) / 2``
+    backbone positions, with ``S = seq_len / K`` for a CALM and ``seq_len`` for the AR model.
     """
-    from calm_core.backbone import Backbone
+    from calm_core.presets import flops_per_token
 
-    backbone = getattr(model, "backbone", None)
-    if not isinstance(backbone, Backbone):
-        raise TypeError(f"{type(model).__name__} has no calm Backbone")
-    cfg = backbone.config
-    K = int(getattr(model, "chunk_size", 1))
-    positions = tokens / K
-    context = (seq_len / K + 1) / 2
-    attn = 4 * context * cfg.hidden_size * cfg.num_layers
-    per_position = 6 * _linear_params(backbone) + 3 * attn
-    head = getattr(model, "head", None)
-    codec = getattr(model, "codec", None)
-    if head is not None and codec is not None:  # CALM
-        per_position += 6 * _linear_params(model.embed_proj)  # type: ignore[arg-type]
-        samples = int(getattr(head.config, "num_samples", 1))
-        per_position += 6 * samples * _linear_params(head)
-        encoder = sum(
-            p.numel() for n, p in codec.named_parameters() if n.startswith(("enc", "to_latent"))
-        )
-        per_position += 2 * encoder
-        return float(positions * per_position)
-    lm_head = getattr(model, "lm_head", None)
-    out = 6 * lm_head.weight.numel() if isinstance(lm_head, nn.Linear) else 0
-    return float(tokens * (per_position + out))
+    kind = getattr(model, "model_type", None)
+    config_dict = getattr(model, "config_dict", None)
+    if kind not in ("calm", "transformer_lm") or config_dict is None:
+        raise TypeError(f"{type(model).__name__} is not a CALM or TransformerLM")
+    K = int(getattr(model, "chunk_size", 1)) if kind == "calm" else 1
+    context = max(1, round((seq_len // K + 1) / 2))
+    shape = {"kind": kind, **config_dict()}
+    return float(tokens) * flops_per_token(shape, context=context, training=True)
 
 
 # ------------------------------------------------------------------------------------ stages
