@@ -189,3 +189,17 @@ def test_train_config_validation_names_the_field():
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig.model_validate({"schedule": "step"})
     assert json.loads(TrainConfig().model_dump_json())["betas"] == [0.9, 0.95]
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_autocast_on_request_tracks_fp32(data_dir: Path, tmp_path: Path, mode: str):
+    train(data_dir, tmp_path / "fp32", cfg(steps=3))  # "auto" on CPU = fp32
+    train(data_dir, tmp_path / mode, cfg(steps=3, autocast=mode))
+    ref, low = losses(tmp_path / "fp32"), losses(tmp_path / mode)
+    assert ref.keys() == low.keys() and low != ref  # autocast really ran in low precision
+    for step in ref:  # bf16 keeps 8 mantissa bits: about 0.4% per rounding
+        assert low[step] == pytest.approx(ref[step], rel=5e-3)
+    state = json.loads(
+        (tmp_path / mode / "checkpoints" / "step-00000003" / "trainer_state.json").read_text()
+    )
+    assert (state["scaler"] is not None) == (mode == "fp16")  # the fp16 loss scale is resumable

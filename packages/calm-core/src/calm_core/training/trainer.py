@@ -285,13 +285,14 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
                 n_acc = c.grad_accum_steps
                 stop = 1.0 if self._stop_reason is not None else 0.0
+                loss_t = step_sums["loss"] / n_acc
+                # the one sync of a step: loss, stop vote and grad norm in one tensor/all-reduce
                 shared = torch.stack(
-                    [step_sums["loss"] / n_acc, torch.tensor(stop, device=step_sums["loss"].device)]
+                    [loss_t, torch.tensor(stop, device=loss_t.device), grad_norm.to(loss_t)]
                 )
-                shared = all_reduce_sum(shared, info)
-                step_loss, stop_votes = shared.tolist()
+                step_loss, stop_votes, norm = all_reduce_sum(shared, info).tolist()
                 step_loss /= info.world_size
-                norm = float(grad_norm)
+                norm /= info.world_size  # identical on every rank after DDP's gradient all-reduce
                 if not math.isfinite(step_loss) or (scaler is None and not math.isfinite(norm)):
                     what = (
                         f"loss {step_loss}"
