@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import shutil
 import signal
@@ -132,6 +133,14 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes logs and checkpoints (rank 0, or the only one)."""
+        info = getattr(self, "info", None)
+        if info is not None:
+            return bool(info.is_main)
+        return int(os.environ.get("RANK", "0")) == 0
+
     def request_stop(self, reason: str = "requested") -> None:
         """Stop after the current step: save a checkpoint, then raise TrainingInterrupted."""
         self._stop_reason = reason
@@ -193,8 +202,15 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``config.steps``; returns a summary (steps, final_loss, tokens_per_s, ...)."""
-        with self._signals():
-            return self._fit()
+        try:
+            with self._signals():
+                return self._fit()
+        finally:
+            info = getattr(self, "info", None)
+            if info is not None and info.initialized_here:  # a group we made, we close
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
 
     def _fit(self) -> dict[str, Any]:
         c = self.config
