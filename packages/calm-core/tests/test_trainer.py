@@ -203,3 +203,19 @@ def test_autocast_on_request_tracks_fp32(data_dir: Path, tmp_path: Path, mode: s
         (tmp_path / mode / "checkpoints" / "step-00000003" / "trainer_state.json").read_text()
     )
     assert (state["scaler"] is not None) == (mode == "fp16")  # the fp16 loss scale is resumable
+
+
+def test_progress_prints_plain_lines_when_not_a_tty():
+    import io
+
+    from calm_core.training.logging import Progress
+
+    stream = io.StringIO()  # isatty() is False: no tqdm bar, one line per logged step
+    progress = Progress(total=10, initial=0, enabled=True, stream=stream)
+    progress.update(1, None)
+    progress.update(5, {"loss": 2.5, "lr": 3e-4, "tokens_per_s": 1234.0})
+    progress.message("eval at step 5: loss 2.4")
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("step 5/10 loss 2.5000 lr 0.0003 tok/s 1234 eta ")
+    assert lines[1] == "eval at step 5: loss 2.4" and len(lines) == 2

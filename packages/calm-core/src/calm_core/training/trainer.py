@@ -234,10 +234,10 @@ class Trainer:
 
         start_step = 0
         latest = None
+        if info.is_main:
+            ckpt.sweep_temporaries(self.checkpoint_dir)
+        barrier(info)
         if self.resume:
-            if info.is_main:
-                ckpt.sweep_temporaries(self.checkpoint_dir)
-            barrier(info)
             latest = ckpt.latest_checkpoint(self.checkpoint_dir)
         if latest is not None:
             start_step, window = self._load(latest, model, optimizer, schedule, loader, scaler)
@@ -252,11 +252,9 @@ class Trainer:
         barrier(info)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = (
-            MetricsLog(self.run_dir, resume_step=start_step if latest else None)
-            if (info.is_main)
-            else None
-        )
+        log = None
+        if info.is_main:  # a fresh run starts a new metrics.jsonl; a resumed one truncates it
+            log = MetricsLog(self.run_dir, resume_step=start_step if latest else None)
         progress = Progress(c.steps, start_step, enabled=self.show_progress and info.is_main)
         if latest is not None:
             progress.message(f"resumed from {latest} at step {start_step}")
@@ -337,7 +335,7 @@ class Trainer:
                 window["time"] += dt
                 record = None
                 if step_num % c.log_every == 0 or step_num == c.steps:
-                    record = self._flush_window(window, step_num, lr, tokens_per_step, info)
+                    record = self._flush_window(window, step_num, lr, tokens_per_step, info, device)
                     if log is not None:
                         log.write(record)
                 progress.update(step_num, record)
@@ -382,10 +380,17 @@ class Trainer:
     # ------------------------------------------------------------------ pieces of a step
 
     def _flush_window(
-        self, window: dict[str, Any], step: int, lr: float, tokens_per_step: int, info: DistInfo
+        self,
+        window: dict[str, Any],
+        step: int,
+        lr: float,
+        tokens_per_step: int,
+        info: DistInfo,
+        device: torch.device,
     ) -> dict[str, Any]:
         names = sorted(window["sums"])
-        sums = [torch.as_tensor(window["sums"][k]).detach().float().cpu() for k in names]
+        # stays on the training device: NCCL reduces only CUDA tensors
+        sums = [torch.as_tensor(window["sums"][k], device=device).float() for k in names]
         stacked = all_reduce_sum(torch.stack(sums), info) if sums else torch.zeros(0)
         count = max(1, window["count"])
         values = (stacked / (count * info.world_size)).tolist()
