@@ -110,5 +110,5 @@ def test_bad_arguments_are_explained(ds: PackedDataset, tmp_path: Path):
         BlockLoader(ds, ds.num_tokens + 4, 1)
     with pytest.raises(DataError, match="rank 2 is not in"):
         BlockLoader(ds, 16, 1, rank=2, world_size=2)
-    with pytest.raises(DataError, match="is empty; re-run `calm tokenize` with --val-docs N"):
+    with pytest.raises(DataError, match="no split 'val' .*with --val-docs N"):
         PackedDataset(ds.data_dir, "val")

@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
         "vocab_size": index["vocab_size"],
         "chunk_size": index["chunk_size"],
         "dtype": index["dtype"],
-        **{f"{s}_documents": splits[s]["num_documents"] for s in splits},
-        **{f"{s}_tokens": splits[s]["num_tokens"] for s in splits},
+        **{f"{s}_documents": splits.get(s, {}).get("num_documents", 0) for s in ("train", "val")},
+        **{f"{s}_tokens": splits.get(s, {}).get("num_tokens", 0) for s in ("train", "val")},
         "seconds": round(seconds, 3),
     }
     print(

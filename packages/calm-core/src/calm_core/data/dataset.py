@@ -51,7 +51,12 @@ class PackedDataset:
         self.index = index
         splits = index["splits"]
         if split not in splits:
-            raise DataError(f"{self.data_dir} has no split {split!r} (has: {', '.join(splits)})")
+            hint = "; re-run `calm tokenize` with --val-docs N to hold documents out" * (
+                split == "val"
+            )
+            raise DataError(
+                f"{self.data_dir} has no split {split!r} (has: {', '.join(splits)}){hint}"
+            )
         info = splits[split]
         self.vocab_size: int = int(index["vocab_size"])
         self.chunk_size: int = int(index["chunk_size"])

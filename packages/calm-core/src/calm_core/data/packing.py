@@ -230,7 +230,10 @@ def write_data_dir(
         "sources": [str(s) for s in sources],
         "splits": {},
     }
+    # a split without documents is left out of the index (and gets no file)
     for split, idx in (("train", train_idx), ("val", val_idx)):
+        if not idx:
+            continue
         packed = pack_documents(
             [token_lists[i] for i in idx],
             chunk_size=chunk_size,
