@@ -88,7 +88,8 @@ def test_request_stop_then_resume_matches_uninterrupted_run(data_dir: Path, tmp_
     part = tmp_path / "part"
     with pytest.raises(TrainingInterrupted) as info:
         train(data_dir, part, config, dropout=0.2, callbacks=[stop_at_3])
-    assert info.value.step == 3
+    assert info.value.step == 3 and info.value.reason == "requested"
+    assert info.value.summary["steps"] == 3 and info.value.summary["tokens"] == 3 * 4 * 16
     assert info.value.checkpoint == part / "checkpoints" / "step-00000003"
     assert max(losses(part)) == 3
     # a differently initialised model: everything must come from the checkpoint

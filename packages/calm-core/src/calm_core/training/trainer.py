@@ -70,13 +70,18 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on a signal or request after saving ``checkpoint`` at ``step``."""
+    """Training stopped on a signal or request after saving ``checkpoint`` at ``step``.
+
+    ``summary`` holds what ``fit()`` would have returned (steps, final_loss, tokens_per_s, ...).
+    """
 
     def __init__(self, step: int, checkpoint: Path | None, reason: str) -> None:
         super().__init__(f"training interrupted ({reason}) at step {step}; checkpoint {checkpoint}")
         self.step = step
         self.checkpoint = checkpoint
         self.reason = reason
+        #: what ``fit()`` would have returned at this step
+        self.summary: dict[str, Any] = {}
 
 
 class Trainer:
@@ -273,6 +278,22 @@ class Trainer:
         last_ckpt: Path | None = latest
         saved_at = start_step if latest is not None else -1
         evaluated_at = -1
+
+        def summary() -> dict[str, Any]:
+            trained = (self.step - start_step) * tokens_per_step
+            return {
+                "steps": self.step,
+                "start_step": start_step,
+                "final_loss": last_loss,
+                "tokens": trained,
+                "tokens_per_s": trained / train_time if train_time > 0 else 0.0,
+                "train_s": train_time,
+                "wall_s": time.perf_counter() - fit_start,
+                "checkpoint": str(last_ckpt) if last_ckpt else None,
+                "eval": dict(self.last_eval),
+                "world_size": info.world_size,
+            }
+
         try:
             for step in range(start_step, c.steps):
                 t0 = time.perf_counter()
@@ -354,7 +375,10 @@ class Trainer:
                     saved_at = step_num
                 if stop_votes > 0:
                     progress.message(f"stopped at step {step_num}: checkpoint {last_ckpt}")
-                    raise TrainingInterrupted(step_num, last_ckpt, self._stop_reason or "signal")
+                    reason = self._stop_reason or "signal"
+                    stopped = TrainingInterrupted(step_num, last_ckpt, reason)
+                    stopped.summary = summary()
+                    raise stopped
             if evaluated_at != self.step and (self.evaluate_fn or self.val_data):
                 self._run_eval(model, self.step, log, progress, info)
             if saved_at != self.step:
@@ -363,19 +387,7 @@ class Trainer:
             progress.close()
             if log is not None:
                 log.close()
-        trained = (self.step - start_step) * tokens_per_step
-        return {
-            "steps": self.step,
-            "start_step": start_step,
-            "final_loss": last_loss,
-            "tokens": trained,
-            "tokens_per_s": trained / train_time if train_time > 0 else 0.0,
-            "train_s": train_time,
-            "wall_s": time.perf_counter() - fit_start,
-            "checkpoint": str(last_ckpt) if last_ckpt else None,
-            "eval": dict(self.last_eval),
-            "world_size": info.world_size,
-        }
+        return summary()
 
     # ------------------------------------------------------------------ pieces of a step
 
