@@ -48,6 +48,7 @@ def tests(session: nox.Session) -> None:
     )
     session.run("pytest", "-q", "--timeout=900", *TEST_DIRS, *session.posargs)
     session.notify("core_alone")
+    session.notify("bench", ["--quick"])  # speed regressions: within-run ratios vs targets
 
 
 @nox.session
@@ -103,3 +104,15 @@ def docs(session: nox.Session) -> None:
     """
     session.install(*DOCS_REQUIREMENTS)
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed benchmarks (benchmarks/run.py). ``nox -s bench`` is the full run and regenerates
+    docs/benchmarks.md; ``nox -s bench -- --quick`` (run by CI after the tests) fails when a
+    within-run ratio falls below its target / 1.6."""
+    _install_project(session, "matplotlib>=3.7")
+    args = list(session.posargs)
+    if "--quick" not in args and "--quality" not in args and "--docs" not in args:
+        args.append("--docs")
+    session.run("python", "benchmarks/run.py", *args)

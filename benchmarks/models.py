@@ -12,10 +12,14 @@ compared at equal network size.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from calm_core.calm import CALM
+    from calm_core.interfaces import Codec
+    from calm_core.transformer_lm import TransformerLM
 
 from benchmarks.flops import BackboneShape, CodecShape, EnergyHeadShape
 
@@ -122,7 +126,9 @@ def _max_positions(context_tokens: int, chunk: int) -> int:
     return max(2048, -(-context_tokens // chunk) + 8)
 
 
-def build_codec(*, chunk: int = CHUNK, vocab: int = VOCAB, seed: int = 0, **overrides: Any) -> Any:
+def build_codec(
+    *, chunk: int = CHUNK, vocab: int = VOCAB, seed: int = 0, **overrides: Any
+) -> Codec:
     """The bench chunk autoencoder (registry codec ``autoencoder``), seeded, fp32."""
     from calm_core import registry
 
@@ -130,10 +136,13 @@ def build_codec(*, chunk: int = CHUNK, vocab: int = VOCAB, seed: int = 0, **over
         raise MissingFigureError("codec 'autoencoder' is not installed (package calm-codecs)")
     torch.manual_seed(seed)
     config = {**CODEC, "chunk_size": chunk, "vocab_size": vocab, **overrides}
-    return registry.codecs.build({"name": "autoencoder", "config": config})
+    codec: Codec = registry.codecs.build({"name": "autoencoder", "config": config})
+    return codec
 
 
-def build_ar(*, vocab: int = VOCAB, context_tokens: int = 2048, seed: int = 0) -> nn.Module:
+def build_ar(
+    *, vocab: int = VOCAB, context_tokens: int = 2048, seed: int = 0, pad_id: int | None = None
+) -> TransformerLM:
     """The AR baseline: the bench backbone over tokens, untied input/output embeddings."""
     try:
         from calm_core.backbone import BackboneConfig
@@ -141,31 +150,37 @@ def build_ar(*, vocab: int = VOCAB, context_tokens: int = 2048, seed: int = 0) -
     except ImportError as exc:
         raise MissingFigureError(f"the AR baseline is not available: {exc}") from None
     torch.manual_seed(seed)
-    backbone = BackboneConfig(**BACKBONE, max_positions=max(2048, context_tokens + 8))
-    config = TransformerLMConfig(backbone=backbone, vocab_size=vocab, tie_embeddings=False)
+    backbone = BackboneConfig.model_validate(
+        {**BACKBONE, "max_positions": max(2048, context_tokens + 8)}
+    )
+    config = TransformerLMConfig.model_validate(
+        {"backbone": backbone, "vocab_size": vocab, "tie_embeddings": False, "pad_id": pad_id}
+    )
     return TransformerLM(config)
 
 
 def build_calm(
     head: str = "energy",
     *,
-    codec: nn.Module | None = None,
+    codec: Codec | None = None,
     chunk: int = CHUNK,
     vocab: int = VOCAB,
     context_tokens: int = 2048,
     seed: int = 0,
     head_overrides: dict[str, Any] | None = None,
-) -> nn.Module:
+    pad_id: int | None = None,
+) -> CALM:
     """A CALM with the bench backbone, the named head and a (given or freshly built) codec."""
     try:
-        from calm_core.backbone import BackboneConfig
-        from calm_core.calm import CALM, CALMConfig
+        from calm_core.calm import CALM
     except ImportError as exc:
         raise MissingFigureError(f"the CALM model is not available: {exc}") from None
     if codec is None:
         codec = build_codec(chunk=chunk, vocab=vocab, seed=seed)
     torch.manual_seed(seed + 1)
-    backbone = BackboneConfig(**BACKBONE, max_positions=_max_positions(context_tokens, chunk))
-    head_spec = {"name": head, "config": {**HEAD_CONFIGS[head], **(head_overrides or {})}}
-    config = CALMConfig(backbone=backbone, head=head_spec)  # type: ignore[call-arg]
-    return CALM(config, codec=codec)  # type: ignore[call-arg]
+    config = {
+        "backbone": {**BACKBONE, "max_positions": _max_positions(context_tokens, chunk)},
+        "head": {"name": head, "config": {**HEAD_CONFIGS[head], **(head_overrides or {})}},
+        "pad_id": pad_id,
+    }
+    return CALM(config, codec=codec)

@@ -81,6 +81,24 @@ def _parser() -> argparse.ArgumentParser:
         help="--quality: training minutes per main model (default 15, the protocol)",
     )
     p.add_argument(
+        "--codec-minutes",
+        type=float,
+        default=None,
+        help="--quality: codec training minutes (default 0.8 x --minutes)",
+    )
+    p.add_argument(
+        "--stop-at",
+        default=None,
+        metavar="HH:MM",
+        help="--quality: skip phases not started by this UTC time today",
+    )
+    p.add_argument(
+        "--phases",
+        default=None,
+        help="--quality: comma-separated phases to run (data, codec, ar, calm, eval, heads, "
+        "ksweep; default all); finished phases are reused from the work directory",
+    )
+    p.add_argument(
         "--quality-dir",
         type=Path,
         default=None,
@@ -190,6 +208,15 @@ def _print_summary(details: dict[str, Any]) -> None:
         print(f"missing {key}: {reason}")
 
 
+def _utc_today(hhmm: str) -> float:
+    """Epoch seconds of ``HH:MM`` UTC today."""
+    import calendar
+
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    now = time.gmtime()
+    return float(calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, hour, minute, 0)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.reps is not None and args.reps < 3:
@@ -204,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             minutes=args.minutes,
             work_dir=args.quality_dir,
             quick=bool(args.quick),
+            phases=tuple(x.strip() for x in args.phases.split(",")) if args.phases else None,
+            codec_minutes=args.codec_minutes,
+            stop_at=_utc_today(args.stop_at) if args.stop_at else None,
             out=RESULTS_DIR / ("quality_quick.json" if args.quick else "quality.json"),
         )
     return _speed(args)

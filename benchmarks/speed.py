@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from benchmarks import models as M
 from benchmarks.flops import ar_flops_per_token, calm_flops_per_token, causal_context
 from benchmarks.timing import Measurement, measure
 
-__all__ = ["Settings", "SpeedRun", "run_speed"]
+__all__ = ["Settings", "SpeedRun", "brier_eval", "run_speed"]
 
 CONTEXTS = (100, 1500)
 
@@ -102,7 +103,9 @@ def _train_step_fn(model: nn.Module, tokens: Tensor) -> Callable[[], None]:
     from calm_core.training.config import TrainConfig
     from calm_core.training.optim import build_optimizer
 
-    config = TrainConfig(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0)
+    config = TrainConfig.model_validate(
+        {"lr": 3e-4, "betas": (0.9, 0.95), "weight_decay": 0.1, "grad_clip": 1.0}
+    )
     optimizer = build_optimizer(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -169,9 +172,7 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
             prompts = _tokens(batch, M.PROMPT_LEN, seed=2)
             gen = torch.Generator().manual_seed(0)
             m = measure(
-                lambda p=prompts, g=gen, kw=kwargs: model.generate(  # type: ignore[operator]
-                    p, new, generator=g, eos_id=None, **kw
-                ),
+                partial(model.generate, prompts, new, generator=gen, eos_id=None, **kwargs),
                 reps=settings.reps,
                 warmup=settings.warmup,
             )
@@ -184,7 +185,7 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
         prompts = _tokens(1, M.PROMPT_LEN, seed=2)
         gen = torch.Generator().manual_seed(0)
         m = measure(
-            lambda: model.generate(  # type: ignore[operator]
+            lambda: model.generate(
                 prompts, new, temperature=0.5, sampling="exact", generator=gen, eos_id=None
             ),
             reps=settings.reps,
@@ -199,7 +200,7 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
         for batch in (1, 8):
             prompts = _tokens(batch, M.PROMPT_LEN, seed=2)
             m = measure(
-                lambda p=prompts: model.generate(p, new, temperature=0.0, eos_id=None),  # type: ignore[operator]
+                partial(model.generate, prompts, new, temperature=0.0, eos_id=None),
                 reps=settings.reps,
                 warmup=settings.warmup,
             )
@@ -246,9 +247,7 @@ def _context(run: SpeedRun, settings: Settings) -> None:
             prompt = _tokens(1, ctx, seed=3)
             gen = torch.Generator().manual_seed(0)
             rep = _stream_per_token(
-                lambda p=prompt, g=gen: model.stream(  # type: ignore[operator]
-                    p, new + M.CHUNK, temperature=1.0, generator=g, eos_id=None
-                )
+                partial(model.stream, prompt, new + M.CHUNK, 1.0, generator=gen, eos_id=None)
             )
             with torch.no_grad():
                 m = _median_of(rep, settings)
@@ -262,9 +261,7 @@ def _context(run: SpeedRun, settings: Settings) -> None:
         detail: dict[str, float] = {}
         for ctx in CONTEXTS:
             prompt = _tokens(1, ctx, seed=3)
-            rep = _stream_per_token(
-                lambda p=prompt: ar.stream(p, new + 1, temperature=0.0, eos_id=None)  # type: ignore[operator]
-            )
+            rep = _stream_per_token(partial(ar.stream, prompt, new + 1, 0.0, eos_id=None))
             with torch.no_grad():
                 detail[str(ctx)] = _median_of(rep, settings).seconds
         run.extra["ar_gen_token_s_ctx"] = detail
@@ -273,28 +270,43 @@ def _context(run: SpeedRun, settings: Settings) -> None:
 
 
 # --------------------------------------------------------------------------------- evaluation
+def brier_eval(
+    model: nn.Module, blocks: Tensor, *, pad_id: int | None = None, batch: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Brier-1..4 and BrierLM of ``model`` (CALM or AR) on ``blocks [n, T]`` with the library's
+    estimators, ``batch`` blocks per call; the :class:`BrierResult` as a dict."""
+    try:
+        from calm_core.calm import CALM
+        from calm_core.metrics.brier import BrierAccumulator
+        from calm_core.metrics.brier_ar import ar_brier_scores
+        from calm_core.metrics.brier_calm import calm_brier_scores
+    except ImportError as exc:
+        raise M.MissingFigureError(f"the BrierLM estimators are not available: {exc}") from None
+    gen = torch.Generator().manual_seed(seed)
+    score = calm_brier_scores if isinstance(model, CALM) else ar_brier_scores
+    acc = BrierAccumulator()
+    with torch.no_grad():
+        for i in range(0, blocks.shape[0], batch):
+            acc.update(score(model, blocks[i : i + batch], generator=gen, pad_id=pad_id))
+    return acc.result().to_dict()
+
+
 def _evaluation(run: SpeedRun, settings: Settings) -> None:
     tokens = _tokens(M.TRAIN_BATCH, M.SEQ_LEN, seed=4)
 
-    for name, build in (("calm_brier", lambda: M.build_calm("energy")), ("ar_brier", M.build_ar)):
+    def one(name: str, build: Callable[[], nn.Module]) -> None:
+        model = build().eval()
+        m = measure(lambda: brier_eval(model, tokens), reps=settings.reps, warmup=settings.warmup)
+        run.put("eval_s", name, m.seconds, m)
 
-        def _eval() -> None:
-            try:
-                from calm_core.metrics.brier import brier_scores
-            except ImportError as exc:
-                msg = f"calm_core.metrics.brier is not available: {exc}"
-                raise M.MissingFigureError(msg) from None
-            model = build().eval()  # noqa: B023 - called at once
-            gen = torch.Generator().manual_seed(0)
-            with torch.no_grad():
-                m = measure(
-                    lambda: brier_scores(model, tokens, generator=gen),
-                    reps=settings.reps,
-                    warmup=settings.warmup,
-                )
-            run.put("eval_s", name, m.seconds, m)  # noqa: B023
-
-        _attempt(run, "eval_s", [name], settings, _eval)
+    _attempt(
+        run,
+        "eval_s",
+        ["calm_brier"],
+        settings,
+        lambda: one("calm_brier", lambda: M.build_calm("energy")),
+    )
+    _attempt(run, "eval_s", ["ar_brier"], settings, lambda: one("ar_brier", M.build_ar))
 
 
 # ------------------------------------------------------------------------------------------ MFU

@@ -1,0 +1,467 @@
+"""Quality at equal compute on the bundled corpus: ``python benchmarks/run.py --quality``.
+
+Protocol (BENCHMARKS.md "Quality of the reference at this scale"): BPE 4096 trained on the 56
+training articles of the bundled WikiText-103 test set, 6 articles held out (split seed 0); bench
+shapes; the reference recipe (AdamW 3e-4, betas 0.9/0.95, wd 0.1, clip 1.0, batch 8 x 512)
+through the project's ``Trainer``; a wall-clock budget per model (15 minutes in the protocol).
+One deliberate deviation: 20 warm-up steps instead of 200, because on a shared machine a budget
+buys a few hundred steps at most and a 200-step warm-up would consume most of them (the result
+file records the plan that ran). Phases, in order, each resumable from its result file in the
+work directory:
+
+1. ``data``: tokenizer + packed data for K=4 (and each K of the K sweep).
+2. ``codec``: the bench codec, trained for 0.8 x the budget; held-out token accuracy.
+3. ``ar`` and ``calm``: the AR baseline and CALM (energy head, K=4) from the same tokens, each for
+   the budget. Snapshots are saved at steps 10, 20, 50, 100, ... so that one run gives the whole
+   quality-vs-training-FLOPs curve (the lr is constant after warm-up, so a snapshot at step s is
+   the model a run of s steps would have produced).
+4. ``eval_ar``, ``eval_calm``: held-out Brier-1..4 and BrierLM of every snapshot (plus
+   perplexity for AR, the energy loss for CALM) on the first 16 consecutive 512-token blocks
+   (8,192 tokens) of the held-out articles.
+5. ``heads``: diffusion and flow CALMs trained for the same number of steps as one energy
+   snapshot (20 by default); BrierLM and sampling cost (network calls and seconds per sample).
+6. ``ksweep``: CALM at K = 1, 2, 8 (own codec each, shorter), at the heads' step count; only
+   when asked for (``--phases ...,ksweep``), since it needs three more codecs.
+
+Training FLOPs are the analytic model FLOPs of :mod:`benchmarks.flops` times tokens seen. A phase
+that cannot run (missing code, out of time) is recorded with its reason, never filled in.
+
+What is unusual: the work directory keeps everything needed to resume (data, codec, snapshots,
+per-phase JSON), so a long sweep can be run in pieces in the background while the library is
+still being written, and ``eval`` can be re-run on old snapshots once the metric code lands.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from benchmarks import models as M
+from benchmarks.flops import ar_flops_per_token, calm_flops_per_token, causal_context
+from benchmarks.speed import brier_eval
+
+__all__ = ["QualityPlan", "run_quality"]
+
+SPLIT_SEED = 0
+VAL_DOCS = 6
+SNAPSHOT_STEPS = (10, 20, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+K_SWEEP = (1, 2, 8)
+
+
+def _log(msg: str) -> None:
+    print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class QualityPlan:
+    """Budgets of one quality run."""
+
+    lm_minutes: float = 15.0
+    codec_minutes: float = 12.0
+    head_steps: int = 20
+    ksweep_codec_minutes: float = 3.0
+    batch: int = M.TRAIN_BATCH
+    seq_len: int = M.SEQ_LEN
+    warmup_steps: int = 20
+    max_steps: int = 100_000
+    eval_blocks: int | None = 16
+    snapshot_steps: tuple[int, ...] = SNAPSHOT_STEPS
+    phases: tuple[str, ...] = (
+        "data", "codec", "ar", "calm", "eval_ar", "eval_calm", "heads"
+    )  # fmt: skip
+
+    @classmethod
+    def for_run(
+        cls, minutes: float | None, quick: bool, codec_minutes: float | None = None
+    ) -> QualityPlan:
+        if quick:  # a smoke test of the whole pipeline, a few minutes; not a measurement
+            return cls(
+                lm_minutes=1.0, codec_minutes=1.0, head_steps=2, ksweep_codec_minutes=0.1,
+                batch=2, seq_len=128, warmup_steps=2, max_steps=6, eval_blocks=2,
+                snapshot_steps=(2, 4),
+            )  # fmt: skip
+        m = 15.0 if minutes is None else minutes
+        c = 0.8 * m if codec_minutes is None else codec_minutes
+        return cls(lm_minutes=m, codec_minutes=c, ksweep_codec_minutes=min(4.0, 0.2 * m))
+
+
+@dataclass
+class State:
+    """Where the run keeps its files and what it found."""
+
+    work: Path
+    plan: QualityPlan
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        p = self.work.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def phase_file(self, name: str) -> Path:
+        return self.path("phases", f"{name}.json")
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        f = self.phase_file(name)
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def record(self, name: str, data: dict[str, Any]) -> None:
+        self.phase_file(name).write_text(json.dumps(data, indent=1) + "\n")
+        self.results[name] = data
+
+
+# ---------------------------------------------------------------------------------------- data
+def _data_dir(state: State, chunk: int) -> Path:
+    return state.work / f"data_k{chunk}"
+
+
+def _phase_data(state: State, chunks: tuple[int, ...]) -> dict[str, Any]:
+    from calm_core.data import BPETokenizer, Tokenizer, write_data_dir
+    from calm_core.data.packing import split_documents
+
+    try:
+        from calm_core.corpus import load_bundled_corpus
+
+        docs = load_bundled_corpus()
+        source = "calm_core.corpus (bundled WikiText-103 test articles)"
+    except ImportError:
+        from calm_core.data import read_documents
+
+        path = Path("/work/shared/data/wikitext103-test-docs.jsonl")
+        docs = read_documents([path])
+        source = str(path)
+    train_idx, val_idx = split_documents(len(docs), VAL_DOCS, SPLIT_SEED)
+    tok_dir = state.work / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.load(tok_dir)
+    else:  # trained on the training articles only
+        tokenizer = BPETokenizer.train([docs[i].text for i in train_idx], M.VOCAB)
+        tokenizer.save(tok_dir)
+    info: dict[str, Any] = {"source": source, "documents": len(docs), "val_docs": val_idx}
+    for k in chunks:
+        out = _data_dir(state, k)
+        if not (out / "index.json").is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            write_data_dir(out, docs, tokenizer, chunk_size=k, val_docs=VAL_DOCS, seed=SPLIT_SEED)
+        index = json.loads((out / "index.json").read_text())
+        info[f"k{k}"] = {s: index["splits"][s]["num_tokens"] for s in ("train", "val")}
+    return info
+
+
+def _datasets(state: State, chunk: int) -> tuple[Any, Any]:
+    from calm_core.data import PackedDataset
+
+    d = _data_dir(state, chunk)
+    return PackedDataset(d, "train"), PackedDataset(d, "val")
+
+
+def _val_blocks(val: Any, seq_len: int, limit: int | None) -> Tensor:
+    """Consecutive ``seq_len``-token blocks of the held-out split, ``[n, seq_len]``."""
+    tokens = np.asarray(val.tokens, dtype=np.int64)
+    n = len(tokens) // seq_len
+    if limit is not None:
+        n = min(n, limit)
+    return torch.from_numpy(tokens[: n * seq_len].reshape(n, seq_len).copy())
+
+
+# ------------------------------------------------------------------------------------ training
+def _train(
+    state: State,
+    model: nn.Module,
+    train_data: Any,
+    name: str,
+    *,
+    minutes: float | None,
+    steps: int | None,
+    snapshots: tuple[int, ...] = (),
+) -> dict[str, Any]:
+    """Train with the project's Trainer until the time or step budget; save snapshots."""
+    from calm_core.training import TrainConfig, Trainer
+    from safetensors.torch import save_model
+
+    plan = state.plan
+    total = steps if steps is not None else plan.max_steps
+    config = TrainConfig.model_validate(
+        {
+            "steps": total, "batch_size": plan.batch, "seq_len": plan.seq_len, "lr": 3e-4,
+            "betas": (0.9, 0.95), "weight_decay": 0.1, "grad_clip": 1.0,
+            "warmup_steps": min(plan.warmup_steps, total), "log_every": 10, "eval_every": 0,
+            "seed": 0,
+        }
+    )  # fmt: skip
+    run_dir = state.work / "runs" / name
+    saved: dict[int, str] = {}
+    start, cpu_start = time.perf_counter(), time.process_time()
+    deadline = None if minutes is None else start + 60 * minutes
+
+    def on_step(trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        if step in snapshots:
+            path = run_dir / f"snapshot-{step}.safetensors"
+            save_model(trainer.model, str(path))
+            saved[step] = str(path)
+        if deadline is not None and time.perf_counter() > deadline:
+            trainer.request_stop("time budget")
+
+    trainer = Trainer(
+        model, config, train_data=train_data, run_dir=run_dir, callbacks=[on_step], progress=False
+    )
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt as exc:  # TrainingInterrupted after the time budget
+        if "time budget" not in str(exc):
+            raise
+        summary = {"steps": trainer.step, "stopped": "time budget"}
+    final = run_dir / "final.safetensors"
+    save_model(model, str(final))
+    return {
+        "steps": int(trainer.step),
+        "wall_s": round(time.perf_counter() - start, 1),
+        # CPU seconds of this process: on a shared machine, wall time overstates the compute
+        "cpu_s": round(time.process_time() - cpu_start, 1),
+        "summary": {k: v for k, v in summary.items() if isinstance(v, int | float | str)},
+        "snapshots": {str(k): v for k, v in sorted(saved.items())},
+        "final": str(final),
+    }
+
+
+def _codec(state: State, chunk: int) -> Any:
+    return M.build_codec(chunk=chunk).eval()
+
+
+def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
+    train, val = _datasets(state, chunk)
+    codec = _codec(state, chunk)
+    info = _train(state, codec, train, f"codec_k{chunk}", minutes=minutes, steps=None)
+    codec_dir = state.work / f"codec_k{chunk}"
+    codec.save_pretrained(codec_dir)
+    codec.eval()
+    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
+    with torch.no_grad():
+        acc = [float(codec.loss(b[None])["token_accuracy"]) for b in blocks]
+    info["codec_dir"] = str(codec_dir)
+    info["val_token_accuracy"] = float(np.mean(acc))
+    return info
+
+
+def _load_codec(state: State, chunk: int) -> Any:
+    from calm_core.model_dir import load_pretrained
+
+    codec = load_pretrained(state.work / f"codec_k{chunk}")
+    codec.eval()
+    for p in codec.parameters():
+        p.requires_grad_(False)
+    return codec
+
+
+def _flops_per_token(kind: str, chunk: int = M.CHUNK) -> float:
+    bb = M.backbone_shape()
+    if kind == "ar":
+        return ar_flops_per_token(bb, M.VOCAB, causal_context(M.SEQ_LEN))
+    return calm_flops_per_token(
+        bb, M.codec_shape(chunk), M.energy_shape(), causal_context(M.SEQ_LEN // chunk)
+    )
+
+
+def _build(
+    state: State, kind: str, pad_id: int, *, head: str = "energy", chunk: int = M.CHUNK
+) -> nn.Module:
+    """The AR baseline or a CALM on the trained codec, ignoring the data's PAD id."""
+    if kind == "ar":
+        return M.build_ar(pad_id=pad_id)
+    return M.build_calm(head, codec=_load_codec(state, chunk), chunk=chunk, pad_id=pad_id)
+
+
+def _phase_lm(state: State, kind: str) -> dict[str, Any]:
+    train, _ = _datasets(state, M.CHUNK)
+    model = _build(state, kind, train.pad_id)
+    info = _train(
+        state, model, train, kind, minutes=state.plan.lm_minutes, steps=None,
+        snapshots=state.plan.snapshot_steps,
+    )  # fmt: skip
+    info["train_flops_per_token"] = _flops_per_token(kind)
+    return info
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def _eval_model(model: nn.Module, blocks: Tensor, kind: str, pad_id: int) -> dict[str, Any]:
+    """Held-out Brier-1..4, BrierLM (x100), the loss; perplexity for AR."""
+    model.eval()
+    res: dict[str, Any] = brier_eval(model, blocks, pad_id=pad_id)
+    with torch.no_grad():
+        losses = [float(model(b[None])["loss"]) for b in blocks]
+    res["val_loss"] = float(np.mean(losses))
+    if kind == "ar":
+        res["perplexity"] = math.exp(res["val_loss"])
+    return res
+
+
+def _phase_eval(state: State, kind: str) -> dict[str, Any]:
+    """Every snapshot of one trained model on the held-out blocks: the quality-vs-FLOPs curve."""
+    from safetensors.torch import load_model
+
+    trained = state.done(kind)
+    if trained is None:
+        raise RuntimeError(f"the {kind} training phase has not run; run it first")
+    _, val = _datasets(state, M.CHUNK)
+    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
+    model = _build(state, kind, val.pad_id)
+    fpt = trained["train_flops_per_token"]
+    tokens_per_step = state.plan.batch * state.plan.seq_len
+    points = dict(trained["snapshots"])
+    points[str(trained["steps"])] = trained["final"]
+    curve = []
+    for step_s, path in sorted(points.items(), key=lambda kv: int(kv[0])):
+        load_model(model, path)
+        step = int(step_s)
+        row: dict[str, Any] = {"step": step, "train_flops": step * tokens_per_step * fpt}
+        row.update(_eval_model(model, blocks, kind, val.pad_id))
+        curve.append(row)
+        _log(f"eval {kind} step {step}: brier {row['brier']} loss {row['val_loss']:.4g}")
+    return {
+        "val_blocks": int(blocks.shape[0]),
+        "curve": curve,
+        "steps": trained["steps"],
+        "wall_s": trained["wall_s"],
+    }
+
+
+# ------------------------------------------------------------------------------- heads, K sweep
+def _sampling_cost(model: nn.Module, positions: int = 64, reps: int = 3) -> dict[str, float]:
+    from benchmarks.timing import measure
+
+    head: Any = model.head  # type: ignore[union-attr]
+    hidden = torch.randn(positions, M.BACKBONE["hidden_size"], generator=torch.Generator())
+    with torch.no_grad():
+        m = measure(lambda: head.sample(hidden, 1), reps=reps, warmup=1)
+    return {
+        "network_calls_per_sample": float(head.network_calls_per_sample),
+        "sample_ms_per_64_positions": 1000 * m.seconds,
+    }
+
+
+def _phase_heads(state: State) -> dict[str, Any]:
+    from safetensors.torch import load_model
+
+    train, val = _datasets(state, M.CHUNK)
+    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
+    steps = state.plan.head_steps
+    out: dict[str, Any] = {"steps": steps}
+    for head in ("energy", "diffusion", "flow"):
+        model = _build(state, "calm", val.pad_id, head=head)
+        if head == "energy":  # the main CALM run's snapshot at the same step
+            snap = state.work / "runs" / "calm" / f"snapshot-{steps}.safetensors"
+            if not snap.is_file():
+                out[head] = {"missing": f"no energy snapshot at step {steps} ({snap})"}
+                continue
+            load_model(model, str(snap))
+        else:
+            _train(state, model, train, f"calm_{head}", minutes=None, steps=steps)
+        row = _eval_model(model, blocks, "calm", val.pad_id)
+        row.update(_sampling_cost(model))
+        out[head] = row
+        _log(f"head {head}: {row}")
+    return out
+
+
+def _phase_ksweep(state: State, deadline: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"steps": state.plan.head_steps}
+    for k in K_SWEEP:
+        if time.perf_counter() > deadline:
+            out[f"k{k}"] = {"missing": "not run: out of the time budget"}
+            continue
+        try:
+            codec_info = _phase_codec(state, k, state.plan.ksweep_codec_minutes)
+            train, val = _datasets(state, k)
+            blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
+            model = _build(state, "calm", val.pad_id, chunk=k)
+            _train(state, model, train, f"calm_k{k}", minutes=None, steps=state.plan.head_steps)
+            row = _eval_model(model, blocks, "calm", val.pad_id)
+            row["codec_steps"] = codec_info["steps"]
+            row["codec_val_token_accuracy"] = codec_info["val_token_accuracy"]
+            row["train_flops_per_token"] = _flops_per_token("calm", k)
+            out[f"k{k}"] = row
+        except Exception as exc:  # one K failing must not lose the others
+            traceback.print_exc()
+            out[f"k{k}"] = {"missing": f"error: {type(exc).__name__}: {exc}"}
+        _log(f"K={k}: {out[f'k{k}']}")
+    return out
+
+
+# ------------------------------------------------------------------------------------- driver
+def run_quality(
+    root: Path,
+    *,
+    minutes: float | None,
+    work_dir: Path | None,
+    quick: bool,
+    out: Path,
+    phases: tuple[str, ...] | None = None,
+    codec_minutes: float | None = None,
+    stop_at: float | None = None,
+) -> int:
+    """Run (or resume) the quality phases; write the collected results to ``out``."""
+    plan = QualityPlan.for_run(minutes, quick, codec_minutes)
+    if phases:
+        plan.phases = phases
+    work = work_dir or (root / "benchmarks" / ".work" / ("quality_quick" if quick else "quality"))
+    state = State(work=work, plan=plan)
+    # phases (and K-sweep points) not started by ``stop_at`` (epoch seconds) are skipped
+    deadline = time.perf_counter() + (stop_at - time.time() if stop_at else 3 * 3600)
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("data", lambda: _phase_data(state, (M.CHUNK, *K_SWEEP))),
+        ("codec", lambda: _phase_codec(state, M.CHUNK, plan.codec_minutes)),
+        ("ar", lambda: _phase_lm(state, "ar")),
+        ("calm", lambda: _phase_lm(state, "calm")),
+        ("eval_ar", lambda: _phase_eval(state, "ar")),
+        ("eval_calm", lambda: _phase_eval(state, "calm")),
+        ("heads", lambda: _phase_heads(state)),
+        ("ksweep", lambda: _phase_ksweep(state, deadline)),
+    ]
+    missing: dict[str, str] = {}
+    for name, fn in steps:
+        if name not in plan.phases:
+            continue
+        if time.perf_counter() > deadline:
+            missing[name] = "not run: out of the time budget (--stop-at)"
+            continue
+        prior = state.done(name)
+        if prior is not None:
+            state.results[name] = prior
+            _log(f"{name}: done before, reusing {state.phase_file(name)}")
+            continue
+        _log(f"{name}: start")
+        try:
+            state.record(name, fn())
+        except M.MissingFigureError as exc:
+            missing[name] = f"missing code: {exc}"
+        except Exception as exc:  # record and continue with the phases that do not need it
+            traceback.print_exc()
+            missing[name] = f"error: {type(exc).__name__}: {exc}"
+        _log(f"{name}: {'failed: ' + missing[name] if name in missing else 'done'}")
+    # every finished phase in the work directory, also those run by other invocations
+    for f in sorted(state.work.joinpath("phases").glob("*.json")):
+        state.results.setdefault(f.stem, json.loads(f.read_text()))
+    result = {
+        "plan": asdict(plan),
+        "quick": quick,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "threads": torch.get_num_threads(),
+        "work_dir": str(work),
+        "phases": state.results,
+        "missing": missing,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    _log(f"wrote {out}")
+    return 0
