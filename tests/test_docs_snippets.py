@@ -6,8 +6,10 @@ run in page order, in a fresh temporary working directory, like one interactive 
 * ``python``: executed in one namespace per page. Conformance suites a page defines (``Test*``
   subclasses of ``HeadConformance``/``CodecConformance``) are then run, every test method.
 * ``bash``/``console``: each command runs. ``calm ...`` commands go through
-  ``calm_core.cli.main`` in this process (no interpreter start-up per command); anything else runs
-  in ``bash -euo pipefail``. A non-zero exit status fails the page.
+  ``calm_core.cli.main`` and ``python SCRIPT.py ...`` through ``runpy`` in this process (no
+  interpreter start-up per command; scripts are found in the working directory or the repository
+  root); anything else runs in ``bash -euo pipefail``. A non-zero exit status fails the page.
+  ``pip`` and ``nox`` commands are refused unless skipped (see below).
 * ``toml``/``json``: parsed.
 * ``text``/``mermaid``: not code (diagrams, sample output); ignored.
 
@@ -19,7 +21,16 @@ line before a block changes what happens to it:
 * ``<!-- docs-test: skip REASON -->`` does not run it (only for commands that change the
   environment, such as ``pip install``); a reason is required.
 
-Pages listed in :data:`SLOW_PAGES` are marked ``slow`` (still run by the nox ``tests`` session).
+Two page-level comments (anywhere in a page):
+
+* ``<!-- docs-test: setup quickstart.md -->`` starts the page in a copy of the working directory
+  that ``docs/quickstart.md`` left behind (run once per session), so how-to pages can use its
+  data and models;
+* ``<!-- docs-test: requires-fixtures -->`` skips the page when the reference parity fixtures are
+  absent (``calm_core.testing.fixtures``).
+
+Everything runs with one torch thread (tiny models; a shared CPU). Pages listed in
+:data:`SLOW_PAGES` are marked ``slow`` (still run by the nox ``tests`` session).
 """
 
 from __future__ import annotations
@@ -29,7 +40,9 @@ import io
 import json
 import os
 import re
+import runpy
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -49,6 +62,9 @@ SLOW_PAGES = {"docs/how-to/distributed.md"}
 RUN_LANGS = {"python", "bash", "console", "toml", "json"}
 IGNORED_LANGS = {"text", "mermaid"}
 DIRECTIVE = re.compile(r"^<!--\s*docs-test:\s*(?P<verb>file|skip)\s*(?P<arg>.*?)\s*-->\s*$")
+PAGE_DIRECTIVE = re.compile(
+    r"^<!--\s*docs-test:\s*(?P<verb>setup|requires-fixtures)\s*(?P<arg>.*?)\s*-->\s*$", re.M
+)
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<info>[^`]*)$")
 
 
@@ -133,6 +149,8 @@ def run_shell(command: str, where: str) -> str:
                 f"stderr:\n{err.getvalue()[-3000:]}"
             )
         return out.getvalue()
+    if simple and len(words) >= 2 and words[0] == "python" and words[1].endswith(".py"):
+        return run_script(words[1], words[2:], where)
     if words and (
         words[0] in ("pip", "pip3", "nox") or words[1:3] in (["-m", "pip"], ["-m", "nox"])
     ):
@@ -157,6 +175,29 @@ def run_shell(command: str, where: str) -> str:
             f"stderr:\n{proc.stderr[-3000:]}"
         )
     return proc.stdout
+
+
+def run_script(path: str, argv: list[str], where: str) -> str:
+    """``python SCRIPT.py ARGS`` in this process, as ``__main__``; paths are repo-relative."""
+    script = Path(path) if Path(path).is_file() else ROOT / path
+    assert script.is_file(), f"{where}: script {path} not found (in the work dir or the repo root)"
+    out = io.StringIO()
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = [str(script), *argv]
+    sys.path.insert(0, str(script.parent))  # as `python script.py` does
+    try:
+        with contextlib.redirect_stdout(out):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+    if code != 0:
+        raise AssertionError(f"{where}: `python {path}` exited with {code}\n{out.getvalue()}")
+    return out.getvalue()
 
 
 def run_conformance(namespace: dict[str, Any], tmp_path: Path, where: str) -> int:
@@ -208,19 +249,12 @@ def _params() -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("page", _params())
-def test_docs_page_snippets_run(
-    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_registries: None
-) -> None:
+def run_page(page: Path, work: Path, tmp_path: Path) -> None:
+    """Run every block of ``page`` in ``work`` (the current directory)."""
     rel = _page_id(page)
-    blocks = parse_blocks(page.read_text(encoding="utf-8"))
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("CALM_REPO_ROOT", str(ROOT))
     module_name = "docs_snippet_" + re.sub(r"\W", "_", rel)
     namespace: dict[str, Any] = {"__name__": module_name}
-    for block in blocks:
+    for block in parse_blocks(page.read_text(encoding="utf-8")):
         where = f"{rel}:{block.line}"
         if block.lang in IGNORED_LANGS:
             continue
@@ -248,6 +282,74 @@ def test_docs_page_snippets_run(
         elif block.lang == "json":
             json.loads(block.code)
     run_conformance(namespace, tmp_path, rel)
+
+
+@contextlib.contextmanager
+def _in_dir(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Tiny models run faster on one thread than on two contended ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def setup_pages() -> dict[str, Path]:
+    """Working directories left by pages that others name in ``docs-test: setup`` (run once)."""
+    return {}
+
+
+def _setup_dir(name: str, cache: dict[str, Path], factory: pytest.TempPathFactory) -> Path:
+    if name not in cache:
+        page = ROOT / "docs" / name
+        assert page.is_file(), f"docs-test: setup names {name}, which is not a docs page"
+        work = factory.mktemp("setup") / "work"
+        work.mkdir()
+        with _in_dir(work), _one_thread():
+            run_page(page, work, work.parent)
+        cache[name] = work
+    return cache[name]
+
+
+@pytest.mark.parametrize("page", _params())
+def test_docs_page_snippets_run(
+    page: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    clean_registries: None,
+    setup_pages: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    text = page.read_text(encoding="utf-8")
+    monkeypatch.setenv("CALM_REPO_ROOT", str(ROOT))
+    work = tmp_path / "work"
+    for m in PAGE_DIRECTIVE.finditer(text):
+        if m["verb"] == "requires-fixtures":
+            from calm_core.testing.fixtures import ENV_VAR, fixture_dir
+
+            if fixture_dir() is None:
+                pytest.skip(f"reference fixtures not found (set {ENV_VAR})")
+        elif m["verb"] == "setup":
+            source = _setup_dir(m["arg"], setup_pages, tmp_path_factory)
+            shutil.copytree(source, work)
+    work.mkdir(exist_ok=True)
+    monkeypatch.chdir(work)
+    with _one_thread():
+        run_page(page, work, tmp_path)
 
 
 def test_every_docs_page_is_in_the_nav() -> None:
