@@ -41,13 +41,18 @@ def test_batched_rollout_matches_sequential_forward() -> None:
 
     def draw(probs: torch.Tensor, step: int, starts: torch.Tensor) -> torch.Tensor:
         seen.append((step, probs.clone(), starts.clone(), torch.empty(0)))
-        # both samples equal (the path always continues); vary the fed token by start
+        # both samples equal (the path continues), except odd starts at step 1: the cache then
+        # drops them and compacts its step blocks before step 2
         tok = (starts[None, :] * 3 + step + torch.arange(2)[:, None]) % 13
         fed_by_step[step] = {int(s): tok[:, c] for c, s in enumerate(starts)}
-        return tok[..., None].expand(-1, -1, 2)
+        pair = tok[..., None].repeat(1, 1, 2)
+        if step == 1:
+            pair[:, starts % 2 == 1, 1] += 1
+        return pair
 
     ar_brier_scores(lm, tokens, draw=draw)
     assert [s[0] for s in seen] == [0, 1, 2]  # steps 0..2 draw; step 3 only needs its collision
+    assert seen[2][2].tolist() == [0, 2, 4]
     with torch.no_grad():
         for step, probs, starts, _ in seen[1:]:
             for c, i in enumerate(starts.tolist()):

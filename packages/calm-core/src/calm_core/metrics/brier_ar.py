@@ -59,12 +59,13 @@ class TransformerLMRollout:
     """:class:`ARRolloutModel` for any LM with ``backbone`` and ``logits(tokens, positions,
     cache, attn_mask)`` (e.g. :class:`calm_core.transformer_lm.TransformerLM`)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, max_steps: int = BRIER_ORDERS - 1) -> None:
         self.model = model
+        self.max_steps = max_steps
         self.cache: RolloutCache | None = None
 
     def begin(self, tokens: Tensor) -> Tensor:
-        self.cache = RolloutCache(len(self.model.backbone.layers))
+        self.cache = RolloutCache(len(self.model.backbone.layers), self.max_steps)
         logits: Tensor = self.model.logits(tokens, cache=self.cache)
         return torch.softmax(logits.float(), dim=-1)
 
@@ -79,11 +80,17 @@ class TransformerLMRollout:
 
 
 def multinomial_draw(generator: torch.Generator | None = None) -> DrawFn:
-    """The default draw: two tokens with replacement from each distribution."""
+    """The default draw: two tokens with replacement from each distribution.
+
+    Inverse-CDF sampling (one cumulative sum and a binary search per draw), which is much cheaper
+    than ``torch.multinomial`` on many rows of a large vocabulary.
+    """
 
     def draw(probs: Tensor, step: int, starts: Tensor) -> Tensor:
         B, S, V = probs.shape
-        out = torch.multinomial(probs.reshape(B * S, V), 2, replacement=True, generator=generator)
+        cdf = probs.reshape(B * S, V).cumsum(dim=-1)
+        u = torch.rand(B * S, 2, generator=generator, device=cdf.device, dtype=cdf.dtype)
+        out = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=V - 1)
         return out.view(B, S, 2)
 
     return draw
@@ -118,7 +125,7 @@ def ar_brier_scores(
             f"{tuple(tokens.shape)}"
         )
     roll: ARRolloutModel = (
-        model if isinstance(model, ARRolloutModel) else TransformerLMRollout(model)
+        model if isinstance(model, ARRolloutModel) else TransformerLMRollout(model, max_n - 1)
     )
     draw_fn = draw if draw is not None else multinomial_draw(generator)
     B, T = tokens.shape
@@ -136,7 +143,8 @@ def ar_brier_scores(
     keep: Tensor | None = None
     for j in range(max_n):
         active_same = same[:, starts]
-        collision[:, starts, j] = active_same.double() * q.double().pow(2).sum(-1)
+        sum_sq = torch.linalg.vecdot(q, q).double()  # sum_v q(v)^2, one pass
+        collision[:, starts, j] = active_same.double() * sum_sq
         if j == max_n - 1:
             break
         pair = draw_fn(q, j, starts)  # [B, S_j, 2]

@@ -80,6 +80,7 @@ class CALMRollout:
         model: the CALM.
         generator: randomness of the default head draws.
         head_sample: replaces the head draws (see :data:`HeadSampleFn`).
+        max_steps: most rollout steps (``ceil(max_n / K) - 1``).
     """
 
     def __init__(
@@ -87,10 +88,12 @@ class CALMRollout:
         model: Any,
         generator: torch.Generator | None = None,
         head_sample: HeadSampleFn | None = None,
+        max_steps: int = BRIER_ORDERS - 1,
     ) -> None:
         self.model = model
         self.generator = generator
         self.head_sample = head_sample
+        self.max_steps = max_steps
         self.cache: RolloutCache | None = None
 
     @property
@@ -110,7 +113,7 @@ class CALMRollout:
 
     def begin(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         K = self.chunk_size
-        self.cache = RolloutCache(len(self.model.backbone.layers))
+        self.cache = RolloutCache(len(self.model.backbone.layers), max(1, self.max_steps))
         hidden = self.model.hidden_states(tokens[:, :-K], self.cache)  # [B, P, H]
         return self._pairs(hidden, 0, torch.arange(hidden.shape[1], device=hidden.device))
 
@@ -157,9 +160,11 @@ def calm_brier_scores(
     Returns:
         :class:`BrierScores` with ``scores[B, S, max_n]``; ``S = L-1`` when ``K >= max_n``.
     """
-    roll: ChunkPairModel = (
-        model if isinstance(model, ChunkPairModel) else CALMRollout(model, generator, head_sample)
-    )
+    if isinstance(model, ChunkPairModel):
+        roll: ChunkPairModel = model
+    else:
+        steps = math.ceil(max_n / int(model.chunk_size)) - 1
+        roll = CALMRollout(model, generator, head_sample, max_steps=steps)
     K = roll.chunk_size
     if tokens.dim() != 2 or tokens.shape[1] % K:
         raise ValueError(f"tokens must be [B, L*K] with K={K}, got shape {tuple(tokens.shape)}")
