@@ -1,0 +1,110 @@
+"""``calm generate``: continue a text prompt with a trained CALM or AR model directory.
+
+The tokenizer is read from the model directory (``calm train`` copies it there) or from
+``--tokenizer DIR``. Text is printed as it is produced (streaming); ``--json`` prints one object
+with the prompt ids, the new ids and the text instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from calm_core.cli.common import CLIError, check_input_path, print_json
+
+__all__ = ["HELP", "add_arguments", "run"]
+
+HELP = "Generate a continuation of a text prompt with a trained CALM or AR model directory."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model directory (calm train)")
+    parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="CALM: in (0, 1]; AR: >= 0 (0 = greedy). Default 1",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--sampling",
+        choices=["exact", "batch"],
+        default="exact",
+        help="CALM below T=1: exact rejection sampler or the batch approximation",
+    )
+    parser.add_argument(
+        "--num-candidates", type=int, default=200, help="CALM batch sampler: candidates per step"
+    )
+    parser.add_argument(
+        "--tokenizer", metavar="DIR", help="tokenizer directory (default MODEL_DIR)"
+    )
+    parser.add_argument(
+        "--no-eos-stop", action="store_true", help="keep generating after the EOS token"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from calm_core.calm import CALM
+    from calm_core.data.tokenizer import Tokenizer
+    from calm_core.model_dir import ModelLoadError, load_pretrained
+    from calm_core.transformer_lm import TransformerLM
+
+    model_dir = check_input_path(args.model_dir, "model directory")
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    try:
+        model = load_pretrained(model_dir)
+    except ModelLoadError as exc:
+        raise CLIError(str(exc)) from None
+    if not isinstance(model, CALM | TransformerLM):
+        raise CLIError(
+            f"{model_dir} holds a {type(model).__qualname__}; calm generate needs a CALM or AR "
+            "model directory (written by calm train)"
+        )
+    tok_dir = check_input_path(args.tokenizer or model_dir, "tokenizer directory")
+    try:
+        tokenizer = Tokenizer.load(tok_dir)
+    except Exception as exc:
+        raise CLIError(
+            f"cannot load a tokenizer from {tok_dir} ({exc}); pass --tokenizer DATA_DIR"
+        ) from None
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise CLIError("the prompt encodes to no tokens; give some text")
+    eos = None if args.no_eos_stop else model.config.eos_id
+    generator = torch.Generator().manual_seed(args.seed)
+    kwargs: dict[str, Any] = {"generator": generator, "eos_id": eos}
+    if isinstance(model, CALM):
+        kwargs.update(sampling=args.sampling, num_candidates=args.num_candidates)
+    try:
+        stream = model.stream([ids], args.max_new_tokens, args.temperature, **kwargs)
+        new: list[int] = []
+        shown = ""
+        if not args.json:
+            sys.stdout.write(args.prompt)
+            sys.stdout.flush()
+        for piece in stream:
+            row = piece[0].tolist()
+            if eos is not None and eos in row:
+                row = row[: row.index(eos) + 1]
+            new.extend(row)
+            if not args.json:
+                text = tokenizer.decode(new)
+                sys.stdout.write(text[len(shown) :])
+                sys.stdout.flush()
+                shown = text
+            if eos is not None and eos in row:
+                break
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        print_json({"prompt_ids": ids, "new_ids": new, "text": tokenizer.decode(new)})
+    else:
+        sys.stdout.write("\n")
+    return 0
