@@ -48,17 +48,26 @@ __all__ = [
 
 
 class DemoCodecConfig(ConfigModel):
-    """The codec stage: autoencoder shape and its training budget."""
+    """The codec stage: the tuned ``calm train-codec`` recipe, shortened, plus a time budget."""
 
     hidden_size: int = Field(256, ge=8, description="Codec width.")
     intermediate_size: int = Field(640, ge=8, description="Codec SwiGLU inner width.")
     latent_size: int = Field(64, ge=1, description="Latent size D per chunk.")
-    steps: int = Field(1200, ge=1, description="Most optimizer steps.")
-    time_budget_s: float = Field(170.0, gt=0, description="Stop training after this many seconds.")
-    batch_size: int = Field(16, ge=1, description="Sequences per step.")
-    seq_len: int = Field(256, ge=4, description="Tokens per sequence (a multiple of K).")
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.")
+    recipe: str = Field("default", description="The `calm train-codec` recipe to shorten.")
+    steps: int = Field(
+        400, ge=1, description="Optimizer steps (the recipe's schedule is scaled to them)."
+    )
+    time_budget_s: float = Field(200.0, gt=0, description="Stop training after this many seconds.")
+    batch_size: int | None = Field(None, ge=1, description="Sequences per step (None: recipe's).")
+    seq_len: int | None = Field(None, ge=4, description="Tokens per sequence (None: recipe's).")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate (None: recipe's).")
+    target_accuracy: float = Field(
+        0.995,
+        gt=0,
+        le=1,
+        description="Stop early once this share of tokens of a training sample is reconstructed.",
+    )
+    check_every: int = Field(50, ge=0, description="Steps between target checks (0: never).")
 
 
 class DemoLMConfig(ConfigModel):
@@ -72,7 +81,7 @@ class DemoLMConfig(ConfigModel):
     noise_size: int = Field(32, ge=1, description="Energy-head noise size.")
     steps: int = Field(600, ge=1, description="Most optimizer steps (CALM; AR takes the same).")
     time_budget_s: float = Field(
-        150.0, gt=0, description="Stop each model's training after this many seconds."
+        140.0, gt=0, description="Stop each model's training after this many seconds."
     )
     batch_size: int = Field(8, ge=1, description="Sequences per step.")
     seq_len: int = Field(256, ge=8, description="Tokens per sequence (a multiple of K).")
@@ -121,7 +130,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
         "time_budget_s": 15.0,
         "batch_size": 8,
         "seq_len": 128,
-        "warmup_steps": 5,
+        "check_every": 20,
     },
     "lm": {
         "hidden_size": 64,
@@ -183,18 +192,40 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class _Budget:
-    """Trainer callback: ask the trainer to stop once ``seconds`` of wall time have passed."""
+class _Stopper:
+    """Trainer callback: stop at the wall-clock budget, or once ``reached(model)`` is true.
 
-    def __init__(self, seconds: float) -> None:
+    ``reached`` is checked every ``check_every`` steps; its own time is kept apart so that the
+    training throughput is not diluted by the checks.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        reached: Callable[[], bool] | None = None,
+        check_every: int = 0,
+    ) -> None:
         self.seconds = seconds
+        self.reached = reached
+        self.check_every = check_every
         self.start = time.perf_counter()
-        self.hit = False
+        self.reason: str | None = None
+        self.check_s = 0.0
 
     def __call__(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
-        if not self.hit and time.perf_counter() - self.start > self.seconds:
-            self.hit = True
-            trainer.request_stop("time budget")
+        if self.reason is not None:
+            return
+        if self.reached is not None and self.check_every and step % self.check_every == 0:
+            t0 = time.perf_counter()
+            hit = self.reached()
+            self.check_s += time.perf_counter() - t0
+            if hit:
+                self.reason = "target reached"
+                trainer.request_stop(self.reason)
+                return
+        if time.perf_counter() - self.start > self.seconds:
+            self.reason = "time budget"
+            trainer.request_stop(self.reason)
 
 
 def _train(
@@ -202,39 +233,36 @@ def _train(
     *,
     run_dir: Path,
     data: Any,
-    steps: int,
-    batch_size: int,
-    seq_len: int,
-    lr: float,
-    warmup: int,
-    seed: int,
+    fields: Mapping[str, Any],
     budget_s: float,
+    reached: Callable[[], bool] | None = None,
+    check_every: int = 0,
 ) -> dict[str, Any]:
-    """Train with the library Trainer under a step count and a time budget."""
+    """Train with the library Trainer (``fields``: TrainConfig fields) under a time budget and an
+    optional early-stopping target."""
     from calm_core.training import TrainConfig, Trainer, TrainingInterrupted
 
+    steps = int(fields["steps"])
     cfg = TrainConfig.model_validate(
         {
-            "steps": steps,
-            "batch_size": batch_size,
-            "seq_len": seq_len,
-            "lr": lr,
-            "warmup_steps": min(warmup, max(steps - 1, 0)),
+            **fields,
             "log_every": max(1, min(10, steps // 20)),
-            "seed": seed,
+            "eval_every": 0,
+            "checkpoint_every": 0,
             "keep_checkpoints": 1,
         }
     )
-    budget = _Budget(budget_s)
-    trainer = Trainer(model, cfg, train_data=data, run_dir=run_dir, callbacks=[budget])
+    batch_size, seq_len = cfg.batch_size, cfg.seq_len
+    stopper = _Stopper(budget_s, reached, check_every)
+    trainer = Trainer(model, cfg, train_data=data, run_dir=run_dir, callbacks=[stopper])
     t0 = time.perf_counter()
     try:
         summary = trainer.fit()
     except TrainingInterrupted as stop:
-        if budget.hit is False:
+        if stopper.reason is None:  # a real Ctrl-C: let the CLI report it
             raise
         summary = {"steps": stop.step}
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 - stopper.check_s
     done = int(summary["steps"])
     tokens = done * batch_size * seq_len
     model.eval()
@@ -242,7 +270,8 @@ def _train(
     return {
         "steps": done,
         "planned_steps": steps,
-        "stopped_by_budget": budget.hit,
+        "stopped_by_budget": stopper.reason == "time budget",
+        "reached_target": stopper.reason == "target reached",
         "tokens": tokens,
         "train_s": wall,
         "train_tokens_per_s": tokens / wall if wall > 0 else 0.0,
@@ -302,32 +331,36 @@ def _stage_tokenize(result: DemoResult, corpus: str | Path | None, data_dir: Pat
 
 
 def _stage_codec(result: DemoResult, train: Any, val: Any, out: Path) -> Any:
+    from calm_core.cli.train_codec import TrainCodecConfig, build_codec, recipe
     from calm_core.metrics.reconstruction import reconstruction_report
-    from calm_core.registry import codecs
 
     cfg = result.config
     c = cfg.codec
-    torch.manual_seed(cfg.seed)
-    codec = codecs.build(
-        {
-            "name": "autoencoder",
-            "config": {
-                "vocab_size": train.vocab_size,
-                "chunk_size": cfg.chunk_size,
-                "latent_size": c.latent_size,
-                "hidden_size": c.hidden_size,
-                "intermediate_size": c.intermediate_size,
-            },
-        }
+    # the same recipe and codec builder as `calm train-codec`, shortened to the demo's steps
+    plan = recipe(c.recipe, steps=c.steps)
+    plan["codec"]["config"].update(
+        latent_size=c.latent_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size
     )
+    fields = dict(plan["train"], seed=cfg.seed)
+    for key in ("batch_size", "seq_len", "lr"):
+        if getattr(c, key) is not None:
+            fields[key] = getattr(c, key)
+    torch.manual_seed(cfg.seed)
+    codec = build_codec(TrainCodecConfig.model_validate(plan), train)
     _say(
         f"[2/5] codec: autoencoder K={cfg.chunk_size}, D={c.latent_size}, width "
-        f"{c.hidden_size}; up to {c.steps} steps / {c.time_budget_s:.0f} s"
+        f"{c.hidden_size}, recipe '{c.recipe}'; up to {c.steps} steps / {c.time_budget_s:.0f} s"
     )
+    # early stop on *training* chunks: the held-out articles are only used for the final report
+    sample = train.tokens[: 4096 * cfg.chunk_size]
+
+    def reached() -> bool:
+        rep = reconstruction_report(codec, sample, noise_stds=(), ignore_id=train.pad_id)
+        return rep.token_accuracy >= c.target_accuracy
+
     stats = _train(
-        codec, run_dir=out, data=train, steps=c.steps, batch_size=c.batch_size,
-        seq_len=c.seq_len, lr=c.lr, warmup=c.warmup_steps, seed=cfg.seed,
-        budget_s=c.time_budget_s,
+        codec, run_dir=out, data=train, fields=fields, budget_s=c.time_budget_s,
+        reached=reached, check_every=c.check_every,
     )  # fmt: skip
     codec.save_pretrained(out)
     train.tokenizer.save(out)
@@ -385,10 +418,11 @@ def _stage_lm(
         f"[3/5] {title}: {trainable:,} trainable parameters; up to {steps} steps / "
         f"{c.time_budget_s:.0f} s"
     )
-    stats = _train(
-        model, run_dir=out, data=train, steps=steps, batch_size=c.batch_size, seq_len=c.seq_len,
-        lr=c.lr, warmup=c.warmup_steps, seed=cfg.seed, budget_s=c.time_budget_s,
-    )  # fmt: skip
+    fields = {
+        "steps": steps, "batch_size": c.batch_size, "seq_len": c.seq_len, "lr": c.lr,
+        "warmup_steps": min(c.warmup_steps, steps - 1), "seed": cfg.seed,
+    }  # fmt: skip
+    stats = _train(model, run_dir=out, data=train, fields=fields, budget_s=c.time_budget_s)
     model.save_pretrained(out)  # type: ignore[operator]
     train.tokenizer.save(out)
     stats["parameters"] = trainable
@@ -398,38 +432,19 @@ def _stage_lm(
 
 
 def _stage_brier(result: DemoResult, kind: str, model: nn.Module, val: Any) -> None:
-    from calm_core.data import BlockLoader
-    from calm_core.metrics.brier import BrierAccumulator
+    """BrierLM on the first held-out blocks, with the function ``calm eval`` uses."""
+    from calm_core.metrics.brier_eval import evaluate_brier
 
     e = result.config.eval
     n_blocks = max(1, min(e.brier_blocks, val.num_tokens // e.brier_block_len))
-    loader = BlockLoader(val, e.brier_block_len, 1, seed=0, shuffle=False)
-    gen = torch.Generator().manual_seed(result.config.seed + 1)
-    acc = BrierAccumulator()
     t0 = time.perf_counter()
-    model.eval()
-    with torch.no_grad():
-        for _ in _progress(range(n_blocks), f"BrierLM {kind}"):
-            block = loader.next_batch()
-            if kind == "calm":
-                from calm_core.metrics.brier_calm import calm_brier_scores
-
-                scores = calm_brier_scores(model, block, generator=gen, pad_id=val.pad_id)
-            else:
-                from calm_core.metrics.brier_ar import ar_brier_scores
-
-                scores = ar_brier_scores(model, block, generator=gen, pad_id=val.pad_id)
-            acc.update(scores)
-    res = acc.result()
+    res = evaluate_brier(
+        model, val.tokens, block_len=e.brier_block_len, num_blocks=n_blocks, batch_size=4,
+        seed=result.config.seed + 1, pad_id=val.pad_id, progress=True,
+    )  # fmt: skip
     result.models[kind]["brier"] = res.to_dict()
     result.models[kind]["brier_s"] = time.perf_counter() - t0
     result.models[kind]["brier_blocks"] = n_blocks
-
-
-def _progress(it: range, desc: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(it, desc=f"      {desc}", file=sys.stderr, leave=False, disable=None)
 
 
 def _generate(

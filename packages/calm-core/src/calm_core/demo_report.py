@@ -223,6 +223,12 @@ def _report(result: DemoResult, plot: Path | None) -> str:
                 f"- {kind.upper()} training stopped at its time budget after {model['steps']} of "
                 f"{model['planned_steps']} planned steps."
             )
+    if result.codec.get("reached_target"):
+        parts.append(
+            f"- Codec training stopped early after {result.codec['steps']} steps, once "
+            f"{100 * c.codec.target_accuracy:.1f}% of a sample of *training* chunks was "
+            "reconstructed (the held-out articles are used only for the figure above)."
+        )
     if result.codec.get("stopped_by_budget"):
         parts.append(
             f"- Codec training stopped at its time budget after {result.codec['steps']} of "
