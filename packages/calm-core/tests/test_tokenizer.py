@@ -73,6 +73,9 @@ def test_foreign_tokenizer_json_gets_pad_and_eos(tmp_path: Path):
     hf.pre_tokenizer = pre_tokenizers.Whitespace()
     path = tmp_path / "tokenizer.json"
     hf.save(str(path))
+    renamed = tmp_path / "word_level.json"  # any file name works
+    renamed.write_text(path.read_text())
+    assert Tokenizer.load(renamed).vocab_size == 5
     tok = Tokenizer.from_file(path)
     assert tok.encode("hello world") == [0, 1]  # existing ids keep their meaning
     assert (tok.pad_id, tok.eos_id, tok.vocab_size) == (3, 4, 5)  # appended specials

@@ -98,10 +98,9 @@ class Tokenizer(ABC):
 
     @staticmethod
     def load(directory: str | Path) -> Tokenizer:
-        """Load a tokenizer saved with :meth:`save` (a directory, or its ``tokenizer.json``)."""
+        """Load a tokenizer saved with :meth:`save` (a directory), or a ``tokenizer.json`` file."""
         p = Path(directory)
-        d = p.parent if p.is_file() else p
-        path = d / TOKENIZER_FILE
+        d, path = (p.parent, p) if p.is_file() else (p, p / TOKENIZER_FILE)
         if not path.is_file():
             raise TokenizerError(
                 f"no {TOKENIZER_FILE} in {d}; a data directory written by `calm tokenize` or a "
@@ -109,7 +108,7 @@ class Tokenizer(ABC):
             )
         meta: dict[str, Any] = {}
         cfg_path = d / TOKENIZER_CONFIG_FILE
-        if cfg_path.is_file():
+        if cfg_path.is_file() and path.name == TOKENIZER_FILE:  # the metadata of this file
             meta = json.loads(cfg_path.read_text(encoding="utf-8"))
         if meta.get("kind") == ByteTokenizer.kind or _is_byte_description(path):
             return ByteTokenizer()
