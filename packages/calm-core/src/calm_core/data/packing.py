@@ -233,6 +233,7 @@ def write_data_dir(
     # a split without documents is left out of the index (and gets no file)
     for split, idx in (("train", train_idx), ("val", val_idx)):
         if not idx:
+            (out_dir / f"{split}.bin").unlink(missing_ok=True)  # stale, from an overwritten run
             continue
         packed = pack_documents(
             [token_lists[i] for i in idx],
