@@ -375,43 +375,26 @@ def _stage_codec(result: DemoResult, train: Any, val: Any, out: Path) -> Any:
 
 
 def _stage_lm(
-    result: DemoResult, kind: str, codec: Any, train: Any, out: Path, steps: int
+    result: DemoResult, kind: str, codec_dir: Path, train: Any, out: Path, steps: int
 ) -> nn.Module:
-    from calm_core.backbone import BackboneConfig
+    """Build (as ``calm train`` does, from its bench preset) and train the CALM or AR model."""
+    from calm_core.cli.train import TrainModelConfig, base_config, build_model
 
     cfg = result.config
     c = cfg.lm
-    backbone = BackboneConfig.model_validate(
-        {
-            "hidden_size": c.hidden_size,
-            "intermediate_size": c.intermediate_size,
-            "num_layers": c.num_layers,
-            "num_heads": c.num_heads,
-            "max_positions": max(c.seq_len, cfg.eval.brier_block_len, 1024),
-        }
+    plan = base_config(kind, None)
+    plan["backbone"].update(
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_layers=c.num_layers,
+        num_heads=c.num_heads,
+        num_kv_heads=c.num_heads,
+        max_positions=max(c.seq_len, cfg.eval.brier_block_len, 1024),
     )
-    torch.manual_seed(cfg.seed)
-    model: nn.Module
     if kind == "calm":
-        from calm_core.calm import CALM
-
-        head = {
-            "name": "energy",
-            "config": {"num_blocks": c.head_blocks, "noise_size": c.noise_size},
-        }
-        model = CALM.from_codec(
-            codec, backbone=backbone, head=head, pad_id=train.pad_id, eos_id=train.eos_id
-        )
-    else:
-        from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
-
-        lm_config = {
-            "backbone": backbone.model_dump(),
-            "vocab_size": train.vocab_size,
-            "pad_id": train.pad_id,
-            "eos_id": train.eos_id,
-        }
-        model = TransformerLM(TransformerLMConfig.model_validate(lm_config))
+        plan["head"]["config"].update(num_blocks=c.head_blocks, noise_size=c.noise_size)
+    torch.manual_seed(cfg.seed)
+    model = build_model(TrainModelConfig.model_validate(plan), train, codec_dir)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     title = "CALM (energy head)" if kind == "calm" else "AR baseline (same backbone)"
     _say(
@@ -563,15 +546,15 @@ def run_demo(
             )
 
     t = stage("codec")
-    codec = _stage_codec(result, train, val, out / "codec")
+    _stage_codec(result, train, val, out / "codec")
     result.stage_seconds["codec"] = time.perf_counter() - t
 
     t = stage("calm")
-    calm = _stage_lm(result, "calm", codec, train, out / "calm", config.lm.steps)
+    calm = _stage_lm(result, "calm", out / "codec", train, out / "calm", config.lm.steps)
     result.stage_seconds["calm"] = time.perf_counter() - t
     t = stage("ar")
     # equal tokens: the baseline gets exactly the steps the CALM managed
-    ar = _stage_lm(result, "ar", codec, train, out / "ar", result.models["calm"]["steps"])
+    ar = _stage_lm(result, "ar", out / "codec", train, out / "ar", result.models["calm"]["steps"])
     result.stage_seconds["ar"] = time.perf_counter() - t
 
     t = stage("eval")
