@@ -172,8 +172,11 @@ class DiffusionSchedule:
         return values.reshape(*values.shape, *([1] * (like.dim() - t.dim())))
 
     def model_timesteps(self, t: Tensor, dtype: torch.dtype) -> Tensor:
-        """The timestep values the network is called with, for step indices ``t``."""
-        return self.table("timestep_map", t.device)[t].to(dtype)
+        """The timestep values the network is called with, for step indices ``t``.
+
+        In at least float32: half precision cannot represent timesteps up to 1000 exactly.
+        """
+        return self.table("timestep_map", t.device)[t].to(torch.promote_types(dtype, torch.float32))
 
     # ------------------------------------------------------------------------------- forward
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:

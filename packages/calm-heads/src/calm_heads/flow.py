@@ -77,8 +77,11 @@ class FlowHead(GenerativeHead):
         """``v(x, t, h)`` for ``x [R, D]``, time ``t`` (scalar or ``[R]``) in [0, 1]."""
         if not isinstance(t, Tensor):
             t = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
-        # The net sees integer time bins, like the reference (truncation in the data's dtype).
-        t_bins = torch.floor(t * self.config.time_bins)
+        # The net sees integer time bins, like the reference; binned in at least float32 so a
+        # half-precision t keeps its resolution.
+        t_bins = torch.floor(
+            t.to(torch.promote_types(t.dtype, torch.float32)) * self.config.time_bins
+        )
         out: Tensor = self.net(x, t_bins, cond)
         return out
 
