@@ -86,10 +86,9 @@ def run(args: argparse.Namespace) -> int:
         stream = model.stream([ids], args.max_new_tokens, args.temperature, **kwargs)
         new: list[int] = []
         shown = ""
-        if not args.json:
-            sys.stdout.write(args.prompt)
-            sys.stdout.flush()
-        for piece in stream:
+        for step, piece in enumerate(stream):
+            if step == 0 and not args.json:  # after the first step: input errors come first
+                sys.stdout.write(args.prompt)
             row = piece[0].tolist()
             if eos is not None and eos in row:
                 row = row[: row.index(eos) + 1]

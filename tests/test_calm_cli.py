@@ -1,0 +1,101 @@
+"""End to end through the CLI: tokenize -> train-codec -> train (CALM and AR) -> generate."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from calm_core.cli import main
+
+pytest.importorskip("calm_heads")
+pytest.importorskip("calm_codecs")
+
+BACKBONE = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4,
+            "max_positions": 64}  # fmt: skip
+TRAIN = {"batch_size": 2, "seq_len": 64, "eval_every": 0, "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    rng = random.Random(0)
+    words = "the cat sat on a mat and dog ran far away from home while birds sing".split()
+    with (d / "corpus.jsonl").open("w") as f:
+        for _ in range(30):
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(50))}) + "\n")
+    assert main(["tokenize", str(d / "corpus.jsonl"), "--out", str(d / "data"),
+                 "--vocab-size", "300", "--chunk-size", "4", "--val-docs", "3"]) == 0  # fmt: skip
+    codec_cfg = {"codec": {"name": "autoencoder", "config": {"hidden_size": 32,
+                 "intermediate_size": 64, "latent_size": 8}}, "train": TRAIN}  # fmt: skip
+    (d / "codec.json").write_text(json.dumps(codec_cfg))
+    assert main(["train-codec", "--data", str(d / "data"), "--out", str(d / "codec"),
+                 "--config", str(d / "codec.json"), "--steps", "2", "--no-progress"]) == 0  # fmt: skip
+    return d
+
+
+def test_calm_train_then_generate_from_the_directory_alone(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = {"backbone": BACKBONE, "head": {"name": "energy", "config": {"num_blocks": 1,
+           "noise_size": 8}}, "train": TRAIN}  # fmt: skip
+    (workdir / "calm.json").write_text(json.dumps(cfg))
+    out = workdir / "calm"
+    code = main(["train", "--data", str(workdir / "data"), "--codec", str(workdir / "codec"),
+                 "--out", str(out), "--config", str(workdir / "calm.json"), "--steps", "2",
+                 "--no-progress", "--json"])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model"] == "calm" and summary["steps"] == 2
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "config.json").read_text())
+    assert record["type"] == "calm" and record["config"]["codec"]["name"] == "autoencoder"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in x for x in lines)
+    assert main(["generate", str(out), "--prompt", "the cat sat", "--max-new-tokens", "8",
+                 "--seed", "1", "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 1 <= len(result["new_ids"]) <= 8 and isinstance(result["text"], str)
+    assert main(["generate", str(out), "--prompt", "the cat", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("the cat")
+
+
+def test_ar_train_then_greedy_generate(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = {"backbone": BACKBONE, "train": TRAIN}
+    (workdir / "ar.json").write_text(json.dumps(cfg))
+    out = workdir / "ar"
+    assert main(["train", "--model", "ar", "--data", str(workdir / "data"), "--out", str(out),
+                 "--config", str(workdir / "ar.json"), "--steps", "2", "--no-progress"]) == 0  # fmt: skip
+    args = ["generate", str(out), "--prompt", "the dog", "--max-new-tokens", "5",
+            "--temperature", "0", "--json"]  # fmt: skip
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["new_ids"] == second["new_ids"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--model", "calm"], "--codec MODEL_DIR is required"),
+        (["--model", "ar", "--head", "energy"], "--head applies to CALM only"),
+        (["--model", "ar", "--preset", "calm-tiny"], "is a calm preset but --model is ar"),
+    ],
+)
+def test_train_usage_errors(
+    workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    code = main(["train", "--data", str(workdir / "data"), "--out",
+                 str(workdir / "bad"), "--steps", "1", *argv])  # fmt: skip
+    assert code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_generate_errors_are_clear(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", str(workdir / "nope"), "--prompt", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["generate", str(workdir / "codec"), "--prompt", "x"]) == 2
+    assert "needs a CALM or AR model directory" in capsys.readouterr().err
