@@ -21,7 +21,24 @@ TRAIN = {"batch_size": 2, "seq_len": 64, "eval_every": 0, "log_every": 1}
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("cli")
     rng = random.Random(0)
-    words = "the cat sat on a mat and dog ran far away from home while birds sing".split()
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "a",
+        "mat",
+        "and",
+        "dog",
+        "ran",
+        "far",
+        "away",
+        "from",
+        "home",
+        "while",
+        "birds",
+        "sing",
+    ]
     with (d / "corpus.jsonl").open("w") as f:
         for _ in range(30):
             f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(50))}) + "\n")
