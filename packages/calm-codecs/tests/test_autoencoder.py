@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 import pytest
 import torch
 import torch.nn.functional as F
-
 from calm_codecs import AutoencoderConfig, ChunkAutoencoder, TrainingDraws
 from calm_core.config import ConfigError
 from calm_core.registry import codecs
