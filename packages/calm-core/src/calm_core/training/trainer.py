@@ -97,6 +97,7 @@ class Trainer:
         evaluate: custom ``evaluate(model) -> dict[str, float]``, called on rank 0 every
             ``eval_every`` steps and at the end, in eval mode under ``torch.no_grad()``.
         resume: continue from the latest checkpoint in ``run_dir`` (fresh start when none).
+            A fresh run replaces the checkpoints and ``metrics.jsonl`` already in ``run_dir``.
         callbacks: ``callback(trainer, step, metrics)`` after every optimizer step.
         device: where to train; default the model's device (under DDP with CUDA, the local GPU).
         progress: show the progress bar / lines (rank 0 only).
