@@ -473,6 +473,12 @@ def _stage_generate(
         result.samples.append(
             {"prompt": tok.decode(p), "reference": tok.decode(r), "continuations": {}}
         )
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(models) * (len(e.temperatures) + 2), desc="      generate", unit="run",
+        file=sys.stderr, leave=False, disable=None,
+    )  # fmt: skip
     for kind, model in models.items():
         model.eval()
         for t in e.temperatures:
@@ -483,9 +489,11 @@ def _stage_generate(
                 )  # fmt: skip
             for i, row in enumerate(new.tolist()):
                 result.samples[i]["continuations"][f"{kind} T={t:g}"] = tok.decode(row)
+            bar.update()
         # speed probe: batch 1 and batch 8 at T=1, EOS never stops it
         speed: dict[str, float] = {}
         for b in (1, 8):
+            bar.update()
             prompt = batch[:1].expand(b, -1).contiguous()
             t0 = time.perf_counter()
             with torch.no_grad():  # eos_id=-1: never stops early, so every row is timed in full
@@ -495,6 +503,7 @@ def _stage_generate(
                 )  # fmt: skip
             speed[f"b{b}"] = b * e.speed_new_tokens / (time.perf_counter() - t0)
         result.models[kind]["gen_tokens_per_s"] = speed
+    bar.close()
 
 
 def run_demo(

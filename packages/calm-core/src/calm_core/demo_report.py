@@ -98,7 +98,7 @@ def next_steps(result: DemoResult) -> str:
     return "\n".join(
         [
             f'calm generate {out / "calm"} --prompt "{prompt}" --max-new-tokens 64 '
-            "--temperature 0.5",
+            "--temperature 0.5 --sampling batch",
             f'calm generate {out / "ar"} --prompt "{prompt}" --max-new-tokens 64',
             f"calm eval {out / 'calm'} --data {out / 'data'} --split val --json",
             f"calm eval {out / 'codec'} --data {out / 'data'} --split val",
