@@ -18,6 +18,7 @@ from calm_heads.energy_score import (
     energy_loss_naive,
     pairwise_distance_power,
 )
+from torch.utils._python_dispatch import TorchDispatchMode
 
 Z_TOL = 4.0  # standard errors
 
@@ -174,3 +175,52 @@ def test_alpha_outside_open_interval_is_refused_with_reason(alpha: float) -> Non
 def test_energy_config_rejects_one_model_sample() -> None:
     with pytest.raises(ConfigError, match="num_samples"):
         heads.build({"name": "energy", "config": {"num_samples": 1}}, hidden_size=8, latent_size=4)
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records every aten op run (forward and backward) and the largest tensor it produced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def _record(fn, n: int, p: int, m: int = 100, d: int = 16) -> _OpRecorder:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(0)
+    samples = torch.randn(n, p, d, generator=gen).requires_grad_(True)
+    mean, std = torch.randn(p, d, generator=gen), 0.5 + torch.rand(p, d, generator=gen)
+    eps = torch.randn(m, p, d, generator=gen)
+    rec = _OpRecorder()
+    with rec:
+        fn(samples, mean, std, eps).sum().backward()
+    return rec
+
+
+def _fast(samples, mean, std, eps):  # type: ignore[no-untyped-def]
+    return energy_loss(samples, mean, std, target_eps=eps)
+
+
+def test_no_temporary_of_samples_by_targets_by_positions_by_latent() -> None:
+    """Forward and backward never hold an (N, M, positions, D) tensor; the naive form does."""
+    n, p, m, d = 8, 12, 100, 16
+    full = n * m * p * d
+    fast = _record(_fast, n, p, m, d)
+    # the largest tensors are the M target draws [P, M, D] and the distances [P, N, M]
+    assert fast.largest <= max(p * m * d, p * n * m), fast.largest
+    assert _record(energy_loss_naive, n, p, m, d).largest >= full
+
+
+def test_no_python_loops_over_samples_or_positions() -> None:
+    """The number of tensor operations does not grow with N or with the number of positions."""
+    base = _record(_fast, n=4, p=5).ops
+    assert _record(_fast, n=8, p=5).ops == base
+    assert _record(_fast, n=4, p=40).ops == base
