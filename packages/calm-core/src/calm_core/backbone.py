@@ -254,10 +254,15 @@ class RotaryEmbedding(nn.Module):
             self._tables[device] = table
         return table
 
-    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``positions [T]`` or ``[B, T]`` -> ``cos, sin`` broadcastable to ``[B, heads, T, d]``."""
-        cos, sin = self._table(positions.device)
+    def forward(
+        self, positions: Tensor | slice, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """``positions [T]``, ``[B, T]`` or a slice -> ``cos, sin`` broadcastable to
+        ``[B, heads, T, d]`` (a slice is a view of the table: no gather on the fast path)."""
+        cos, sin = self._table(device)
         cos, sin = cos[positions].to(dtype), sin[positions].to(dtype)
+        if isinstance(positions, slice):
+            return cos, sin
         if positions.dim() == 2:  # [B, T, d] -> [B, 1, T, d]
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return cos, sin
@@ -390,8 +395,6 @@ class Backbone(nn.Module):
             )
         T = x.shape[1]
         past = cache.seq_len if cache is not None else 0
-        if positions is None:
-            positions = torch.arange(past, past + T, device=x.device)
         if past + T > self.config.max_positions:
             raise ValueError(
                 f"sequence of {past + T} positions exceeds the context length max_positions="
@@ -403,7 +406,8 @@ class Backbone(nn.Module):
                 is_causal = T > 1
             elif T > 1:
                 attn_mask = causal_mask(T, past + T, x.device)
-        cos, sin = self.rotary(positions, x.dtype)
+        where: Tensor | slice = slice(past, past + T) if positions is None else positions
+        cos, sin = self.rotary(where, x.dtype, x.device)
         for layer in self.layers:
             x = layer(x, cos, sin, cache, attn_mask, is_causal)
         return self.norm(x)  # type: ignore[no-any-return]
