@@ -93,3 +93,51 @@ def test_calm_trains_with_the_plugin_head_in_code(one_thread: None, tmp_path: Pa
     gen = loaded.generate(prompt, 8, generator=torch.Generator().manual_seed(0))
     again = model.eval().generate(prompt, 8, generator=torch.Generator().manual_seed(0))
     assert gen.shape == (1, 8) and torch.equal(gen, again)
+
+
+def test_calm_train_cli_with_the_plugin_head(one_thread: None, tmp_path: Path) -> None:
+    """`calm train --head example.gaussian_energy`: tokenize, train a codec, train, generate."""
+    _calm()
+    from calm_core.cli import VERBS, main
+
+    missing = {"tokenize", "train-codec", "train", "generate"} - set(VERBS)
+    if missing:
+        pytest.skip(f"calm verbs not available yet: {sorted(missing)}")
+    corpus = tmp_path / "corpus.jsonl"
+    words = ["alpha", "beta", "gamma", "delta", "omega"]
+    lines = [
+        json.dumps({"text": " ".join(words[(i + j) % 5] for j in range(40))}) for i in range(12)
+    ]
+    corpus.write_text("\n".join(lines) + "\n")
+    data, codec, model = tmp_path / "data", tmp_path / "codec", tmp_path / "model"
+    train = {"batch_size": 4, "seq_len": 32, "warmup_steps": 1, "log_every": 1}
+    codec_cfg, model_cfg = tmp_path / "codec.json", tmp_path / "model.json"
+    codec_spec = {"name": "autoencoder", "config": TINY_CODEC | {"vocab_size": 258}}
+    codec_cfg.write_text(json.dumps({"codec": codec_spec, "train": train}))
+    model_cfg.write_text(
+        json.dumps(
+            {
+                "backbone": TINY_BACKBONE | {"num_kv_heads": 2},
+                "head": {"name": HEAD, "config": TINY_HEAD},
+                "train": train,
+            }
+        )
+    )
+    common = ["--no-progress", "--steps", "4"]
+    assert (
+        main(["tokenize", str(corpus), "--out", str(data), "--byte-level", "--val-docs", "2"]) == 0
+    )
+    assert main(["train-codec", "--data", str(data), "--out", str(codec),
+                 "--config", str(codec_cfg), *common]) == 0  # fmt: skip
+    assert main(["train", "--data", str(data), "--codec", str(codec), "--out", str(model),
+                 "--head", HEAD, "--config", str(model_cfg), *common]) == 0  # fmt: skip
+
+    record = json.loads((model / "config.json").read_text())
+    head_record = next(r for r in record["components"].values() if r["name"] == HEAD)
+    assert head_record["distribution"] == "calm-head-gaussian"
+    assert record["config"]["head"]["config"]["num_components"] == 2
+    metrics = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert main(["generate", str(model), "--prompt", "alpha beta", "--max-new-tokens", "8",
+                 "--seed", "0"]) == 0  # fmt: skip
