@@ -22,6 +22,12 @@ _LAZY: dict[str, str] = {
     "ConfigModel": "calm_core.config",
     "load_pretrained": "calm_core.model_dir",
     "save_pretrained": "calm_core.model_dir",
+    "Backbone": "calm_core.backbone",
+    "BackboneConfig": "calm_core.backbone",
+    "CALM": "calm_core.calm",
+    "CALMConfig": "calm_core.calm",
+    "TransformerLM": "calm_core.transformer_lm",
+    "TransformerLMConfig": "calm_core.transformer_lm",
 }
 
 __all__ = ["__version__", *_LAZY]
