@@ -214,3 +214,14 @@ def test_bad_hidden_shape_is_refused(name: str) -> None:
         head.sample(torch.randn(2, N, H))
     with pytest.raises(ValueError, match="target posterior"):
         head.loss(torch.randn(N, H), LatentPosterior(torch.zeros(N, D + 1), torch.ones(N, D + 1)))
+
+
+def test_energy_generate_accepts_repeated_hidden_only() -> None:
+    head = _build("energy", noise_size=8, num_blocks=1)
+    assert isinstance(head, EnergyHead)
+    hidden, noise = torch.randn(N, H), torch.rand(3, N, 8) - 0.5
+    with torch.no_grad():
+        flat = head.generate(hidden, noise)
+        torch.testing.assert_close(head.generate(hidden.expand(3, N, H), noise), flat)
+    with pytest.raises(ValueError, match="repeat one"):
+        head.generate(torch.randn(3, N, H), noise)

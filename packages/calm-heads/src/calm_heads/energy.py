@@ -132,14 +132,18 @@ class EnergyHead(GenerativeHead):
         """Run the generator on explicit noise: one network call.
 
         Args:
-            hidden: ``[P, H]`` (shared by all samples) or ``[S, P, H]`` (must then be the same
-                hidden state repeated, as in the reference; only ``hidden[0]`` is used).
+            hidden: ``[P, H]`` (shared by all samples) or ``[S, P, H]``, which must then be one
+                hidden state repeated S times (the reference's layout).
             noise: ``[S, P, noise_size]``.
 
         Returns:
             latents ``[S, P, D]``.
         """
         if hidden.dim() == 3:
+            if not torch.equal(hidden, hidden[:1].expand_as(hidden)):
+                raise ValueError(
+                    "a 3-D hidden [S, P, H] must repeat one [P, H] state S times; pass [P, H]"
+                )
             hidden = hidden[0]
         if hidden.dim() != 2 or hidden.shape[-1] != self.hidden_size:
             raise ValueError(
