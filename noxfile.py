@@ -103,7 +103,15 @@ def docs(session: nox.Session) -> None:
     the ``tests`` session.
     """
     session.install(*DOCS_REQUIREMENTS)
-    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
+    session.run(
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        "site",
+        *session.posargs,
+        env={"NO_MKDOCS_2_WARNING": "1"},
+    )
 
 
 @nox.session
