@@ -204,3 +204,19 @@ def test_bad_inputs_have_clear_errors() -> None:
         model.encode(torch.zeros(1, 4))
     with pytest.raises(ValueError, match="latent size D is 8"):
         model.decode(torch.zeros(2, 5))
+
+
+def test_fused_cross_entropy_matches_torch() -> None:
+    from calm_codecs.autoencoder import softmax_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(64, 50, generator=g, dtype=torch.float64)).requires_grad_(True)
+    y = torch.randint(0, 50, (64,), generator=g)
+    loss, hits = softmax_cross_entropy(x, y)
+    (2.5 * loss).backward()
+    grad = x.grad.clone()  # type: ignore[union-attr]
+    x.grad = None
+    (2.5 * F.cross_entropy(x, y)).backward()
+    torch.testing.assert_close(loss, F.cross_entropy(x, y))
+    torch.testing.assert_close(grad, x.grad)
+    assert int(hits) == int((x.argmax(-1) == y).sum())

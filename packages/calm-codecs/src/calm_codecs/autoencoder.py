@@ -151,6 +151,47 @@ class FFNStack(nn.Sequential):
         super().__init__(*(FFNLayer(hidden, inner, eps) for _ in range(n)))
 
 
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``logits[M, V]`` that also returns the argmax hit count.
+
+    Same value and gradient as ``F.cross_entropy``, in fewer passes over the (large) logits: the
+    forward keeps the softmax itself for the backward (``grad = (p - onehot) * g / M``, done in
+    place), so there is no separate log-softmax output, no zero-filled NLL gradient, and the
+    argmax comes from the same max pass that stabilises the exponent.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        top, arg = logits.max(dim=-1)
+        probs = logits - top.unsqueeze(-1)
+        probs.exp_()
+        total = probs.sum(dim=-1, keepdim=True)
+        target = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        loss = (top + total.squeeze(-1).log() - target).mean()
+        probs.div_(total)
+        ctx.save_for_backward(probs, labels)
+        ctx.mark_non_differentiable(arg)
+        hits = (arg == labels).sum()
+        return loss, hits
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor, _grad_hits: Tensor | None) -> tuple[Tensor, None]:
+        probs, labels = ctx.saved_tensors
+        scale = grad_loss / probs.shape[0]
+        grad = probs.mul_(scale)  # the saved softmax is used once: reuse its memory
+        grad.scatter_add_(-1, labels.unsqueeze(-1), (-scale).expand(labels.shape[0], 1))
+        return grad, None
+
+
+def softmax_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean CE, number of argmax hits)`` of ``logits[M, V]`` against ``labels[M]``.
+
+    The backward consumes the saved softmax in place, so it may run only once per forward.
+    """
+    loss, hits = _SoftmaxCrossEntropy.apply(logits, labels)
+    return loss, hits
+
+
 class ChunkAutoencoder(Codec):
     """Robust chunk autoencoder: K tokens <-> one D-dimensional Gaussian latent.
 
@@ -338,7 +379,7 @@ class ChunkAutoencoder(Codec):
             if c.latent_dropout > 0:
                 z = z * draws.latent_keep.to(z.dtype) / (1.0 - c.latent_dropout)
         logits = self.decode(z)
-        ce = F.cross_entropy(logits.reshape(-1, self.vocab_size), labels.reshape(-1))
+        ce, hits = softmax_cross_entropy(logits.reshape(-1, self.vocab_size), labels.reshape(-1))
         if c.variational:
             kl_dim = 0.5 * (mean.square() + (2.0 * log_std).exp() - 1.0 - 2.0 * log_std)
             kl_raw = kl_dim.sum(-1).mean()
@@ -347,8 +388,7 @@ class ChunkAutoencoder(Codec):
         else:
             kl = kl_raw = ce.new_zeros(())
             loss = ce * self.chunk_size
-        with torch.no_grad():
-            acc = (logits.argmax(-1) == labels).to(ce.dtype).mean()
+        acc = hits.to(ce.dtype) / labels.numel()
         return {
             "loss": loss,
             "ce": ce.detach(),
