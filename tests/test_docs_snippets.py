@@ -1,6 +1,6 @@
 """Every code block of the docs runs here, so the docs cannot rot.
 
-Each Markdown page under ``docs/`` (and the example plugin's README) is one test. Its fenced blocks
+Each Markdown page under ``docs/`` (and the READMEs of ``examples/``) is one test. Its fenced blocks
 run in page order, in a fresh temporary working directory, like one interactive session:
 
 * ``python``: executed in one namespace per page. Conformance suites a page defines (``Test*``
@@ -55,7 +55,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(
-    [*ROOT.joinpath("docs").rglob("*.md"), ROOT / "examples" / "calm-head-gaussian" / "README.md"]
+    [
+        *ROOT.joinpath("docs").rglob("*.md"),
+        ROOT / "examples" / "README.md",
+        ROOT / "examples" / "calm-head-gaussian" / "README.md",
+    ]
 )
 #: pages whose commands take more than a few seconds (several processes, real training)
 SLOW_PAGES = {"docs/how-to/distributed.md"}
