@@ -197,6 +197,9 @@ def train_codec(
         progress=progress,
     )  # fmt: skip
     summary = trainer.fit()
+    info = getattr(trainer, "info", None)
+    if info is not None and not info.is_main:  # under torchrun only rank 0 writes
+        return {"out": str(out), "steps": summary["steps"], "rank": info.rank}
     codec.eval()
     codec.save_pretrained(out)
     try:
