@@ -46,18 +46,22 @@ class LatentPosterior:
 
     @classmethod
     def from_log_std(cls, mean: Tensor, log_std: Tensor) -> LatentPosterior:
+        """Build from the mean and the log standard deviation (what encoders usually output)."""
         return cls(mean, log_std.exp())
 
     @property
     def log_std(self) -> Tensor:
+        """``log(std)``, ``[..., D]``."""
         return self.std.log()
 
     @property
     def shape(self) -> torch.Size:
+        """Shape of ``mean`` (and ``std``): ``[..., D]``."""
         return self.mean.shape
 
     @property
     def latent_size(self) -> int:
+        """D, the size of the last dimension."""
         return int(self.mean.shape[-1])
 
     def sample(self, n: int | None = None, generator: torch.Generator | None = None) -> Tensor:
@@ -78,6 +82,7 @@ class LatentPosterior:
         return LatentPosterior(self.mean[index], self.std[index])
 
     def detach(self) -> LatentPosterior:
+        """The same posterior with ``mean`` and ``std`` detached from the autograd graph."""
         return LatentPosterior(self.mean.detach(), self.std.detach())
 
     def kl_per_dim(self) -> Tensor:

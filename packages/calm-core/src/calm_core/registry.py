@@ -64,6 +64,7 @@ class ComponentInfo:
 
     @property
     def first_party(self) -> bool:
+        """True for calm's own distributions (calm-core, calm-heads, calm-codecs)."""
         return _normalise_dist(self.distribution) in FIRST_PARTY_DISTRIBUTIONS
 
 

@@ -7,10 +7,13 @@ from typing import Any
 
 from calm_core.cli.common import print_json
 
+__all__ = ["HELP", "add_arguments", "collect", "run"]
+
 HELP = "List installed heads and codecs with their providing distribution and config fields."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the verb's options to its parser."""
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -47,6 +50,7 @@ def _fields(schema: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the installed components (a table, or one JSON object with ``--json``)."""
     data = collect()
     if args.json:
         print_json(data)

@@ -55,6 +55,7 @@ class HeadConformance:
     allow_in_process: ClassVar[bool] = False
 
     def make_head(self) -> GenerativeHead:
+        """Build the head under test by name (fixed seed; parameters perturbed off zero-init)."""
         torch.manual_seed(0)
         head = heads.build(
             {"name": self.head_name, "config": dict(self.head_config)},
@@ -67,6 +68,7 @@ class HeadConformance:
     def make_inputs(
         self, dtype: torch.dtype = torch.float32
     ) -> tuple[torch.Tensor, LatentPosterior]:
+        """Fixed-seed hidden states ``[N, H]`` and a target posterior ``[N, D]``."""
         gen = torch.Generator().manual_seed(1)
         n, h, d = self.num_positions, self.hidden_size, self.latent_size
         hidden = torch.randn(n, h, generator=gen, dtype=dtype)
@@ -75,6 +77,7 @@ class HeadConformance:
         return hidden, LatentPosterior(mean, std)
 
     def test_discoverable_through_entry_point(self) -> None:
+        """The name is listed, published by a distribution, and resolves to this class."""
         assert self.head_name in heads.names(), f"'{self.head_name}' is not in {heads.names()}"
         info = heads.info(self.head_name)
         if not self.allow_in_process:
@@ -84,6 +87,7 @@ class HeadConformance:
         assert heads.identify(cls).name == self.head_name
 
     def test_loss_is_per_position_finite_and_differentiable(self) -> None:
+        """``loss`` is ``[N]``, finite, in the input dtype, with gradients to inputs and weights."""
         head = self.make_head().train()
         hidden, target = self.make_inputs()
         hidden.requires_grad_(True)
@@ -98,6 +102,7 @@ class HeadConformance:
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
     def test_sample_shape_and_dtype(self) -> None:
+        """``sample`` gives ``[num_samples, N, D]`` in the input dtype; independent draws differ."""
         head = self.make_head().eval()
         hidden, _ = self.make_inputs()
         with torch.no_grad():
@@ -109,6 +114,7 @@ class HeadConformance:
         assert not torch.equal(many[0], many[1]), "independent samples are identical"
 
     def test_sample_reproducible_with_generator(self) -> None:
+        """The same generator seed gives the same samples; another seed gives others."""
         head = self.make_head().eval()
         hidden, _ = self.make_inputs()
         with torch.no_grad():
@@ -119,6 +125,7 @@ class HeadConformance:
         assert not torch.equal(a, c), "different seeds gave identical samples"
 
     def test_dtype_follows_inputs(self) -> None:
+        """A float64 head on float64 inputs returns float64 losses and samples."""
         head = self.make_head().double().eval()
         hidden, target = self.make_inputs(torch.float64)
         with torch.no_grad():
@@ -126,6 +133,7 @@ class HeadConformance:
             assert head.sample(hidden, 2).dtype == torch.float64
 
     def test_config_round_trip(self) -> None:
+        """The config survives JSON and has an object JSON schema."""
         head = self.make_head()
         cls = type(head)
         dumped = json.loads(json.dumps(head.config.model_dump(mode="json")))
@@ -135,6 +143,7 @@ class HeadConformance:
         assert schema.get("type") == "object"
 
     def test_save_load_round_trip(self, tmp_path: Path) -> None:
+        """Saving and loading restores the class, weights, config and seeded samples."""
         head = self.make_head().eval()
         head.save_pretrained(tmp_path / "head")
         loaded = load_pretrained(tmp_path / "head")
@@ -159,29 +168,34 @@ class CodecConformance:
     allow_in_process: ClassVar[bool] = False
 
     def make_codec(self) -> Codec:
+        """Build the codec under test by name (fixed seed; parameters slightly perturbed)."""
         torch.manual_seed(0)
         codec = codecs.build({"name": self.codec_name, "config": dict(self.codec_config)})
         perturb_parameters(codec, scale=0.01)
         return codec
 
     def make_tokens(self, codec: Codec) -> torch.Tensor:
+        """Fixed-seed token ids ``[batch, chunks * K]``."""
         gen = torch.Generator().manual_seed(1)
         n = self.chunks * codec.chunk_size
         return torch.randint(0, codec.vocab_size, (self.batch, n), generator=gen)
 
     def test_discoverable_through_entry_point(self) -> None:
+        """The name is listed, published by a distribution (not in-process), and is a ``Codec``."""
         assert self.codec_name in codecs.names(), f"'{self.codec_name}' not in {codecs.names()}"
         if not self.allow_in_process:
             assert codecs.info(self.codec_name).distribution != IN_PROCESS
         assert issubclass(codecs.get(self.codec_name), Codec)
 
     def test_sizes(self) -> None:
+        """``chunk_size``, ``latent_size`` and ``vocab_size`` are positive integers."""
         codec = self.make_codec()
         for attr in ("chunk_size", "latent_size", "vocab_size"):
             value = getattr(codec, attr)
             assert isinstance(value, int) and value > 0, f"{attr} = {value!r}"
 
     def test_encode_decode_shapes(self) -> None:
+        """``encode``, ``decode``, ``decode_tokens`` and posterior draws have documented shapes."""
         codec = self.make_codec().eval()
         tokens = self.make_tokens(codec)
         k, d, v = codec.chunk_size, codec.latent_size, codec.vocab_size
@@ -200,6 +214,7 @@ class CodecConformance:
             assert draws.shape == (4, self.batch, self.chunks, d)
 
     def test_rejects_tokens_not_a_multiple_of_k(self) -> None:
+        """A token length that is not a multiple of K is a ``ValueError`` naming K."""
         codec = self.make_codec()
         if codec.chunk_size == 1:
             return
@@ -212,6 +227,7 @@ class CodecConformance:
             raise AssertionError("encode accepted a length that is not a multiple of K")
 
     def test_loss_is_finite_and_trains(self) -> None:
+        """``loss`` returns a finite scalar whose gradients reach the parameters."""
         codec = self.make_codec().train()
         tokens = self.make_tokens(codec)
         out = codec.loss(tokens)
@@ -222,11 +238,13 @@ class CodecConformance:
         assert all(g is None or torch.isfinite(g).all() for g in grads)
 
     def test_config_round_trip(self) -> None:
+        """The config survives JSON."""
         codec = self.make_codec()
         dumped = json.loads(json.dumps(codec.config.model_dump(mode="json")))
         assert type(codec).config_class.model_validate(dumped) == codec.config
 
     def test_save_load_round_trip(self, tmp_path: Path) -> None:
+        """``save_pretrained`` then ``load_pretrained`` restores the class, weights and outputs."""
         codec = self.make_codec().eval()
         codec.save_pretrained(tmp_path / "codec")
         loaded = load_pretrained(tmp_path / "codec")
