@@ -28,6 +28,7 @@ from torch import Tensor
 __all__ = [
     "PaddedPrompts",
     "PaddingState",
+    "PromptsLike",
     "StopState",
     "check_context",
     "check_generation_args",
