@@ -18,7 +18,7 @@ from calm_core.testing.fixtures import Fixture, fixture_names, load_fixture, req
 pytest.importorskip("calm_heads")
 pytest.importorskip("calm_codecs")
 
-from calm_heads.energy_score import energy_loss  # noqa: E402
+from calm_heads.energy_score import energy_loss
 
 NAMES = fixture_names("energy_") or ["energy_k4"]
 
