@@ -99,10 +99,12 @@ def print_resolved_config(title: str, config: BaseModel | Mapping[str, Any]) -> 
 
 
 def print_json(obj: Any) -> None:
+    """Print ``obj`` as one line of JSON on stdout (what ``--json`` promises)."""
     print(json.dumps(obj, indent=None, sort_keys=True, default=str))
 
 
 def check_input_path(path: str | Path, what: str) -> Path:
+    """``path`` as a Path; a :class:`CLIError` naming ``what`` if it does not exist."""
     p = Path(path)
     if not p.exists():
         raise CLIError(f"{what} {p} does not exist")

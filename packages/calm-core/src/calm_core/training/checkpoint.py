@@ -56,6 +56,7 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_name(step: int) -> str:
+    """Directory name of the checkpoint taken after ``step`` (zero-padded, so names sort)."""
     return f"step-{step:08d}"
 
 

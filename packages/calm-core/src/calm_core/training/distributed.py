@@ -65,5 +65,6 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every process of the group (a no-op in a single process)."""
     if info.distributed:
         dist.barrier()
