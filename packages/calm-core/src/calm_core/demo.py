@@ -55,9 +55,12 @@ class DemoCodecConfig(ConfigModel):
     latent_size: int = Field(64, ge=1, description="Latent size D per chunk.")
     recipe: str = Field("default", description="The `calm train-codec` recipe to shorten.")
     steps: int = Field(
-        400, ge=1, description="Optimizer steps (the recipe's schedule is scaled to them)."
+        600,
+        ge=1,
+        description="Most optimizer steps (fewer when the time budget cannot fit them); the "
+        "recipe's schedule is scaled to the steps actually planned.",
     )
-    time_budget_s: float = Field(200.0, gt=0, description="Stop training after this many seconds.")
+    time_budget_s: float = Field(230.0, gt=0, description="Stop training after this many seconds.")
     batch_size: int | None = Field(None, ge=1, description="Sequences per step (None: recipe's).")
     seq_len: int | None = Field(None, ge=4, description="Tokens per sequence (None: recipe's).")
     lr: float | None = Field(None, gt=0, description="Peak learning rate (None: recipe's).")
@@ -81,7 +84,7 @@ class DemoLMConfig(ConfigModel):
     noise_size: int = Field(32, ge=1, description="Energy-head noise size.")
     steps: int = Field(600, ge=1, description="Most optimizer steps (CALM; AR takes the same).")
     time_budget_s: float = Field(
-        140.0, gt=0, description="Stop each model's training after this many seconds."
+        120.0, gt=0, description="Stop each model's training after this many seconds."
     )
     batch_size: int = Field(8, ge=1, description="Sequences per step.")
     seq_len: int = Field(256, ge=8, description="Tokens per sequence (a multiple of K).")
@@ -297,6 +300,29 @@ def training_flops(model: nn.Module, tokens: int, seq_len: int) -> float:
     return float(tokens) * flops_per_token(shape, context=context, training=True)
 
 
+def _seconds_per_step(model: nn.Module, data: Any, batch_size: int, seq_len: int) -> float:
+    """Median wall time of a few training steps of a throwaway copy of ``model``."""
+    import copy
+    import statistics
+
+    from calm_core.data import BlockLoader
+
+    probe = copy.deepcopy(model).train()
+    params = [p for p in probe.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    loader = BlockLoader(data, seq_len, batch_size, seed=12345)
+    times = []
+    for i in range(5):
+        batch = loader.next_batch()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        probe(batch)["loss"].backward()
+        opt.step()
+        if i >= 2:  # the first steps pay one-off allocation costs
+            times.append(time.perf_counter() - t0)
+    return float(statistics.median(times))
+
+
 # ------------------------------------------------------------------------------------ stages
 def _stage_tokenize(result: DemoResult, corpus: str | Path | None, data_dir: Path) -> Any:
     from calm_core.corpus import load_corpus
@@ -341,15 +367,28 @@ def _stage_codec(result: DemoResult, train: Any, val: Any, out: Path) -> Any:
     plan["codec"]["config"].update(
         latent_size=c.latent_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size
     )
-    fields = dict(plan["train"], seed=cfg.seed)
-    for key in ("batch_size", "seq_len", "lr"):
-        if getattr(c, key) is not None:
-            fields[key] = getattr(c, key)
+
+    def train_fields(steps: int) -> dict[str, Any]:
+        fields = dict(recipe(c.recipe, steps=steps)["train"], seed=cfg.seed)
+        for key in ("batch_size", "seq_len", "lr"):
+            if getattr(c, key) is not None:
+                fields[key] = getattr(c, key)
+        return fields
+
     torch.manual_seed(cfg.seed)
     codec = build_codec(TrainCodecConfig.model_validate(plan), train)
+    # the recipe's lr schedule decays over its steps: fit the steps to the time budget first, so
+    # that on a slow machine the schedule still completes instead of being cut off mid-way
+    fields = train_fields(c.steps)
+    step_s = _seconds_per_step(codec, train, fields["batch_size"], fields["seq_len"])
+    steps = max(1, min(c.steps, int(0.9 * c.time_budget_s / step_s)))
+    if steps < c.steps:
+        fields = train_fields(steps)
+    result.codec["seconds_per_step_probe"] = step_s
     _say(
         f"[2/5] codec: autoencoder K={cfg.chunk_size}, D={c.latent_size}, width "
-        f"{c.hidden_size}, recipe '{c.recipe}'; up to {c.steps} steps / {c.time_budget_s:.0f} s"
+        f"{c.hidden_size}, recipe '{c.recipe}'; {steps} steps (~{step_s:.2f} s each, budget "
+        f"{c.time_budget_s:.0f} s)"
     )
     # early stop on *training* chunks: the held-out articles are only used for the final report
     sample = train.tokens[: 4096 * cfg.chunk_size]
@@ -365,7 +404,7 @@ def _stage_codec(result: DemoResult, train: Any, val: Any, out: Path) -> Any:
     codec.save_pretrained(out)
     train.tokenizer.save(out)
     report = reconstruction_report(codec, val.tokens, ignore_id=val.pad_id)
-    result.codec = {"dir": str(out), **stats, "reconstruction": report.to_dict()}
+    result.codec.update({"dir": str(out), **stats, "reconstruction": report.to_dict()})
     _say(
         f"      held-out reconstruction: {100 * report.token_accuracy:.2f}% of tokens, "
         f"{100 * report.chunk_accuracy:.2f}% of chunks ({stats['steps']} steps, "
