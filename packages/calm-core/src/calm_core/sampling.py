@@ -171,8 +171,8 @@ def exact_temperature_sample_with_draws(
             if f > 0.0:
                 s2 = active & (phase == 1) & ~ok
                 match = s2 & hit
-                u = torch.rand(rows, generator=generator, device=device, dtype=torch.float64)
-                reject = s2 & ~match & (u < f / i.double())
+                u = torch.rand(rows, generator=generator, device=device, dtype=torch.float32)
+                reject = s2 & ~match & (u < f / i.float())
                 result = torch.where(match[:, None], cand, result)
                 phase = torch.where(match, 2, torch.where(reject, 0, phase))
                 i = torch.where(s2 & ~match & ~reject, i + 1, i)
