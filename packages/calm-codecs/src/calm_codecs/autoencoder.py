@@ -155,9 +155,9 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of ``logits[M, V]`` that also returns the argmax hit count.
 
     Same value and gradient as ``F.cross_entropy``, in fewer passes over the (large) logits: the
-    forward keeps the softmax itself for the backward (``grad = (p - onehot) * g / M``, done in
-    place), so there is no separate log-softmax output, no zero-filled NLL gradient, and the
-    argmax comes from the same max pass that stabilises the exponent.
+    forward keeps the shifted exponentials for the backward (``grad = (p - onehot) * g / M``,
+    normalised and scaled in one in-place pass), so there is no separate log-softmax output and
+    no zero-filled NLL gradient, and the argmax comes from the max pass that stabilises exp.
     """
 
     @staticmethod
@@ -168,17 +168,17 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         total = probs.sum(dim=-1, keepdim=True)
         target = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         loss = (top + total.squeeze(-1).log() - target).mean()
-        probs.div_(total)
-        ctx.save_for_backward(probs, labels)
+        # normalisation is deferred to the backward's one scaling pass
+        ctx.save_for_backward(probs, total, labels)
         ctx.mark_non_differentiable(arg)
         hits = (arg == labels).sum()
         return loss, hits
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor, _grad_hits: Tensor | None) -> tuple[Tensor, None]:
-        probs, labels = ctx.saved_tensors
-        scale = grad_loss / probs.shape[0]
-        grad = probs.mul_(scale)  # the saved softmax is used once: reuse its memory
+        exp, total, labels = ctx.saved_tensors
+        scale = grad_loss / exp.shape[0]
+        grad = exp.mul_(scale / total)  # the saved exponentials are used once: reuse their memory
         grad.scatter_add_(-1, labels.unsqueeze(-1), (-scale).expand(labels.shape[0], 1))
         return grad, None
 
