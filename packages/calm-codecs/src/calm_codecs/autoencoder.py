@@ -186,7 +186,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 def softmax_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """``(mean CE, number of argmax hits)`` of ``logits[M, V]`` against ``labels[M]``.
 
-    The backward consumes the saved softmax in place, so it may run only once per forward.
+    The backward consumes its saved exponentials in place, so it may run once per forward.
     """
     loss, hits = _SoftmaxCrossEntropy.apply(logits, labels)
     return loss, hits
