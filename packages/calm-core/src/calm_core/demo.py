@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from calm_core.config import ConfigModel
@@ -107,6 +107,14 @@ class DemoEvalConfig(ConfigModel):
         200, ge=2, description="CALM batch-approximation candidates below T=1."
     )
     speed_new_tokens: int = Field(64, ge=4, description="Tokens per row in the speed probe.")
+
+    @field_validator("temperatures")
+    @classmethod
+    def _check_temperatures(cls, value: list[float]) -> list[float]:
+        bad = [t for t in value if not 0.0 < t <= 1.0]
+        if bad or not value:
+            raise ValueError(f"temperatures must be a non-empty list in (0, 1], got {value}")
+        return value
 
 
 class DemoConfig(ConfigModel):
@@ -629,14 +637,20 @@ def run_demo(
     return result
 
 
-def _json_default(value: Any) -> Any:
+def _finite(value: Any) -> Any:
+    # JSON has no NaN/inf: write them as strings so results.json stays parseable everywhere
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    return str(value)
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def dump_json(path: Path, data: Any) -> None:
     """Write JSON atomically (used for results.json)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    text = json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
