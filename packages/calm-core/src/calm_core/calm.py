@@ -89,6 +89,8 @@ def validate_calm_config(data: Any) -> CALMConfig:
     """
     from calm_core.registry import codecs, heads
 
+    if isinstance(data, CALMConfig):  # never mutate the caller's object
+        data = data.model_dump()
     config = validate_config(CALMConfig, data)
     head_cls = heads.get(config.head.name)
     head_cfg = validate_component_config(head_cls, config.head.config, path="head")
