@@ -91,6 +91,7 @@ DOCS_REQUIREMENTS = [
     "mkdocs-material>=9.5,<10",
     "mkdocstrings>=0.26,<2",
     "mkdocstrings-python>=1.12,<3",
+    "ruff>=0.6",  # mkdocstrings formats the separated signatures with it
 ]
 
 
