@@ -305,10 +305,12 @@ class Attention(nn.Module):
         is_causal: bool,
     ) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        # rotate queries and keys in one pass (fewer small ops per decode step)
+        qk = _rotate(torch.cat([q, k], dim=2).transpose(1, 2), cos, sin)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         out = F.scaled_dot_product_attention(
