@@ -173,6 +173,15 @@ def _write_plot(result: DemoResult) -> Path | None:
     return path
 
 
+def _spent(result: DemoResult) -> str:
+    spent = [
+        f"{m['train_flops']:.1e} ({name})"
+        for name, m in (("CALM", result.models.get("calm")), ("AR", result.models.get("ar")))
+        if m and "train_flops" in m
+    ]
+    return " and ".join(spent) or "no training FLOPs"
+
+
 def _report(result: DemoResult, plot: Path | None) -> str:
     d, c = result.data, result.config
     rec = result.codec.get("reconstruction", {})
@@ -206,7 +215,7 @@ def _report(result: DemoResult, plot: Path | None) -> str:
         "- At this scale BrierLM is dominated by the noise of Brier-4 (a few minutes of CPU "
         "training rarely predicts 4-grams); compare **Brier-1 and Brier-2 with their standard "
         "errors** (clustered by evaluated block). The paper's models reach BrierLM 5-9 after "
-        "~10^20 training FLOPs; this demo spends ~10^13-10^14.",
+        f"~10^20-10^21 training FLOPs; this demo spent {_spent(result)}.",
         "- CALM takes one backbone step per chunk of K tokens, the AR baseline one per token; "
         "both trained on the same tokens with the same backbone. Training FLOPs are analytic "
         "(matmuls only, backward = 2x forward).",
@@ -214,6 +223,13 @@ def _report(result: DemoResult, plot: Path | None) -> str:
         "minutes. They show the mechanics (prompting, chunked generation, temperature), not "
         "quality.",
     ]
+    if rec and rec.get("token_accuracy", 1.0) < 0.99:
+        parts.append(
+            f"- The codec reconstructs only {100 * rec['token_accuracy']:.1f}% of held-out tokens "
+            "(< 99%): CALM cannot be better than its codec, so its numbers here say little. Give "
+            "the codec more time (`codec.time_budget_s` / `codec.steps` in a `--config` file, or "
+            "`calm train-codec`)."
+        )
     for kind, model in result.models.items():
         b = model.get("brier", {})
         if b.get("warning"):
