@@ -207,16 +207,19 @@ def test_bad_inputs_have_clear_errors() -> None:
 
 
 def test_fused_cross_entropy_matches_torch() -> None:
-    from calm_codecs.autoencoder import softmax_cross_entropy
+    from calm_codecs.autoencoder import linear_cross_entropy
 
     g = torch.Generator().manual_seed(0)
-    x = (3 * torch.randn(64, 50, generator=g, dtype=torch.float64)).requires_grad_(True)
+    h = torch.randn(64, 12, generator=g, dtype=torch.float64).requires_grad_(True)
+    w = torch.randn(50, 12, generator=g, dtype=torch.float64).requires_grad_(True)
     y = torch.randint(0, 50, (64,), generator=g)
-    loss, hits = softmax_cross_entropy(x, y)
+    loss, hits = linear_cross_entropy(h, w, y)
     (2.5 * loss).backward()
-    grad = x.grad.clone()  # type: ignore[union-attr]
-    x.grad = None
-    (2.5 * F.cross_entropy(x, y)).backward()
-    torch.testing.assert_close(loss, F.cross_entropy(x, y))
-    torch.testing.assert_close(grad, x.grad)
-    assert int(hits) == int((x.argmax(-1) == y).sum())
+    gh, gw = h.grad.clone(), w.grad.clone()  # type: ignore[union-attr]
+    h.grad = w.grad = None
+    ref = F.cross_entropy(F.linear(h, w), y)
+    (2.5 * ref).backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(gh, h.grad)
+    torch.testing.assert_close(gw, w.grad)
+    assert int(hits) == int((F.linear(h, w).argmax(-1) == y).sum())

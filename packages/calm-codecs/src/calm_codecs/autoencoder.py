@@ -151,44 +151,48 @@ class FFNStack(nn.Sequential):
         super().__init__(*(FFNLayer(hidden, inner, eps) for _ in range(n)))
 
 
-class _SoftmaxCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``logits[M, V]`` that also returns the argmax hit count.
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden[M, H] @ weight[V, H]^T`` against ``labels[M]``, and hits.
 
-    Same value and gradient as ``F.cross_entropy``, in fewer passes over the (large) logits: the
-    forward keeps the shifted exponentials for the backward (``grad = (p - onehot) * g / M``,
-    normalised and scaled in one in-place pass), so there is no separate log-softmax output and
-    no zero-filled NLL gradient, and the argmax comes from the max pass that stabilises exp.
+    Same value and gradients as ``F.cross_entropy(F.linear(hidden, weight), labels)``, with one
+    ``[M, V]`` buffer instead of four: the logits are turned into shifted exponentials in place,
+    kept for the backward, and turned into the logits' gradient ``(p - onehot) * g / M`` in place
+    there (one scaling pass). No log-softmax buffer, no zero-filled NLL gradient; the argmax (for
+    the accuracy) comes from the max pass that stabilises the exponent.
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        logits = hidden @ weight.t()
         top, arg = logits.max(dim=-1)
-        probs = logits - top.unsqueeze(-1)
-        probs.exp_()
-        total = probs.sum(dim=-1, keepdim=True)
         target = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        exp = logits.sub_(top.unsqueeze(-1)).exp_()
+        total = exp.sum(dim=-1, keepdim=True)
         loss = (top + total.squeeze(-1).log() - target).mean()
-        # normalisation is deferred to the backward's one scaling pass
-        ctx.save_for_backward(probs, total, labels)
+        ctx.save_for_backward(hidden, weight, exp, total, labels)
         ctx.mark_non_differentiable(arg)
         hits = (arg == labels).sum()
         return loss, hits
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor, _grad_hits: Tensor | None) -> tuple[Tensor, None]:
-        exp, total, labels = ctx.saved_tensors
+    def backward(
+        ctx: Any, grad_loss: Tensor, _grad_hits: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, None]:
+        hidden, weight, exp, total, labels = ctx.saved_tensors
         scale = grad_loss / exp.shape[0]
-        grad = exp.mul_(scale / total)  # the saved exponentials are used once: reuse their memory
+        grad = exp.mul_(scale / total)  # the saved exponentials are used once: reuse them
         grad.scatter_add_(-1, labels.unsqueeze(-1), (-scale).expand(labels.shape[0], 1))
-        return grad, None
+        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None
 
 
-def softmax_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """``(mean CE, number of argmax hits)`` of ``logits[M, V]`` against ``labels[M]``.
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean CE, argmax hits)`` of the logits ``hidden[M, H] @ weight[V, H]^T`` vs ``labels[M]``.
 
-    The backward consumes its saved exponentials in place, so it may run once per forward.
+    The backward consumes its saved buffer in place, so it may run once per forward.
     """
-    loss, hits = _SoftmaxCrossEntropy.apply(logits, labels)
+    loss, hits = _LinearCrossEntropy.apply(hidden, weight, labels)
     return loss, hits
 
 
@@ -378,8 +382,8 @@ class ChunkAutoencoder(Codec):
             z = mean + draws.eps * log_std.exp()
             if c.latent_dropout > 0:
                 z = z * draws.latent_keep.to(z.dtype) / (1.0 - c.latent_dropout)
-        logits = self.decode(z)
-        ce, hits = softmax_cross_entropy(logits.reshape(-1, self.vocab_size), labels.reshape(-1))
+        hidden = self.decode_hidden(z).reshape(-1, self.config.hidden_size)
+        ce, hits = linear_cross_entropy(hidden, self.output_embedding(), labels.reshape(-1))
         if c.variational:
             kl_dim = 0.5 * (mean.square() + (2.0 * log_std).exp() - 1.0 - 2.0 * log_std)
             kl_raw = kl_dim.sum(-1).mean()
