@@ -118,3 +118,15 @@ def test_recipes_are_valid_and_shorten() -> None:
     assert RECIPES["default"]["train"]["lr"] > RECIPES["reference"]["train"]["lr"]
     torch.manual_seed(0)  # the default recipe's codec builds with the bench shape
     assert TrainCodecConfig.model_validate(recipe()).train.schedule == "cosine"
+
+
+def test_train_codec_without_a_validation_split(tmp_path: Path) -> None:
+    docs = [Document(d.text[:800], d.source) for d in load_bundled_corpus()[:3]]
+    data = tmp_path / "data"
+    write_data_dir(data, docs, Tokenizer.byte_level(), chunk_size=4, val_docs=0, seed=0)
+    out = tmp_path / "codec"
+    cfg = _config(tmp_path)
+    argv = ["train-codec", "--data", str(data), "--out", str(out), "--config", str(cfg)]
+    assert main([*argv, "--steps", "2", "--no-progress"]) == 0
+    assert isinstance(load_pretrained(out), ChunkAutoencoder)
+    assert not (out / "reconstruction.json").exists()

@@ -189,9 +189,13 @@ def train_codec(
         val = PackedDataset(data_dir, "val") if "val" in _splits(data_dir) else None
     except DataError as exc:
         raise CLIError(str(exc)) from None
+    if val is not None and val.num_tokens == 0:  # tokenized without --val-docs
+        val = None
     codec = build_codec(config, train)
     out = Path(out)
-    evaluate = make_evaluator(val, config.noise_stds, config.eval_max_chunks) if val else None
+    evaluate = (
+        make_evaluator(val, config.noise_stds, config.eval_max_chunks) if val is not None else None
+    )
     trainer = Trainer(
         codec, config.train, train_data=train, run_dir=out, evaluate=evaluate, resume=resume,
         progress=progress,
