@@ -116,6 +116,10 @@ def output_keys(results: dict[str, Any], missing: dict[str, str]) -> dict[str, A
     for extra in ("matmul_gflops", "machine"):
         out[extra] = results.get(extra)
     out["missing"] = dict(missing)
+    for group, keys in OUTPUT_GROUPS.items():
+        for k in keys:
+            if out[group][k] is None:
+                out["missing"].setdefault(f"{group}.{k}", "not measured in this run (--only)")
     return out
 
 

@@ -137,7 +137,10 @@ def test_output_keys_are_exactly_the_benchmarks_md_schema() -> None:
     assert out["gen_tok_s"]["ar_b1"] == 5.0 and out["gen_tok_s"]["calm_t1_b1"] is None
     assert set(out["train_tok_s"]) == {"codec", "calm_energy", "calm_diffusion", "calm_flow", "ar"}
     assert set(out["gen_token_s_ctx"]) == {"100", "1500"}
-    assert out["missing"] == {"gen_tok_s.calm_t1_b1": "missing code"}
+    assert out["missing"]["gen_tok_s.calm_t1_b1"] == "missing code"
+    # every null value has a reason
+    nulls = {f"{g}.{k}" for g in OUTPUT_GROUPS for k, v in out[g].items() if v is None}
+    assert nulls == set(out["missing"])
 
 
 def _row(flops: float, b1: float) -> dict[str, object]:
