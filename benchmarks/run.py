@@ -10,6 +10,7 @@ measured in the same run; ratios (CALM/AR, ours/reference) are computed from thi
 * ``--docs``: regenerate ``docs/benchmarks.md`` and ``docs/img/bench_*.png`` from this run and the
   latest quality results (``benchmarks/results/quality.json``), and save this run's details to
   ``benchmarks/results/speed.json``.
+* ``--report-only``: regenerate the page from the saved ``results/*.json`` without measuring.
 * ``--quality``: run the quality sweep instead (long; see :mod:`benchmarks.quality`).
 
 What is unusual: ``--json OUT`` holds exactly the keys of BENCHMARKS.md plus ``missing`` (figure
@@ -66,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="3 reps, short warm-ups; implies --check")
     p.add_argument("--check", action="store_true", help="exit 1 on a regression (target / 1.6)")
     p.add_argument("--docs", action="store_true", help="regenerate docs/benchmarks.md")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="regenerate docs/benchmarks.md from benchmarks/results/speed.json and quality.json "
+        "without measuring (e.g. after the quality sweep finished)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (>= 3)")
     p.add_argument(
@@ -226,6 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps is not None and args.reps < 3:
         print("--reps must be >= 3 (the benchmark rule is a median of >= 3 repetitions)")
         return 2
+    if args.report_only:
+        from benchmarks.report import write_docs
+
+        speed = RESULTS_DIR / "speed.json"
+        if not speed.is_file():
+            print(f"{speed} does not exist; run `python benchmarks/run.py --docs` first")
+            return 2
+        print(write_docs(ROOT, json.loads(speed.read_text()), RESULTS_DIR / "quality.json"))
+        return 0
     if args.quality:
         from benchmarks.quality import run_quality
 
