@@ -116,3 +116,18 @@ def test_generate_errors_are_clear(workdir: Path, capsys: pytest.CaptureFixture[
     assert "does not exist" in capsys.readouterr().err
     assert main(["generate", str(workdir / "codec"), "--prompt", "x"]) == 2
     assert "needs a CALM or AR model directory" in capsys.readouterr().err
+
+
+def test_config_file_may_switch_the_head_without_the_flag(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the preset's energy-head settings must not leak into the file's flow head
+    cfg = {"backbone": BACKBONE, "head": {"name": "flow", "config": {"steps": 2}}, "train": TRAIN}
+    (workdir / "flow.json").write_text(json.dumps(cfg))
+    out = workdir / "flow"
+    assert main(["train", "--data", str(workdir / "data"), "--codec", str(workdir / "codec"),
+                 "--out", str(out), "--config", str(workdir / "flow.json"), "--steps", "1",
+                 "--no-progress"]) == 0  # fmt: skip
+    record = json.loads((out / "config.json").read_text())
+    assert record["config"]["head"]["name"] == "flow"
+    assert record["components"]["head"]["distribution"] == "calm-heads"

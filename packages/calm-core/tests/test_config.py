@@ -80,3 +80,11 @@ def test_config_files_and_overrides(tmp_path: Path) -> None:
         load_config_file(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config_file(tmp_path / "missing.toml")
+
+
+def test_overriding_a_spec_with_another_component_drops_the_old_config() -> None:
+    base = {"head": {"name": "energy", "config": {"noise_size": 32}}}
+    same = merge_overrides(base, {"head": {"name": "energy", "config": {"num_blocks": 2}}})
+    assert same["head"]["config"] == {"noise_size": 32, "num_blocks": 2}
+    other = merge_overrides(base, {"head": {"name": "flow"}})
+    assert other["head"] == {"name": "flow"}

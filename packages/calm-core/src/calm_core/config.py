@@ -141,8 +141,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _names_another_component(base: Mapping[str, Any], override: Mapping[str, Any]) -> bool:
+    return "name" in base and "name" in override and base["name"] != override["name"]
+
+
 def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into ``base``; dotted keys (``"head.config.noise_size"``) nest."""
+    """Deep-merge ``overrides`` into ``base``; dotted keys (``"head.config.noise_size"``) nest.
+
+    A mapping that names another component than the one it overrides (``{"name": "flow"}`` over
+    ``{"name": "energy", "config": {...}}``) replaces it whole: the old component's config is not
+    valid for the new one.
+    """
     out: dict[str, Any] = json.loads(json.dumps(dict(base)))
     for key, value in overrides.items():
         if value is None:
@@ -155,8 +164,13 @@ def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
                 nxt = {}
                 target[part] = nxt
             target = nxt
-        if isinstance(value, Mapping) and isinstance(target.get(parts[-1]), dict):
-            target[parts[-1]] = merge_overrides(target[parts[-1]], value)
+        current = target.get(parts[-1])
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            if _names_another_component(current, value):
+                # a component spec naming another component: the old one's config does not apply
+                target[parts[-1]] = json.loads(json.dumps(dict(value)))
+            else:
+                target[parts[-1]] = merge_overrides(current, value)
         else:
             target[parts[-1]] = value
     return out
