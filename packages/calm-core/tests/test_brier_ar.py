@@ -160,3 +160,21 @@ def test_transformer_lm_rollout_requires_begin() -> None:
     roll = TransformerLMRollout(tiny_lm())
     with pytest.raises(RuntimeError, match="begin"):
         roll.extend(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), None, 1)
+
+
+def test_brier_evaluator_callback_is_deterministic_and_restores_mode() -> None:
+    from calm_core.metrics.brier_eval import brier_evaluator, iter_blocks
+
+    lm = tiny_lm()
+    stream = torch.randint(0, 13, (100,), generator=torch.Generator().manual_seed(4))
+    blocks = list(iter_blocks(stream.numpy(), 12, batch_size=3, num_blocks=5))
+    assert [b.shape[0] for b in blocks] == [3, 2] and torch.equal(blocks[0][1], stream[12:24])
+    evaluate = brier_evaluator(stream, block_len=12, num_blocks=5, batch_size=3)
+    lm.train()
+    a, b = evaluate(lm), evaluate(lm)
+    assert lm.training  # the trainer's mode is restored
+    assert a == b
+    assert set(a) == {f"brier{n}" for n in range(1, 5)} | {f"brier{n}_se" for n in range(1, 5)} | {
+        "brierlm",
+        "brierlm_meaningful",
+    }
