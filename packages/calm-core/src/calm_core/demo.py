@@ -182,6 +182,8 @@ class DemoResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    #: stage -> (step, training loss) of every step; in metrics.jsonl and the plot, not results
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -222,8 +224,10 @@ class _Stopper:
         self.start = time.perf_counter()
         self.reason: str | None = None
         self.check_s = 0.0
+        self.curve: list[tuple[int, float]] = []  # (step, loss) of every step, for the plot
 
     def __call__(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        self.curve.append((step, float(metrics["loss"])))
         if self.reason is not None:
             return
         if self.reached is not None and self.check_every and step % self.check_every == 0:
@@ -279,6 +283,7 @@ def _train(
     model.eval()
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the model dir is what we keep
     return {
+        "curve": stopper.curve,
         "steps": done,
         "planned_steps": steps,
         "stopped_by_budget": stopper.reason == "time budget",
@@ -409,6 +414,7 @@ def _stage_codec(result: DemoResult, train: Any, val: Any, out: Path) -> Any:
         codec, run_dir=out, data=train, fields=fields, budget_s=c.time_budget_s,
         reached=reached, check_every=c.check_every,
     )  # fmt: skip
+    result.curves["codec"] = stats.pop("curve")
     codec.save_pretrained(out)
     train.tokenizer.save(out)
     report = reconstruction_report(codec, val.tokens, ignore_id=val.pad_id)
@@ -453,6 +459,7 @@ def _stage_lm(
         "warmup_steps": min(c.warmup_steps, steps - 1), "seed": cfg.seed,
     }  # fmt: skip
     stats = _train(model, run_dir=out, data=train, fields=fields, budget_s=c.time_budget_s)
+    result.curves[kind] = stats.pop("curve")
     model.save_pretrained(out)  # type: ignore[operator]
     train.tokenizer.save(out)
     stats["parameters"] = trainable

@@ -28,7 +28,11 @@ __all__ = [
 REPORT_NAME = "report.md"
 RESULTS_NAME = "results.json"
 PLOT_NAME = "training_curves.png"
-_STAGES = (("codec", "codec"), ("calm", "CALM (energy)"), ("ar", "AR baseline"))
+_STAGES = (
+    ("codec", "codec (reconstruction loss)"),
+    ("calm", "CALM (energy loss)"),
+    ("ar", "AR baseline (cross-entropy)"),
+)
 
 
 def _fmt_brier(model: dict[str, Any], n: int) -> str:
@@ -109,15 +113,12 @@ def next_steps(result: DemoResult) -> str:
 
 
 def _write_metrics(result: DemoResult) -> Path:
-    """One JSON line per logged training step (with its ``stage``) and per evaluation."""
+    """One JSON line per training step (with its ``stage``) and per evaluation."""
     path = result.out_dir / "metrics.jsonl"
     lines: list[str] = []
     for stage, _ in _STAGES:
-        run = result.out_dir / stage / "metrics.jsonl"
-        if run.is_file():
-            for raw in run.read_text(encoding="utf-8").splitlines():
-                if raw.strip():
-                    lines.append(json.dumps({"stage": stage, **json.loads(raw)}))
+        for step, loss in result.curves.get(stage, []):
+            lines.append(json.dumps({"stage": stage, "step": step, "loss": loss}))
     rec = result.codec.get("reconstruction")
     if rec is not None:
         lines.append(
@@ -155,14 +156,15 @@ def _write_plot(result: DemoResult) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (stage, title) in zip(axes, _STAGES, strict=True):
-        run = result.out_dir / stage / "metrics.jsonl"
-        rows = []
-        if run.is_file():
-            rows = [json.loads(x) for x in run.read_text().splitlines() if x.strip()]
-        rows = [r for r in rows if isinstance(r.get("loss"), (int, float))]
-        if rows:
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.5)
-        ax.set_title(title + (" (energy loss)" if stage == "calm" else ""))
+        curve = result.curves.get(stage, [])
+        if curve:
+            ax.plot(
+                [s for s, _ in curve],
+                [v for _, v in curve],
+                lw=1.2,
+                marker="." if len(curve) < 30 else None,
+            )
+        ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
