@@ -301,19 +301,28 @@ def batch_temperature_sample(
     a = n + f
     counts = count_identical(candidates).t().double()  # [rows, N]
     max_c = counts.max(dim=1, keepdim=True).values
-    # first exponent e in a, a-1, ... with e <= max count; e > 0 because max count >= 1
-    steps = torch.clamp(torch.ceil(a - max_c - _INT_TOL), min=0.0)
-    e = a - steps
-    eligible = counts >= e - _INT_TOL
-    # log C(c, e) - log c: the weight of one candidate so that a value gets C(c, e) in total
-    log_w = (
-        torch.lgamma(counts + 1.0)
-        - torch.lgamma(e + 1.0)
-        - torch.lgamma(torch.clamp(counts - e + 1.0, min=1e-12))
-        - counts.log()
-    )
-    log_w = torch.where(eligible, log_w, torch.full_like(log_w, -math.inf))
-    w = (log_w - log_w.max(dim=1, keepdim=True).values).exp()
+    if f == 0.0:
+        # integer cascade: m = min(n, max count); a candidate's weight C(c, m) / c =
+        # (c-1)(c-2)...(c-m+1) / (m-1)!, which is 0 exactly when c < m (few small ops)
+        m = torch.clamp(max_c, max=float(n))
+        w = torch.ones_like(counts)
+        for t in range(1, n):
+            w = torch.where(m > t, w * ((counts - t) / t), w)
+        w = w.clamp(min=0.0)
+    else:
+        # first exponent e in a, a-1, ... with e <= max count; e > 0 because max count >= 1
+        steps = torch.clamp(torch.ceil(a - max_c - _INT_TOL), min=0.0)
+        e = a - steps
+        eligible = counts >= e - _INT_TOL
+        # log C(c, e) - log c: the weight of one candidate so that a value gets C(c, e) in total
+        log_w = (
+            torch.lgamma(counts + 1.0)
+            - torch.lgamma(e + 1.0)
+            - torch.lgamma(torch.clamp(counts - e + 1.0, min=1e-12))
+            - counts.log()
+        )
+        log_w = torch.where(eligible, log_w, torch.full_like(log_w, -math.inf))
+        w = (log_w - log_w.max(dim=1, keepdim=True).values).exp()
     pick = torch.multinomial(w, 1, generator=generator).squeeze(1)  # [rows]
     rows = candidates.shape[1]
     return candidates[pick, torch.arange(rows, device=candidates.device)]
