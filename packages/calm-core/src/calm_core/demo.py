@@ -55,12 +55,12 @@ class DemoCodecConfig(ConfigModel):
     latent_size: int = Field(64, ge=1, description="Latent size D per chunk.")
     recipe: str = Field("default", description="The `calm train-codec` recipe to shorten.")
     steps: int = Field(
-        600,
+        700,
         ge=1,
         description="Most optimizer steps (fewer when the time budget cannot fit them); the "
         "recipe's schedule is scaled to the steps actually planned.",
     )
-    time_budget_s: float = Field(230.0, gt=0, description="Stop training after this many seconds.")
+    time_budget_s: float = Field(270.0, gt=0, description="Stop training after this many seconds.")
     batch_size: int | None = Field(None, ge=1, description="Sequences per step (None: recipe's).")
     seq_len: int | None = Field(None, ge=4, description="Tokens per sequence (None: recipe's).")
     lr: float | None = Field(None, gt=0, description="Peak learning rate (None: recipe's).")
@@ -84,7 +84,7 @@ class DemoLMConfig(ConfigModel):
     noise_size: int = Field(32, ge=1, description="Energy-head noise size.")
     steps: int = Field(600, ge=1, description="Most optimizer steps (CALM; AR takes the same).")
     time_budget_s: float = Field(
-        120.0, gt=0, description="Stop each model's training after this many seconds."
+        100.0, gt=0, description="Stop each model's training after this many seconds."
     )
     batch_size: int = Field(8, ge=1, description="Sequences per step.")
     seq_len: int = Field(256, ge=8, description="Tokens per sequence (a multiple of K).")
