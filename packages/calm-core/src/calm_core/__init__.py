@@ -28,6 +28,9 @@ _LAZY: dict[str, str] = {
     "CALMConfig": "calm_core.calm",
     "TransformerLM": "calm_core.transformer_lm",
     "TransformerLMConfig": "calm_core.transformer_lm",
+    "exact_temperature_sample": "calm_core.sampling",
+    "batch_temperature_sample": "calm_core.sampling",
+    "evaluate_brier": "calm_core.metrics.brier_eval",
 }
 
 __all__ = ["__version__", *_LAZY]
