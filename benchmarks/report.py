@@ -370,9 +370,15 @@ def _quality_section(q: dict[str, Any] | None, img: Path, root: Path) -> list[st
     for name in ("codec", "ar", "calm"):
         p = phases.get(name)
         if p:
-            budget_rows.append([name, str(p["steps"]), _f(p["wall_s"], 4), _f(p.get("cpu_s"), 4)])
+            ref = {"codec": "~1,100 (12 min)", "ar": "~645", "calm": "~830"}[name]
+            budget_rows.append(
+                [name, str(p["steps"]), _f(p["wall_s"], 4), _f(p.get("cpu_s"), 4), ref]
+            )
     if budget_rows:
-        lines += _table(["model", "steps", "wall s", "CPU s (this process)"], budget_rows)
+        lines += _table(
+            ["model", "steps", "wall s", "CPU s (this process)", "reference steps (BENCHMARKS.md)"],
+            budget_rows,
+        )
         lines += [
             "The protocol asks for 15 minutes on 2 dedicated cores (~1,800 CPU-seconds) per "
             "model; the CPU-seconds column is what each model actually got.",
@@ -542,6 +548,13 @@ def _divergence_lines(phases: dict[str, Any]) -> list[str]:
                     f"{100 * codec['val_token_accuracy']:.1f}% of held-out tokens after "
                     f"{codec['steps']} steps, which caps what CALM can score."
                 )
+        if c1 < 0:
+            why += (
+                " A negative Brier-1 means CALM's two samples agree with each other more often "
+                "than they match the target: its samples are nearly deterministic while wrong "
+                "(the energy head starts from a zero output layer, so all its samples coincide "
+                "at initialisation, and it has not yet learned to spread them)."
+            )
         lines.append(
             f"- CALM's final held-out Brier-1 ({_f(c1)}) is {better} the AR baseline's "
             f"({_f(a1)}).{why}"
@@ -554,19 +567,26 @@ def _divergence_lines(phases: dict[str, Any]) -> list[str]:
         ]
         if noisy:
             lines.append(
-                f"- The 95% intervals of Brier-{'/'.join(sorted(set(noisy)))} of at least one "
-                "model include 0 at its final snapshot, so BrierLM (a geometric mean) is "
-                "dominated by noise here; Brier-1 carries the signal (BENCHMARKS.md says the "
-                "same of the reference)."
+                f"- Brier-{'/'.join(sorted(set(noisy)))} of at least one model are not "
+                "significantly above 0 at its final snapshot (95% interval), so BrierLM (a "
+                "geometric mean) is 0 or dominated by noise here; Brier-1 carries the signal "
+                "(BENCHMARKS.md says the same of the reference)."
             )
     heads = phases.get("heads", {})
     if all("brier" in heads.get(h, {}) for h in ("energy", "diffusion", "flow")):
         order = sorted(
             ("energy", "diffusion", "flow"), key=lambda h: -float(heads[h]["brier"]["1"])
         )
+        caveat = ""
+        if all(float(heads[h]["brier"]["1"]) <= 0 for h in order):
+            caveat = (
+                " All three are still non-positive: at this step count none of the heads has "
+                "learned, and the order reflects how often each head's two samples coincide "
+                "(the energy head's all do at its zero-initialised start), not modelling quality."
+            )
         lines.append(
             f"- Heads at {heads['steps']} steps rank {' > '.join(order)} by held-out Brier-1 "
-            "(paper: energy > flow > diffusion, after full training)."
+            f"(paper: energy > flow > diffusion, after full training).{caveat}"
         )
     lines.append("")
     return lines
