@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -114,6 +116,10 @@ def check_input_path(path: str | Path, what: str) -> Path:
 def prepare_output_dir(path: str | Path, *, overwrite: bool, resume: bool = False) -> Path:
     """Create an output directory; refuse a non-empty one unless ``overwrite`` or ``resume``."""
     p = Path(path)
+    if int(os.environ.get("RANK", "0")) != 0:
+        # under torchrun only rank 0 checks: the others would see rank 0's files and probes
+        p.mkdir(parents=True, exist_ok=True)
+        return p
     if p.exists() and not p.is_dir():
         raise CLIError(f"output path {p} exists and is not a directory")
     if p.is_dir() and any(p.iterdir()) and not (overwrite or resume):
@@ -123,9 +129,8 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, resume: bool = Fals
         )
     try:
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".calm-write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".calm-write-test-"):
+            pass
     except OSError as exc:
         raise CLIError(f"output directory {p} is not writable: {exc.strerror or exc}") from None
     return p
