@@ -6,11 +6,17 @@ Each verb lives in its own module of this package, listed in :data:`VERBS`, and 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from importlib import import_module
 
-from calm_core.cli.common import CalmArgumentParser, CLIError
+from calm_core.cli.common import (
+    CalmArgumentParser,
+    CLIError,
+    apply_options_file,
+    print_resolved_config,
+)
 
 __all__ = ["VERBS", "main"]
 
@@ -42,20 +48,51 @@ def build_parser() -> CalmArgumentParser:
         module = import_module(f"calm_core.cli.{module_name}")
         p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        if getattr(module, "OPTIONS_FROM_CONFIG", False):
+            p.add_argument(
+                "--config",
+                metavar="FILE",
+                help="JSON/TOML file setting any of these options (flags override it)",
+            )
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _options_file(parser: CalmArgumentParser, argv: list[str]) -> str | None:
+    """For verbs whose options are plain flags (``OPTIONS_FROM_CONFIG``): apply ``--config``."""
+    if not argv or argv[0] not in VERBS:
+        return None
+    module = import_module(f"calm_core.cli.{VERBS[argv[0]]}")
+    if not getattr(module, "OPTIONS_FROM_CONFIG", False):
+        return None
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv[1:])
+    if known.config is None:
+        return None
+    verb_parser = parser.verb_parsers()[argv[0]]
+    try:
+        apply_options_file(verb_parser, known.config)
+    except CLIError as exc:
+        verb_parser.exit(2, f"calm {argv[0]}: error: {exc}\n")
+    return str(known.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``calm`` console script; returns the exit status."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options_file = _options_file(parser, argv)
+    args, extra = parser.parse_known_args(argv)
     if extra:  # report unknown flags from the verb's own parser, which knows its options
         verb_parser = parser.verb_parsers().get(getattr(args, "verb", None) or "", parser)
         verb_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
+    if options_file is not None:
+        shown = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "verb"}
+        print_resolved_config(f"calm {args.verb} options", shown)
     try:
         return int(args._run(args) or 0)
     except CLIError as exc:

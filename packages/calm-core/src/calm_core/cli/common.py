@@ -134,3 +134,47 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, resume: bool = Fals
     except OSError as exc:
         raise CLIError(f"output directory {p} is not writable: {exc.strerror or exc}") from None
     return p
+
+
+def options_model(parser: argparse.ArgumentParser) -> type[BaseModel]:
+    """A pydantic model of a verb's optional flags, so a config file can set them (validated)."""
+    from typing import Literal
+
+    from pydantic import create_model
+
+    from calm_core.config import ConfigModel
+
+    fields: dict[str, Any] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "config", "json"):
+            continue
+        typ: Any
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            typ = bool
+        else:
+            typ = action.type if action.type in (int, float, str) else str
+            if action.choices:
+                typ = Literal[tuple(action.choices)]
+            if action.nargs in ("+", "*"):
+                typ = list[typ]  # type: ignore[valid-type]
+        fields[action.dest] = (typ | None, None)
+    name = "".join(w.capitalize() for w in parser.prog.replace("-", " ").split()) + "Options"
+    return create_model(name, __base__=ConfigModel, **fields)
+
+
+def apply_options_file(parser: argparse.ArgumentParser, config_file: str) -> dict[str, Any]:
+    """Make a config file's values the defaults of ``parser``'s flags (flags still override).
+
+    Keys are flag names with dashes or underscores (``max-new-tokens`` / ``max_new_tokens``).
+    """
+    try:
+        raw = load_config_file(config_file)
+        data = {str(k).replace("-", "_"): v for k, v in raw.items()}
+        values = validate_config(options_model(parser), data).model_dump(exclude_unset=True)
+    except ConfigError as exc:
+        raise CLIError(f"{exc} (in {config_file})") from None
+    parser.set_defaults(**values)
+    for action in parser._actions:
+        if action.dest in values and action.required:
+            action.required = False  # the file supplies it
+    return values

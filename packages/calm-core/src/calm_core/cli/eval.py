@@ -18,6 +18,8 @@ from calm_core.cli.common import CLIError, check_input_path, print_json
 
 __all__ = ["HELP", "add_arguments", "run"]
 
+#: a --config file may set any of this verb's flags (calm_core.cli.common.apply_options_file)
+OPTIONS_FROM_CONFIG = True
 HELP = "BrierLM (Brier-1..4 with standard errors) of a CALM or AR model, plus codec reconstruction."
 
 

@@ -17,6 +17,8 @@ from calm_core.cli.common import CLIError, check_input_path, print_json
 
 __all__ = ["HELP", "add_arguments", "load_codec", "run"]
 
+#: a --config file may set any of this verb's flags (calm_core.cli.common.apply_options_file)
+OPTIONS_FROM_CONFIG = True
 HELP = "Report a codec's reconstruction accuracy (clean and under latent noise) on a packed split."
 
 

@@ -15,6 +15,8 @@ from calm_core.cli.common import CLIError, check_input_path, print_json
 
 __all__ = ["HELP", "add_arguments", "run"]
 
+#: a --config file may set any of this verb's flags (calm_core.cli.common.apply_options_file)
+OPTIONS_FROM_CONFIG = True
 HELP = "Generate a continuation of a text prompt with a trained CALM or AR model directory."
 
 
