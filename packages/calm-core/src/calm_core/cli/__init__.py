@@ -70,11 +70,7 @@ def _options_file(parser: CalmArgumentParser, argv: list[str]) -> str | None:
     known, _ = pre.parse_known_args(argv[1:])
     if known.config is None:
         return None
-    verb_parser = parser.verb_parsers()[argv[0]]
-    try:
-        apply_options_file(verb_parser, known.config)
-    except CLIError as exc:
-        verb_parser.exit(2, f"calm {argv[0]}: error: {exc}\n")
+    apply_options_file(parser.verb_parsers()[argv[0]], known.config)
     return str(known.config)
 
 
@@ -82,7 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``calm`` console script; returns the exit status."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    options_file = _options_file(parser, argv)
+    try:
+        options_file = _options_file(parser, argv)
+    except CLIError as exc:
+        print(f"calm {argv[0]}: error: {exc}", file=sys.stderr)
+        return exc.code
     args, extra = parser.parse_known_args(argv)
     if extra:  # report unknown flags from the verb's own parser, which knows its options
         verb_parser = parser.verb_parsers().get(getattr(args, "verb", None) or "", parser)
