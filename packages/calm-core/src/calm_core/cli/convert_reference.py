@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import pickle
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,14 +114,14 @@ def _load_bin(path: Path) -> dict[str, Tensor]:
 
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise CLIError(f"{path} is not a readable PyTorch weights file: {exc}") from None
+    except Exception as exc:  # the weights-only unpickler's refusal (an UnpicklingError)
         raise CLIError(
             f"{path} holds objects other than tensors, which calm refuses to unpickle "
             f"(torch.load weights_only=True: {str(exc).splitlines()[0]}); re-save it as a plain "
             "state dict or as model.safetensors"
         ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise CLIError(f"{path} is not a readable PyTorch weights file: {exc}") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
