@@ -204,5 +204,14 @@ class GenerativeHead(Component):
         """How many network evaluations one ``sample`` call makes (sampling cost)."""
         return 1
 
+    def check_hidden(self, hidden: Tensor) -> int:
+        """Validate ``hidden[N, H]`` and return N (heads call this at the top of loss/sample)."""
+        if hidden.dim() != 2 or hidden.shape[1] != self.hidden_size:
+            raise ValueError(
+                f"hidden must be [N, {self.hidden_size}] (flatten batch and positions first), "
+                f"got shape {tuple(hidden.shape)}"
+            )
+        return int(hidden.shape[0])
+
     def forward(self, hidden: Tensor, target: LatentPosterior) -> Tensor:
         return self.loss(hidden, target)

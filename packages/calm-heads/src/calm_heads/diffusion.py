@@ -111,7 +111,7 @@ class DiffusionHead(GenerativeHead):
 
     def loss(self, hidden: Tensor, target: LatentPosterior) -> Tensor:
         """Mean of ``mse + vb`` over ``num_target_samples`` posterior draws: ``[N]``."""
-        n = self._check(hidden)
+        n = self.check_hidden(hidden)
         if target.mean.shape != (n, self.latent_size):
             raise ValueError(
                 f"target posterior must be [{n}, {self.latent_size}], got "
@@ -142,7 +142,7 @@ class DiffusionHead(GenerativeHead):
         self, hidden: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
         """``[num_samples, N, D]`` latents, ``sampling_steps`` batched network calls."""
-        n = self._check(hidden)
+        n = self.check_hidden(hidden)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         rows = num_samples * n
@@ -151,14 +151,6 @@ class DiffusionHead(GenerativeHead):
             (rows, self.latent_size), generator=generator, device=hidden.device, dtype=hidden.dtype
         )
         return self.denoise(x, cond, generator).reshape(num_samples, n, self.latent_size)
-
-    def _check(self, hidden: Tensor) -> int:
-        if hidden.dim() != 2 or hidden.shape[1] != self.hidden_size:
-            raise ValueError(
-                f"hidden must be [N, {self.hidden_size}] (flatten batch and positions first), "
-                f"got shape {tuple(hidden.shape)}"
-            )
-        return int(hidden.shape[0])
 
     # ------------------------------------------------------------------------------ reference
     @classmethod

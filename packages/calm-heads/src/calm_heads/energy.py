@@ -165,7 +165,7 @@ class EnergyHead(GenerativeHead):
     # --------------------------------------------------------------------------- head contract
     def loss(self, hidden: Tensor, target: LatentPosterior) -> Tensor:
         """Energy loss per position ``[N]`` with N model samples and M posterior draws."""
-        self._check_hidden(hidden)
+        self.check_hidden(hidden)
         if target.mean.shape != (hidden.shape[0], self.latent_size):
             raise ValueError(
                 f"target posterior must be [{hidden.shape[0]}, {self.latent_size}], got "
@@ -186,7 +186,7 @@ class EnergyHead(GenerativeHead):
         self, hidden: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
         """``num_samples`` latents per position ``[num_samples, N, D]``: one batched call."""
-        self._check_hidden(hidden)
+        self.check_hidden(hidden)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         noise = self.draw_noise(num_samples, hidden.shape[0], hidden, generator)
@@ -195,13 +195,6 @@ class EnergyHead(GenerativeHead):
     @property
     def network_calls_per_sample(self) -> int:
         return 1
-
-    def _check_hidden(self, hidden: Tensor) -> None:
-        if hidden.dim() != 2 or hidden.shape[1] != self.hidden_size:
-            raise ValueError(
-                f"hidden must be [N, {self.hidden_size}] (flatten batch and positions first), "
-                f"got shape {tuple(hidden.shape)}"
-            )
 
     # ------------------------------------------------------------------------------ reference
     @classmethod

@@ -102,7 +102,7 @@ class FlowHead(GenerativeHead):
 
     def loss(self, hidden: Tensor, target: LatentPosterior) -> Tensor:
         """Mean velocity-regression loss over ``num_target_samples`` posterior draws: ``[N]``."""
-        n = self._check(hidden)
+        n = self.check_hidden(hidden)
         if target.mean.shape != (n, self.latent_size):
             raise ValueError(
                 f"target posterior must be [{n}, {self.latent_size}], got "
@@ -133,7 +133,7 @@ class FlowHead(GenerativeHead):
         self, hidden: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
         """``[num_samples, N, D]`` latents; :attr:`network_calls_per_sample` batched calls."""
-        n = self._check(hidden)
+        n = self.check_hidden(hidden)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         rows = num_samples * n
@@ -142,14 +142,6 @@ class FlowHead(GenerativeHead):
             (rows, self.latent_size), generator=generator, device=hidden.device, dtype=hidden.dtype
         )
         return self.integrate(x, cond).reshape(num_samples, n, self.latent_size)
-
-    def _check(self, hidden: Tensor) -> int:
-        if hidden.dim() != 2 or hidden.shape[1] != self.hidden_size:
-            raise ValueError(
-                f"hidden must be [N, {self.hidden_size}] (flatten batch and positions first), "
-                f"got shape {tuple(hidden.shape)}"
-            )
-        return int(hidden.shape[0])
 
     # ------------------------------------------------------------------------------ reference
     @classmethod
