@@ -51,6 +51,7 @@ from calm_core.generation import (
     prepare_prompts,
 )
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
+from calm_core.model_dir import PretrainedMixin
 
 __all__ = ["CALM", "CALMConfig", "validate_calm_config"]
 
@@ -108,7 +109,7 @@ def _codec_spec(codec: Codec) -> ComponentSpec:
     return ComponentSpec(name=name, config=codec.config.model_dump(mode="json"))
 
 
-class CALM(nn.Module):
+class CALM(PretrainedMixin, nn.Module):
     """Continuous autoregressive LM: ``embed_tokens``, ``embed_proj``, ``backbone``, ``head``,
     ``codec`` (frozen).
 
@@ -433,22 +434,6 @@ class CALM(nn.Module):
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> Self:
         return cls(dict(config))
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (codec weights included)."""
-        from calm_core.model_dir import save_pretrained
-
-        return save_pretrained(self, path)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
-        """Load a directory written by :meth:`save_pretrained` (in eval mode)."""
-        from calm_core.model_dir import load_pretrained
-
-        obj = load_pretrained(path, map_location=map_location)
-        if not isinstance(obj, cls):
-            raise TypeError(f"{path} holds a {type(obj).__qualname__}, not a {cls.__qualname__}")
-        return obj
 
     @classmethod
     def from_reference(

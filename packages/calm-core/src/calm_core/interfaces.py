@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from calm_core.config import ConfigModel
+from calm_core.model_dir import PretrainedMixin
 
 __all__ = ["Codec", "Component", "GenerativeHead", "LatentPosterior"]
 
@@ -90,7 +90,7 @@ class LatentPosterior:
         return 0.5 * (self.mean.pow(2) + self.std.pow(2) - 1.0 - 2.0 * self.log_std)
 
 
-class Component(nn.Module, ABC):
+class Component(PretrainedMixin, nn.Module, ABC):
     """Base of every registered component: a module with a typed config.
 
     Subclasses set ``config_class`` to their pydantic config class (derived from
@@ -108,22 +108,6 @@ class Component(nn.Module, ABC):
     def context(self) -> dict[str, Any]:
         """The host-supplied constructor arguments, so the component can be rebuilt from disk."""
         return {name: getattr(self, name) for name in self.context_fields}
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` to a model directory."""
-        from calm_core.model_dir import save_pretrained
-
-        return save_pretrained(self, path)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
-        """Load a component saved with :meth:`save_pretrained`."""
-        from calm_core.model_dir import load_pretrained
-
-        obj = load_pretrained(path, map_location=map_location)
-        if not isinstance(obj, cls):
-            raise TypeError(f"{path} holds a {type(obj).__qualname__}, not a {cls.__qualname__}")
-        return obj
 
 
 class Codec(Component):

@@ -35,6 +35,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "ComponentNotInstalledError",
     "ModelLoadError",
+    "PretrainedMixin",
     "PretrainedModel",
     "component_record",
     "ensure_installed",
@@ -283,6 +284,23 @@ def build_from_record(record: Mapping[str, Any]) -> nn.Module:
     raise ModelLoadError(
         f"unknown model type '{kind}'; known: head, codec, {', '.join(MODEL_TYPES)}"
     )
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for every module stored as a model directory."""
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to the directory ``path``."""
+        assert isinstance(self, nn.Module)
+        return save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
+        """Load a directory written by :meth:`save_pretrained` (in eval mode)."""
+        obj = load_pretrained(path, map_location=map_location)
+        if not isinstance(obj, cls):
+            raise TypeError(f"{path} holds a {type(obj).__qualname__}, not a {cls.__qualname__}")
+        return obj
 
 
 def load_pretrained(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:

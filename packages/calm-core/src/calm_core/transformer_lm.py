@@ -10,7 +10,6 @@ generating one token per backbone call through the shared KV-cached machinery of
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
@@ -30,6 +29,7 @@ from calm_core.generation import (
     prepare_prompts,
     sample_from_logits,
 )
+from calm_core.model_dir import PretrainedMixin
 
 __all__ = ["TransformerLM", "TransformerLMConfig"]
 
@@ -54,7 +54,7 @@ class TransformerLMConfig(ConfigModel):
         return self
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(PretrainedMixin, nn.Module):
     """Next-token language model: ``model`` (embeddings + backbone) and ``lm_head``."""
 
     model_type: ClassVar[str] = "transformer_lm"
@@ -193,22 +193,6 @@ class TransformerLM(nn.Module):
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> Self:
         return cls(validate_config(TransformerLMConfig, dict(config)))
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (see :mod:`calm_core.model_dir`)."""
-        from calm_core.model_dir import save_pretrained
-
-        return save_pretrained(self, path)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
-        """Load a directory written by :meth:`save_pretrained` (in eval mode)."""
-        from calm_core.model_dir import load_pretrained
-
-        obj = load_pretrained(path, map_location=map_location)
-        if not isinstance(obj, cls):
-            raise TypeError(f"{path} holds a {type(obj).__qualname__}, not a {cls.__qualname__}")
-        return obj
 
     @classmethod
     def from_reference(
