@@ -19,11 +19,13 @@ from calm_core.config import ConfigError, load_config_file, merge_overrides, val
 __all__ = [
     "CLIError",
     "CalmArgumentParser",
+    "add_training_arguments",
     "check_input_path",
     "prepare_output_dir",
     "print_json",
     "print_resolved_config",
     "resolve_config",
+    "training_overrides",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -178,3 +180,31 @@ def apply_options_file(parser: argparse.ArgumentParser, config_file: str) -> dic
         if action.dest in values and action.required:
             action.required = False  # the file supplies it
     return values
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, *, steps_help: str) -> None:
+    """The trainer flags shared by ``calm train`` and ``calm train-codec``."""
+    parser.add_argument("--steps", type=int, help=steps_help)
+    parser.add_argument("--batch-size", type=int, help="sequences per step")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (multiple of K)")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--eval-every", type=int, help="steps between evaluations (0: at end)")
+    parser.add_argument("--seed", type=int, help="training seed")
+    parser.add_argument("--threads", type=int, help="torch threads for this process")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+
+def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The trainer flags as dotted config overrides (unset flags are None and change nothing)."""
+    return {
+        "train.steps": args.steps,
+        "train.batch_size": args.batch_size,
+        "train.seq_len": args.seq_len,
+        "train.lr": args.lr,
+        "train.eval_every": args.eval_every,
+        "train.seed": args.seed,
+        "train.num_threads": args.threads,
+    }

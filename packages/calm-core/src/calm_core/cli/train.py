@@ -23,11 +23,13 @@ from pydantic import Field
 from calm_core.backbone import BackboneConfig
 from calm_core.cli.common import (
     CLIError,
+    add_training_arguments,
     check_input_path,
     prepare_output_dir,
     print_json,
     print_resolved_config,
     resolve_config,
+    training_overrides,
 )
 from calm_core.config import ComponentSpec, ConfigError, ConfigModel
 from calm_core.training.config import TrainConfig
@@ -225,17 +227,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="base model shape (default calm-bench / transformer-bench; see calm_core.presets)",
     )
     parser.add_argument("--config", metavar="FILE", help="JSON/TOML overriding the preset")
-    parser.add_argument("--steps", type=int, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, help="sequences per step")
-    parser.add_argument("--seq-len", type=int, help="tokens per sequence (multiple of K)")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--eval-every", type=int, help="steps between evaluations (0: at end)")
-    parser.add_argument("--seed", type=int, help="training seed")
-    parser.add_argument("--threads", type=int, help="torch threads for this process")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_training_arguments(parser, steps_help="optimizer steps")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -251,17 +243,9 @@ def run(args: argparse.Namespace) -> int:
         for key in ("eval_every", "checkpoint_every", "log_every"):
             train[key] = max(1, min(train[key], args.steps))
         base["train"] = train
-    if args.head is not None and args.head != base.get("head", {}).get("name"):
-        base["head"] = {"name": args.head, "config": {}}  # the preset's config is its own head's
-    overrides = {
-        "train.steps": args.steps,
-        "train.batch_size": args.batch_size,
-        "train.seq_len": args.seq_len,
-        "train.lr": args.lr,
-        "train.eval_every": args.eval_every,
-        "train.seed": args.seed,
-        "train.num_threads": args.threads,
-    }
+    overrides = training_overrides(args)
+    if args.head is not None:  # a spec naming another head drops the old head's config
+        overrides["head"] = {"name": args.head}
     config = resolve_config(TrainModelConfig, args.config, overrides, base=base)
     if config.model != args.model:
         raise CLIError(

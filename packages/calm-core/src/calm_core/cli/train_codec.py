@@ -24,11 +24,13 @@ from pydantic import Field
 
 from calm_core.cli.common import (
     CLIError,
+    add_training_arguments,
     check_input_path,
     prepare_output_dir,
     print_json,
     print_resolved_config,
     resolve_config,
+    training_overrides,
 )
 from calm_core.config import ComponentSpec, ConfigError, ConfigModel
 from calm_core.training.config import TrainConfig
@@ -246,34 +248,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--config", metavar="FILE", help="JSON/TOML overriding the recipe")
     parser.add_argument("--codec", metavar="NAME", help="registered codec name (autoencoder)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (shortens the schedule)")
-    parser.add_argument("--batch-size", type=int, help="sequences per step")
-    parser.add_argument("--seq-len", type=int, help="tokens per sequence (multiple of K)")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--eval-every", type=int, help="steps between evaluations (0: at end)")
-    parser.add_argument("--seed", type=int, help="training seed")
-    parser.add_argument("--threads", type=int, help="torch threads for this process")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_training_arguments(parser, steps_help="optimizer steps (shortens the schedule)")
 
 
 def run(args: argparse.Namespace) -> int:
     check_input_path(args.data, "data directory")
     base = recipe(args.recipe, steps=args.steps)
-    overrides = {
-        "codec.name": args.codec,
-        "train.steps": args.steps,
-        "train.batch_size": args.batch_size,
-        "train.seq_len": args.seq_len,
-        "train.lr": args.lr,
-        "train.eval_every": args.eval_every,
-        "train.seed": args.seed,
-        "train.num_threads": args.threads,
-    }
-    if args.codec is not None and args.codec != base["codec"]["name"]:
-        base["codec"]["config"] = {}  # the recipe's codec config belongs to its own codec
+    overrides = training_overrides(args)
+    if args.codec is not None:  # a spec naming another codec drops the recipe's codec config
+        overrides["codec"] = {"name": args.codec}
     config = resolve_config(TrainCodecConfig, args.config, overrides, base=base)
     print_resolved_config("calm train-codec config", config)
     out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
