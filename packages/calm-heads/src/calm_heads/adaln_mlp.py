@@ -23,11 +23,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from calm_core.config import ConfigModel
+from pydantic import Field
 from torch import Tensor, nn
 
 __all__ = [
     "AdaLNBlock",
     "AdaLNFinalLayer",
+    "AdaLNHeadConfig",
     "AdaLNMLP",
     "TimestepEmbedder",
     "reference_net_shape",
@@ -36,6 +39,18 @@ __all__ = [
 ]
 
 _LN_EPS = 1e-6
+
+
+class AdaLNHeadConfig(ConfigModel):
+    """Fields shared by the heads built on :class:`AdaLNMLP` (diffusion and flow)."""
+
+    num_blocks: int = Field(4, ge=1, description="adaLN residual blocks of the network.")
+    width: int | None = Field(
+        None, ge=1, description="Network width W; None uses the backbone's hidden size."
+    )
+    num_target_samples: int = Field(
+        8, ge=1, description="Draws from the codec posterior per position in the loss."
+    )
 
 
 def timestep_features(t: Tensor, dim: int = 256, max_period: float = 10000.0) -> Tensor:

@@ -23,27 +23,20 @@ from calm_core.interfaces import GenerativeHead, LatentPosterior
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from calm_heads.adaln_mlp import AdaLNMLP, reference_net_shape, strip_net_prefix
+from calm_heads.adaln_mlp import AdaLNHeadConfig, AdaLNMLP, reference_net_shape, strip_net_prefix
 from calm_heads.diffusion_schedule import DiffusionSchedule, ScheduleName
 
 __all__ = ["DiffusionHead", "DiffusionHeadConfig"]
 
 
-class DiffusionHeadConfig(ConfigModel):
+class DiffusionHeadConfig(AdaLNHeadConfig):
     """Configuration of the diffusion head (SPEC.md §4)."""
 
-    num_blocks: int = Field(4, ge=1, description="adaLN residual blocks of the denoiser.")
-    width: int | None = Field(
-        None, ge=1, description="Denoiser width W; None uses the backbone's hidden size."
-    )
     train_steps: int = Field(1000, ge=2, description="Diffusion steps T used in training.")
     sampling_steps: int = Field(
         100, ge=1, description="Respaced reverse steps at sampling time (<= train_steps)."
     )
     schedule: ScheduleName = Field("cosine", description="Noise schedule: 'cosine' or 'linear'.")
-    num_target_samples: int = Field(
-        8, ge=1, description="Draws from the codec posterior per position in the loss."
-    )
 
     @model_validator(mode="after")
     def _sampling_within_training(self) -> DiffusionHeadConfig:

@@ -22,24 +22,17 @@ from calm_core.interfaces import GenerativeHead, LatentPosterior
 from pydantic import Field
 from torch import Tensor
 
-from calm_heads.adaln_mlp import AdaLNMLP, reference_net_shape, strip_net_prefix
+from calm_heads.adaln_mlp import AdaLNHeadConfig, AdaLNMLP, reference_net_shape, strip_net_prefix
 
 __all__ = ["FlowHead", "FlowHeadConfig"]
 
 
-class FlowHeadConfig(ConfigModel):
+class FlowHeadConfig(AdaLNHeadConfig):
     """Configuration of the flow-matching head (SPEC.md §4)."""
 
-    num_blocks: int = Field(4, ge=1, description="adaLN residual blocks of the velocity net.")
-    width: int | None = Field(
-        None, ge=1, description="Network width W; None uses the backbone's hidden size."
-    )
     steps: int = Field(10, ge=1, description="Integration steps from noise to a sample.")
     solver: Literal["midpoint", "euler"] = Field(
         "midpoint", description="ODE solver: 'midpoint' (2 calls/step) or 'euler' (1 call/step)."
-    )
-    num_target_samples: int = Field(
-        8, ge=1, description="Draws from the codec posterior per position in the loss."
     )
     time_bins: int = Field(
         1000, ge=1, description="The net embeds floor(t * time_bins) (reference-compatible)."
