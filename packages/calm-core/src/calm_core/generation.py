@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from calm_core.reductions import argmax_last
+
 __all__ = [
     "PaddedPrompts",
     "PaddingState",
@@ -197,7 +199,7 @@ def sample_from_logits(
 ) -> Tensor:
     """``logits [B, V]`` -> ids ``[B]``: argmax at ``temperature == 0``, else softmax sampling."""
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        return argmax_last(logits)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 

@@ -148,7 +148,25 @@ class Codec(Component):
 
     def decode_tokens(self, latents: Tensor) -> Tensor:
         """``latents[..., D]`` -> argmax token ids ``[..., K]``."""
-        return self.decode(latents).argmax(dim=-1)
+        from calm_core.reductions import argmax_last
+
+        return argmax_last(self.decode(latents))
+
+    def decode_states(self, latents: Tensor) -> Tensor:
+        """``latents[..., D]`` -> per-position decoder states ``[..., K, S]``.
+
+        With :meth:`tokens_from_states` this splits :meth:`decode_tokens` into a shared part and a
+        per-position part, so that callers can decode only the candidates and positions they need
+        (the batch temperature sampler decodes the next position only for candidates whose prefix
+        can still repeat). Contract: ``tokens_from_states(decode_states(z)[..., k, :])`` equals
+        ``decode_tokens(z)[..., k]``. The default state is the decoded id itself (``S = 1``); a
+        codec overrides both methods when its per-position work is worth skipping.
+        """
+        return self.decode_tokens(latents).unsqueeze(-1)
+
+    def tokens_from_states(self, states: Tensor) -> Tensor:
+        """Per-position states ``[..., S]`` from :meth:`decode_states` -> token ids ``[...]``."""
+        return states[..., 0].long()
 
     def forward(self, tokens: Tensor) -> dict[str, Tensor]:
         return self.loss(tokens)

@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
+    from calm_core.runtime import tune_malloc
+
+    tune_malloc()  # reuse large freed buffers instead of page-faulting them in every step
     if options_file is not None:
         shown = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "verb"}
         print_resolved_config(f"calm {args.verb} options", shown)
