@@ -17,6 +17,7 @@ from calm_core.sampling import (
     exact_temperature_sample,
     exact_temperature_sample_with_draws,
     expected_exact_draws,
+    lazy_batch_temperature_sample,
     split_temperature,
 )
 
@@ -189,3 +190,57 @@ def test_batch_sampler_input_errors() -> None:
         batch_temperature_sample(torch.zeros(4, 3, 2), 0.5)
     with pytest.raises(ValueError, match="temperature must be in"):
         batch_temperature_sample(torch.zeros(4, 3, 2, dtype=torch.long), 2.0)
+
+
+def _id_states(candidates: torch.Tensor) -> torch.Tensor:
+    """Candidates ``[N, rows, K]`` as per-position states ``[N, rows, K, 1]`` (state = id)."""
+    return candidates.unsqueeze(-1)
+
+
+@pytest.mark.parametrize("T", [1.0, 0.5, 1 / 3, 0.25, 0.7, 0.4])
+def test_lazy_batch_sampler_equals_the_batch_sampler(T: float) -> None:
+    """Same weights, same generator -> the very same picks, on sharp, flat and mixed rows."""
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(25):
+        vocab = 2 + trial % 4
+        cand = torch.randint(0, vocab, (60, 7, 4), generator=gen)
+        cand[:, ::3, 1:] = 0  # some rows where chunks repeat a lot
+        cand[:, 1::3] = torch.randint(0, 1000, cand[:, 1::3].shape, generator=gen)  # flat rows
+        want = batch_temperature_sample(cand, T, generator=torch.Generator().manual_seed(trial))
+        got = lazy_batch_temperature_sample(
+            _id_states(cand),
+            lambda s: s[..., 0],
+            T,
+            generator=torch.Generator().manual_seed(trial),
+        )
+        assert torch.equal(got, want), (T, trial)
+
+
+def test_lazy_batch_sampler_decodes_only_what_can_repeat() -> None:
+    """All-distinct first tokens: one position per candidate, plus the uniform pick's rest."""
+    N, rows, K = 200, 8, 4
+    cand = torch.randint(0, 10**6, (N, rows, K), generator=torch.Generator().manual_seed(2))
+    cand[:, :, 0] = torch.arange(N)[:, None] + 1000 * torch.arange(rows)[None, :]
+    decoded = []
+
+    def decode(states: torch.Tensor) -> torch.Tensor:
+        decoded.append(states.shape[0])
+        return states[..., 0]
+
+    out = lazy_batch_temperature_sample(_id_states(cand), decode, 0.5)
+    assert sum(decoded) == N * rows + rows * (K - 1)  # first tokens, then the picks' other K-1
+    assert out.shape == (rows, K)
+    assert all(any(torch.equal(out[r], cand[j, r]) for j in range(N)) for r in range(rows))
+
+    # a sharp row (every candidate identical) decodes everything once and returns that chunk
+    same = cand[:1].expand(N, rows, K).clone()
+    decoded.clear()
+    out = lazy_batch_temperature_sample(_id_states(same), decode, 0.5)
+    assert sum(decoded) == N * rows * K and torch.equal(out, same[0])
+
+
+def test_lazy_batch_sampler_input_errors() -> None:
+    with pytest.raises(ValueError, match=r"\[N, rows, K, ...\]"):
+        lazy_batch_temperature_sample(torch.zeros(4, 3), lambda s: s[..., 0], 0.5)
+    with pytest.raises(ValueError, match="temperature must be in"):
+        lazy_batch_temperature_sample(torch.zeros(4, 3, 2, 1), lambda s: s[..., 0], 2.0)

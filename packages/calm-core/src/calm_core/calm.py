@@ -296,7 +296,7 @@ class CALM(PretrainedMixin, nn.Module):
 
         if temperature == 1.0:
             return sampler(1)[0]
-        from calm_core.sampling import batch_temperature_sample, exact_temperature_sample
+        from calm_core.sampling import exact_temperature_sample, lazy_batch_temperature_sample
 
         if sampling == "exact":
             return exact_temperature_sample(
@@ -306,7 +306,14 @@ class CALM(PretrainedMixin, nn.Module):
                 on_exhausted=on_exhausted,
                 generator=generator,
             )
-        return batch_temperature_sample(sampler(num_candidates), temperature, generator=generator)
+        # the batch approximation decodes lazily: only candidates whose prefix can still repeat
+        latents = self.head.sample(hidden, num_candidates, generator).float()
+        return lazy_batch_temperature_sample(
+            self.codec.decode_states(latents),
+            self.codec.tokens_from_states,
+            temperature,
+            generator=generator,
+        )
 
     @torch.no_grad()
     def stream(

@@ -39,6 +39,7 @@ __all__ = [
     "exact_temperature_sample",
     "exact_temperature_sample_with_draws",
     "expected_exact_draws",
+    "lazy_batch_temperature_sample",
     "split_temperature",
 ]
 
@@ -298,8 +299,19 @@ def batch_temperature_sample(
         )
     if candidates.dtype.is_floating_point:
         raise ValueError(f"candidates must be integer chunk ids, got dtype {candidates.dtype}")
-    a = n + f
     counts = count_identical(candidates).t().double()  # [rows, N]
+    w = _cascade_weights(counts, n, f)
+    pick = torch.multinomial(w, 1, generator=generator).squeeze(1)  # [rows]
+    rows = candidates.shape[1]
+    return candidates[pick, torch.arange(rows, device=candidates.device)]
+
+
+def _cascade_weights(counts: Tensor, n: int, f: float) -> Tensor:
+    """Per-candidate weights ``[rows, N]`` of the batch approximation from counts ``[rows, N]``.
+
+    A value with ``c`` copies gets ``C(c, e)`` in total, i.e. ``C(c, e) / c`` per candidate, at the
+    cascade level ``e`` fixed by the row's largest count.
+    """
     max_c = counts.max(dim=1, keepdim=True).values
     if f == 0.0:
         # integer cascade: m = min(n, max count); a candidate's weight C(c, m) / c =
@@ -308,21 +320,114 @@ def batch_temperature_sample(
         w = torch.ones_like(counts)
         for t in range(1, n):
             w = torch.where(m > t, w * ((counts - t) / t), w)
-        w = w.clamp(min=0.0)
-    else:
-        # first exponent e in a, a-1, ... with e <= max count; e > 0 because max count >= 1
-        steps = torch.clamp(torch.ceil(a - max_c - _INT_TOL), min=0.0)
-        e = a - steps
-        eligible = counts >= e - _INT_TOL
-        # log C(c, e) - log c: the weight of one candidate so that a value gets C(c, e) in total
-        log_w = (
-            torch.lgamma(counts + 1.0)
-            - torch.lgamma(e + 1.0)
-            - torch.lgamma(torch.clamp(counts - e + 1.0, min=1e-12))
-            - counts.log()
+        return w.clamp(min=0.0)
+    a = n + f
+    # first exponent e in a, a-1, ... with e <= max count; e > 0 because max count >= 1
+    steps = torch.clamp(torch.ceil(a - max_c - _INT_TOL), min=0.0)
+    e = a - steps
+    eligible = counts >= e - _INT_TOL
+    # log C(c, e) - log c: the weight of one candidate so that a value gets C(c, e) in total
+    log_w = (
+        torch.lgamma(counts + 1.0)
+        - torch.lgamma(e + 1.0)
+        - torch.lgamma(torch.clamp(counts - e + 1.0, min=1e-12))
+        - counts.log()
+    )
+    log_w = torch.where(eligible, log_w, torch.full_like(log_w, -math.inf))
+    return (log_w - log_w.max(dim=1, keepdim=True).values).exp()
+
+
+#: ``decode_position(states[M, *S]) -> LongTensor[M]``: token ids of M per-position states.
+PositionDecoder = Callable[[Tensor], Tensor]
+
+# group keys are ``group * _KEY_BASE + token``; groups < rows * N <= 2**31 keeps them in int64
+_KEY_BASE = 2**32
+
+
+def lazy_batch_temperature_sample(
+    states: Tensor,
+    decode_position: PositionDecoder,
+    temperature: float,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """:func:`batch_temperature_sample`, decoding only the tokens the cascade needs.
+
+    The batch approximation only picks among chunks that occur at least ``m`` times, so a
+    candidate whose first ``t`` tokens are shared by fewer than ``m`` candidates of its row can
+    never be picked at level ``m``. Positions are decoded one at a time and such candidates are
+    dropped before their next position is decoded; rows where no chunk reaches ``m`` retry at the
+    next level (re-using every token already decoded), and rows that fall to the last level of an
+    integer cascade (a uniform pick) decode just the picked candidate. With a sharp head most
+    candidates agree and little is saved; with a flat one almost all are dropped after their
+    first token, so decoding costs about ``1/K`` of decoding every candidate.
+
+    The result is exactly the batch approximation of the fully decoded candidates: the per-row
+    weights are the same numbers, and with the same ``generator`` state the same chunks come out.
+
+    Args:
+        states: ``[N, rows, K, *S]`` per-position decoder states of ``N`` candidates per row
+            (:meth:`calm_core.interfaces.Codec.decode_states`).
+        decode_position: ``states[M, *S] -> LongTensor[M]`` token ids
+            (:meth:`calm_core.interfaces.Codec.tokens_from_states`).
+        temperature: ``T`` in ``(0, 1]``.
+        generator: source of the final categorical draw.
+
+    Returns:
+        ``LongTensor[rows, K]``.
+    """
+    n, f = split_temperature(temperature)
+    if states.dim() < 3 or states.shape[0] < 1:
+        raise ValueError(
+            f"states must be [N, rows, K, ...] decoder states, got shape {tuple(states.shape)}"
         )
-        log_w = torch.where(eligible, log_w, torch.full_like(log_w, -math.inf))
-        w = (log_w - log_w.max(dim=1, keepdim=True).values).exp()
+    N, rows, K = states.shape[:3]
+    device = states.device
+    by_row = states.transpose(0, 1)  # [rows, N, K, *S] (a view)
+    tokens = torch.full((rows, N, K), -1, dtype=torch.long, device=device)
+    decoded = torch.zeros((rows, N, K), dtype=torch.bool, device=device)
+
+    def decode(where: Tensor, t: int, through: int | None = None) -> None:
+        """Decode positions ``t..through-1`` (default just ``t``) of the candidates in ``where``."""
+        end = t + 1 if through is None else through
+        r, j = where.nonzero(as_tuple=True)
+        if r.numel():
+            states_rj = by_row[r, j, t:end]  # [M, end - t, *S]: one call for all positions
+            ids = decode_position(states_rj.reshape(-1, *states_rj.shape[2:])).long()
+            tokens[r, j, t:end] = ids.reshape(r.numel(), end - t)
+            decoded[r, j, t:end] = True
+
+    counts = torch.ones((rows, N), dtype=torch.float64, device=device)
+    unresolved = torch.ones(rows, dtype=torch.bool, device=device)
+    uniform = torch.zeros(rows, dtype=torch.bool, device=device)
+    for level in range(math.ceil(n + f - _INT_TOL), 0, -1):
+        if not bool(unresolved.any()):
+            break
+        if level == 1 and f == 0.0:
+            uniform = unresolved  # every weight is 1: no counts needed
+            break
+        active = unresolved[:, None].expand(rows, N).clone()
+        group = torch.arange(rows, device=device)[:, None].expand(rows, N).clone()
+        size = torch.zeros((rows, N), dtype=torch.long, device=device)
+        for t in range(K):
+            if t > 0 and 2 * int(active.sum()) > rows * N:
+                # most candidates still share prefixes (a sharp head): decode the rest of their
+                # positions in one call rather than one position at a time
+                decode(active & ~decoded[:, :, t:].all(dim=2), t, K)
+            decode(active & ~decoded[:, :, t], t)
+            key = group[active] * _KEY_BASE + tokens[:, :, t][active]
+            _, inverse, group_size = torch.unique(key, return_inverse=True, return_counts=True)
+            group[active] = inverse
+            size[active] = group_size[inverse]
+            active &= size >= level
+        found = active.any(dim=1)
+        counts = torch.where(found[:, None] & active, size.double(), counts)
+        unresolved &= ~found
+    w = _cascade_weights(counts, n, f)
     pick = torch.multinomial(w, 1, generator=generator).squeeze(1)  # [rows]
-    rows = candidates.shape[1]
-    return candidates[pick, torch.arange(rows, device=candidates.device)]
+    row_ids = torch.arange(rows, device=device)
+    for t in range(K):  # the picked candidate of a uniform row may still lack positions
+        missing = torch.zeros((rows, N), dtype=torch.bool, device=device)
+        missing[row_ids, pick] = uniform & ~decoded[row_ids, pick, t]
+        decode(missing, t)
+    return tokens[row_ids, pick]

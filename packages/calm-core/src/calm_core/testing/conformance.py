@@ -213,6 +213,19 @@ class CodecConformance:
             draws = post.sample(4)
             assert draws.shape == (4, self.batch, self.chunks, d)
 
+    def test_decode_states_agree_with_decode_tokens(self) -> None:
+        """``tokens_from_states(decode_states(z)[..., k, :])`` is ``decode_tokens(z)[..., k]``."""
+        codec = self.make_codec().eval()
+        torch.manual_seed(0)
+        latents = torch.randn(5, 3, codec.latent_size)
+        with torch.no_grad():
+            ids = codec.decode_tokens(latents)
+            states = codec.decode_states(latents)
+            assert states.shape[:3] == (5, 3, codec.chunk_size), tuple(states.shape)
+            for k in range(codec.chunk_size):
+                at_k = codec.tokens_from_states(states[:, :, k].reshape(15, *states.shape[3:]))
+                assert torch.equal(at_k.reshape(5, 3), ids[..., k]), f"position {k} differs"
+
     def test_rejects_tokens_not_a_multiple_of_k(self) -> None:
         """A token length that is not a multiple of K is a ``ValueError`` naming K."""
         codec = self.make_codec()
