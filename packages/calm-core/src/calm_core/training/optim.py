@@ -133,7 +133,18 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     groups: Iterable[dict[str, Any]] = parameter_groups(model, config.weight_decay)
     if "weight_decay" not in accepted:
         groups = [{"params": [p for g in groups for p in g["params"]]}]
+    if "fused" in accepted and _fusable([p for g in groups for p in g["params"]]):
+        # torch's fused Adam/AdamW kernel: one pass over each tensor instead of a chain of ops
+        # (several times faster on CPU, where the default is the per-tensor loop)
+        kwargs["fused"] = True
     return cls(list(groups), **kwargs)
+
+
+def _fusable(params: list[nn.Parameter]) -> bool:
+    """Whether torch's fused optimizer kernels take these parameters (float, CPU or CUDA)."""
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
 
 
 class LRSchedule:
