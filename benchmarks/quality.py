@@ -20,7 +20,7 @@ resumable from its result file in the work directory:
    perplexity for AR, the energy loss for CALM) on the first 16 consecutive 512-token blocks
    (8,192 tokens) of the held-out articles.
 5. ``heads``: diffusion and flow CALMs trained for the same number of steps as one energy
-   snapshot (20 by default); BrierLM and sampling cost (network calls and seconds per sample).
+   snapshot (100 by default); BrierLM and sampling cost (network calls and seconds per sample).
 6. ``ksweep``: CALM at K = 1, 2, 8 (own codec each, shorter), at the heads' step count; only
    when asked for (``--phases ...,ksweep``), since it needs three more codecs.
 
@@ -71,7 +71,7 @@ class QualityPlan:
 
     lm_minutes: float = 15.0
     codec_minutes: float = 12.0
-    head_steps: int = 20
+    head_steps: int = 100
     ksweep_codec_minutes: float = 3.0
     batch: int = M.TRAIN_BATCH
     seq_len: int = M.SEQ_LEN
@@ -96,7 +96,7 @@ class QualityPlan:
             )  # fmt: skip
         m = 15.0 if minutes is None else minutes
         c = 0.8 * m if codec_minutes is None else codec_minutes
-        return cls(lm_minutes=m, codec_minutes=c, ksweep_codec_minutes=min(4.0, 0.2 * m))
+        return cls(lm_minutes=m, codec_minutes=c, ksweep_codec_minutes=min(4.0, 0.27 * m))
 
 
 @dataclass
