@@ -120,6 +120,35 @@ def test_draw_rates_match_config() -> None:
     assert abs(d.eps.mean().item()) < 5 / n_lat**0.5
 
 
+def test_random_token_replacement_rate_and_targets() -> None:
+    model = make(random_token_rate=0.2)
+    d = model.draw(20000, generator=torch.Generator().manual_seed(0))
+    assert d.random_ids is not None
+    replaced = d.random_ids >= 0
+    n = replaced.numel()
+    assert abs(replaced.float().mean().item() - 0.2) < 5 * (0.2 * 0.8 / n) ** 0.5
+    ids = d.random_ids[replaced]
+    assert int(ids.min()) >= 0 and int(ids.max()) < model.vocab_size
+    assert ids.unique().numel() == model.vocab_size  # uniform over the whole vocabulary
+    assert make().draw(10).random_ids is None  # off by default (the reference behaviour)
+
+    # replaced tokens change input and target alike: the loss equals that of the replaced chunks
+    model = make(random_token_rate=0.5).train()
+    x = tokens(model)
+    draws = model.draw(x.numel() // model.chunk_size, generator=torch.Generator().manual_seed(1))
+    assert draws.random_ids is not None and bool((draws.random_ids >= 0).any())
+    swapped = torch.where(draws.random_ids >= 0, draws.random_ids, x.reshape(-1, 4)).reshape(
+        x.shape
+    )
+    plain = TrainingDraws(draws.token_keep, draws.eps, draws.latent_keep)
+    torch.testing.assert_close(
+        model.loss(x, draws=draws)["loss"], model.loss(swapped, draws=plain)["loss"]
+    )
+    assert not torch.allclose(
+        model.loss(x, draws=draws)["loss"], model.loss(x, draws=plain)["loss"]
+    )
+
+
 def test_kl_floor_blocks_gradient_of_small_dims() -> None:
     model = make(kl_floor=1e6).train()  # every dim under the floor: KL contributes no gradient
     x = tokens(model)

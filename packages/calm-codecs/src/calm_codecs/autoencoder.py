@@ -314,7 +314,7 @@ class ChunkAutoencoder(Codec):
                 f"latent size D is {self.latent_size}"
             )
         K, H = self.chunk_size, self.config.hidden_size
-        x = self.dec_expand(self.dec_chunk_ffn(self.from_latent(latents)))
+        x: Tensor = self.dec_expand(self.dec_chunk_ffn(self.from_latent(latents)))
         return x.reshape(*latents.shape[:-1], K, H)
 
     def _finish_tokens(self, states: Tensor) -> Tensor:
