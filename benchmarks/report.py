@@ -160,7 +160,8 @@ def _speed_section(d: dict[str, Any]) -> list[str]:
         "machine's midpoint: it removes the difference in raw machine speed from the "
         f"ours/reference ratios. CI rule (`nox -s bench -- --quick`, run by CI after the tests): "
         f"a target checked in CI fails when its ratio is below min(target, this run's ratio) / "
-        f"{NOISE_FACTOR:g} (the CI floor column; {NOISE_FACTOR:g} is the largest single-run "
+        f"{NOISE_FACTOR:g} (the CI floor column; each of the two figures of a ratio can be off by "
+        "up to 1.6x, the largest single-run "
         "spread BENCHMARKS.md reports): below the target by more than noise for a met target, "
         "below this run by more than noise for an unmet one. ours/reference targets are never "
         "checked in CI because CI does not run on the reference machine.",

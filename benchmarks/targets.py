@@ -13,12 +13,14 @@ What is unusual: there are two kinds of target.
 The regression rule (``--check``, on by default with ``--quick``, which CI runs after the tests):
 a ``within`` or ``absolute`` ratio fails when it is below ``min(target, baseline) / NOISE_FACTOR``,
 where ``baseline`` is the same ratio in the last full run committed to
-``benchmarks/results/speed.json`` and ``NOISE_FACTOR = 1.6`` is the largest run-to-run spread
-BENCHMARKS.md reports for sub-second items. For a target that is met this is "below the target
-by more than noise"; for one the full run did not meet, it is "worse than what was measured by
-more than noise", so a regression is caught either way and an unmet target does not turn every
-CI run red. A real regression (say CALM generation falling to AR speed) is caught; scheduling
-noise on a shared machine is not flagged.
+``benchmarks/results/speed.json`` and ``NOISE_FACTOR = 2``. A ratio divides two timed figures,
+each of which can be off by up to 1.6x in a single run (the largest spread BENCHMARKS.md reports
+for sub-second items); on this machine the CALM/AR generation ratio at batch 1 moved by 1.4x
+between two quiet runs of the same code (2.38 and 1.72), so the factor is 2, not 1.6. For a
+target that is met this is "below the target by more than noise"; for one the full run did not
+meet, it is "worse than what was measured by more than noise", so a regression is caught
+either way and an unmet target does not turn every CI run red. A real regression (say CALM
+generation falling to AR speed) is caught; scheduling noise on a shared machine is not flagged.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ __all__ = [
     "lookup",
 ]
 
-#: the largest single-run spread BENCHMARKS.md reports for sub-second items
-NOISE_FACTOR = 1.6
+#: how far a within-run ratio may fall from its floor reference before CI calls it a regression:
+#: each of the two timed figures of a ratio can be off by 1.6x (BENCHMARKS.md); observed ratio
+#: spread between quiet runs here 1.4x
+NOISE_FACTOR = 2.0
 
 #: the reference machine's 1024^3 fp32 matmul: 128-165 GFLOP/s; the midpoint
 REFERENCE_MATMUL_GFLOPS = (128.0 + 165.0) / 2

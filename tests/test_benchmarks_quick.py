@@ -99,15 +99,15 @@ def test_targets_ratios_and_verdicts() -> None:
 
 
 def test_ci_rule_tolerates_noise_but_catches_regressions() -> None:
-    # CALM/AR at batch 1 target 3.5: 2.5 is below target but above 3.5/1.6 = 2.1875 -> passes
-    noisy = T.evaluate_targets(_results(gen_tok_s__calm_t1_b1=250.0))
+    # CALM/AR at batch 1 target 3.5: 2.0 is below target but above 3.5/2 = 1.75 -> passes
+    noisy = T.evaluate_targets(_results(gen_tok_s__calm_t1_b1=200.0))
     row = next(r for r in noisy if r["name"] == "generation T=1 batch 1, CALM/AR")
     assert row["met"] is False and row["ci_ok"] is True
     assert T.check(noisy) == []
-    # 2.0 < 2.1875 -> a regression, reported with numbers and the rule
-    failures = T.check(T.evaluate_targets(_results(gen_tok_s__calm_t1_b1=200.0)))
+    # 1.7 < 1.75 -> a regression, reported with numbers and the rule
+    failures = T.check(T.evaluate_targets(_results(gen_tok_s__calm_t1_b1=170.0)))
     assert len(failures) == 1
-    assert "CALM/AR" in failures[0] and "2.19" in failures[0] and "1.6" in failures[0]
+    assert "CALM/AR" in failures[0] and "1.75" in failures[0] and "noise factor 2" in failures[0]
 
 
 def test_ci_rule_uses_the_last_full_run_for_unmet_targets() -> None:
@@ -116,15 +116,15 @@ def test_ci_rule_uses_the_last_full_run_for_unmet_targets() -> None:
     baseline = T.baseline_ratios(full)
     assert baseline == {name: 2.0}
     assert T.baseline_ratios({**full, "mode": "quick"}) == {}  # only full runs are baselines
-    # the full run measured 2.0 (target 3.5 not met): the floor is 2.0 / 1.6 = 1.25
-    ok = T.evaluate_targets(_results(gen_tok_s__calm_t1_b1=150.0), baseline)
+    # the full run measured 2.0 (target 3.5 not met): the floor is 2.0 / 2 = 1.0
+    ok = T.evaluate_targets(_results(gen_tok_s__calm_t1_b1=120.0), baseline)
     row = next(r for r in ok if r["name"] == name)
-    assert row["ci_floor"] == pytest.approx(1.25) and row["met"] is False and row["ci_ok"] is True
-    failures = T.check(T.evaluate_targets(_results(gen_tok_s__calm_t1_b1=120.0), baseline))
-    assert len(failures) == 1 and "1.25" in failures[0] and "last full run" in failures[0]
-    # a baseline above the target never raises the floor above target / 1.6
+    assert row["ci_floor"] == pytest.approx(1.0) and row["met"] is False and row["ci_ok"] is True
+    failures = T.check(T.evaluate_targets(_results(gen_tok_s__calm_t1_b1=90.0), baseline))
+    assert len(failures) == 1 and "1" in failures[0] and "last full run" in failures[0]
+    # a baseline above the target never raises the floor above target / 2
     high = T.evaluate_targets(_results(), {name: 9.0})
-    assert next(r for r in high if r["name"] == name)["ci_floor"] == pytest.approx(3.5 / 1.6)
+    assert next(r for r in high if r["name"] == name)["ci_floor"] == pytest.approx(3.5 / 2)
 
 
 def test_missing_figures_are_not_ci_failures() -> None:
