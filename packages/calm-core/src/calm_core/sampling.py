@@ -360,7 +360,7 @@ def lazy_batch_temperature_sample(
     next level (re-using every token already decoded), and rows that fall to the last level of an
     integer cascade (a uniform pick) decode just the picked candidate. With a sharp head most
     candidates agree and little is saved; with a flat one almost all are dropped after their
-    first token, so decoding costs about ``1/K`` of decoding every candidate.
+    first token, so the per-position decoding costs about ``1/K`` of decoding every candidate.
 
     The result is exactly the batch approximation of the fully decoded candidates: the per-row
     weights are the same numbers, and with the same ``generator`` state the same chunks come out.
