@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 from calm_core.cli import main
+from word_corpus import write_word_corpus
 
 pytest.importorskip("calm_heads")
 pytest.importorskip("calm_codecs")
@@ -20,28 +20,7 @@ TRAIN = {"batch_size": 2, "seq_len": 64, "eval_every": 0, "log_every": 1}
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("cli")
-    rng = random.Random(0)
-    words = [
-        "the",
-        "cat",
-        "sat",
-        "on",
-        "a",
-        "mat",
-        "and",
-        "dog",
-        "ran",
-        "far",
-        "away",
-        "from",
-        "home",
-        "while",
-        "birds",
-        "sing",
-    ]
-    with (d / "corpus.jsonl").open("w") as f:
-        for _ in range(30):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(50))}) + "\n")
+    write_word_corpus(d / "corpus.jsonl", num_docs=30, words_per_doc=50)
     assert main(["tokenize", str(d / "corpus.jsonl"), "--out", str(d / "data"),
                  "--vocab-size", "300", "--chunk-size", "4", "--val-docs", "3"]) == 0  # fmt: skip
     codec_cfg = {"codec": {"name": "autoencoder", "config": {"hidden_size": 32,

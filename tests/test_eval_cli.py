@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from calm_core.calm import CALM
 from calm_core.cli import main
 from calm_core.registry import codecs
 from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
+from word_corpus import write_word_corpus
 
 BACKBONE = {
     "hidden_size": 16,
@@ -25,26 +25,7 @@ BACKBONE = {
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("eval")
-    rng = random.Random(0)
-    words = [
-        "the",
-        "cat",
-        "sat",
-        "on",
-        "a",
-        "mat",
-        "and",
-        "dog",
-        "ran",
-        "far",
-        "away",
-        "while",
-        "birds",
-        "sing",
-    ]
-    with (d / "c.jsonl").open("w") as f:
-        for _ in range(8):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(40))}) + "\n")
+    write_word_corpus(d / "c.jsonl", num_docs=8, words_per_doc=40)
     argv = ["tokenize", str(d / "c.jsonl"), "--out", str(d / "data"), "--byte-level"]
     assert main([*argv, "--chunk-size", "2", "--val-docs", "2"]) == 0
     torch.manual_seed(0)
