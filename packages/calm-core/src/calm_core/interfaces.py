@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from calm_core.config import ConfigModel
 from calm_core.model_dir import PretrainedMixin
+from calm_core.reductions import argmax_last
 
 __all__ = ["Codec", "Component", "GenerativeHead", "LatentPosterior"]
 
@@ -148,8 +149,6 @@ class Codec(Component):
 
     def decode_tokens(self, latents: Tensor) -> Tensor:
         """``latents[..., D]`` -> argmax token ids ``[..., K]``."""
-        from calm_core.reductions import argmax_last
-
         return argmax_last(self.decode(latents))
 
     def decode_states(self, latents: Tensor) -> Tensor:
