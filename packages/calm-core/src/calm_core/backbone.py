@@ -13,6 +13,8 @@ What is unusual:
 * Caches are duck-typed: anything with ``seq_len`` and ``update(layer, k, v)``. :class:`KVCache`
   grows by concatenation (simple, for evaluation code that crops and re-extends);
   :class:`StaticKVCache` is preallocated and writes in place, which is what generation uses.
+  A cache that also has ``attend(layer, q, k, v, attn_mask, is_causal)`` stores and attends by
+  itself (the BrierLM rollout cache does, to skip the key blocks its mask would hide).
 * ``attn_mask`` is boolean (True = may attend), broadcastable to ``[B, 1, T, S]``. Left-padded
   batches pass a mask that hides pad keys; a pad query should still see itself (the diagonal) so
   that no softmax row is empty (an all-masked row gives NaN, which would leak through the cache).
@@ -311,16 +313,20 @@ class Attention(nn.Module):
         # rotate queries and keys in one pass (fewer small ops per decode step)
         qk = _rotate(torch.cat([q, k], dim=2).transpose(1, 2), cos, sin)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=is_causal,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )
+        attend = getattr(cache, "attend", None)
+        if attend is not None:  # the cache computes attention itself (e.g. Brier rollouts)
+            out: Tensor = attend(self.layer_idx, q, k, v, attn_mask, is_causal)
+        else:
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )
         y: Tensor = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
         return y
 

@@ -6,23 +6,40 @@ starts would re-run the model once per position. Instead the ``S`` starts become
 one backbone call: each query attends to the shared prefix keys (computed once, by the
 teacher-forced pass) plus the keys appended for *its own* start at earlier rollout steps.
 
-Key layout after ``j`` rollout steps (per layer): ``[prefix (T) | step 1 (S) | ... | step j (S)]``.
-The boolean mask lets start ``i`` see prefix keys ``<= i`` and column ``i`` of every step block
-(the diagonal), so one call computes all continuations without a Python loop over positions.
-Starts whose two samples already disagree in every sequence are dropped between steps
-(:meth:`RolloutCache.keep`), so cheap cases stay cheap.
+What is unusual: the cache computes that attention itself (the backbone's attention calls
+:meth:`RolloutCache.attend` when a cache has one), because the dense form wastes most of its work.
+Written as one masked attention, step ``j`` of ``S`` starts over a ``T``-token prefix would score
+``S x (T + j S)`` query-key pairs, of which each query needs only ``i + 1 + j``. Here the two parts
+are scored apart and normalised together (one softmax over their union):
 
-``seq_len`` reports 0: rollout calls always pass explicit ``positions`` and ``attn_mask``, and the
-backbone would otherwise count the ``S`` parallel queries as ``S`` consecutive new positions in
-its context-length check.
+* prefix keys: the queries are cut into blocks of consecutive starts, and a block only scores the
+  prefix keys up to its last start (a block-causal layout, ~``(1/2 + 1/(2 n))`` of the pairs for
+  ``n`` blocks);
+* own keys: start ``i``'s keys from steps ``1..j`` are scored by an elementwise product, ``j``
+  scores per query instead of ``j S``.
+
+:meth:`RolloutCache.mask` still gives the equivalent dense mask over ``[prefix | step 1 | ... ]``
+(the layout :meth:`RolloutCache.update` returns), for backbones that only know ``update``.
+Starts whose two samples already disagree in every sequence are dropped between steps
+(:meth:`RolloutCache.begin_step`), so cheap cases stay cheap.
+
+``seq_len`` reports 0: rollout calls always pass explicit ``positions``, and the backbone would
+otherwise count the ``S`` parallel queries as ``S`` consecutive new positions in its
+context-length check.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["RolloutCache"]
+
+#: queries per block of the block-causal prefix attention
+QUERY_BLOCK = 64
 
 
 class RolloutCache:
@@ -30,7 +47,8 @@ class RolloutCache:
 
     Usage: pass it as ``cache`` to the teacher-forced backbone call over the prefix (it records
     the keys), call :meth:`begin_step` with the surviving starts before each rollout step, and pass
-    :meth:`mask` and ``starts + step`` as ``attn_mask`` / ``positions`` of that step's call.
+    ``starts + step`` as ``positions`` of that step's call (and :meth:`mask` as ``attn_mask``,
+    which a backbone using :meth:`attend` may ignore).
 
     Args:
         num_layers: backbone layers.
@@ -41,11 +59,11 @@ class RolloutCache:
         self.num_layers = int(num_layers)
         self.max_steps = int(max_steps)
         self._prefix: list[tuple[Tensor, Tensor] | None] = [None] * self.num_layers
-        # per layer: one buffer [B, kv_heads, T + max_steps * S0, head_dim] for keys and values;
-        # the prefix is copied in once, step blocks of width S_j follow it
-        self._buf: list[tuple[Tensor, Tensor] | None] = [None] * self.num_layers
+        # per layer: keys and values of the rollout steps, [B, kv_heads, max_steps, S0, head_dim];
+        # step j of the start in column c lives at [:, :, j, c]
+        self._own: list[tuple[Tensor, Tensor] | None] = [None] * self.num_layers
         self._steps = 0
-        self._width = 0  # S_j: starts in the current step blocks
+        self._width = 0  # S_j: starts in the current step
         self._rolling = False
         self.starts: Tensor | None = None
 
@@ -63,26 +81,72 @@ class RolloutCache:
         """Rollout steps already appended."""
         return self._steps
 
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    # ----------------------------------------------------------------------------- storage
+    def _store(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Record the prefix (teacher-forced call; returns None) or append a rollout step's keys
+        (returns the layer's own-key buffers ``[B, kv, steps, S, d]``, this step included)."""
         if not self._rolling:
             if self._prefix[layer] is not None:
                 raise RuntimeError("the prefix was already recorded; call begin_step() to roll out")
-            self._prefix[layer] = (k, v)
-            return k, v
-        buf = self._buf[layer]
-        assert buf is not None
-        T, S = self.prefix_len, self._width
-        lo = T + self._steps * S
+            # contiguous once, so that per-block key slices fold into bmm batches without copies
+            self._prefix[layer] = (k.contiguous(), v.contiguous())
+            return None
+        own = self._own[layer]
+        assert own is not None
+        S = self._width
         if k.shape[2] != S:
             raise ValueError(
                 f"a rollout step must feed {S} positions (one per start), got {k.shape[2]}"
             )
-        buf[0][:, :, lo : lo + S] = k
-        buf[1][:, :, lo : lo + S] = v
+        own[0][:, :, self._steps, :S] = k
+        own[1][:, :, self._steps, :S] = v
+        used = (own[0][:, :, : self._steps + 1, :S], own[1][:, :, : self._steps + 1, :S])
         if layer == self.num_layers - 1:
             self._steps += 1
-        return buf[0][:, :, : lo + S], buf[1][:, :, : lo + S]
+        return used
 
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The generic cache contract: store, and return ``[prefix | step 1 | ... | step j]``
+        keys/values for a dense attention under :meth:`mask`."""
+        own = self._store(layer, k, v)
+        if own is None:
+            return k, v
+        pre = self._prefix[layer]
+        assert pre is not None
+        return tuple(  # type: ignore[return-value]
+            torch.cat([p, o.flatten(2, 3)], dim=2) for p, o in zip(pre, own, strict=True)
+        )
+
+    def attend(
+        self,
+        layer: int,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        """Store ``k, v`` and return the attention output ``[B, heads, T_new, head_dim]``.
+
+        ``q [B, heads, T_new, d]``, ``k, v [B, kv_heads, T_new, d]`` (rotary already applied).
+        The teacher-forced call attends as usual (``attn_mask`` / ``is_causal``); a rollout step
+        attends exactly as under :meth:`mask`, without materialising the masked-out pairs.
+        """
+        own = self._store(layer, k, v)
+        if own is None:
+            return F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                enable_gqa=q.shape[1] != k.shape[1],
+            )
+        pre = self._prefix[layer]
+        assert pre is not None and self.starts is not None
+        return _rollout_attention(q, pre[0], pre[1], own[0], own[1], self.starts)
+
+    # ------------------------------------------------------------------------------- steps
     def begin_step(self, starts: Tensor, keep: Tensor | None = None) -> None:
         """Prepare a rollout step for ``starts [S]`` (prefix indices of the last true position).
 
@@ -97,37 +161,30 @@ class RolloutCache:
         if self._steps >= self.max_steps:
             raise RuntimeError(f"this cache holds at most max_steps={self.max_steps} steps")
         S = int(starts.shape[0])
-        T = self.prefix_len
         if not self._rolling:
             for layer in range(self.num_layers):
                 pre = self._prefix[layer]
                 assert pre is not None
                 B, H, _, D = pre[0].shape
-                shape = (B, H, T + self.max_steps * S, D)
-                kb = pre[0].new_empty(shape)
-                vb = pre[1].new_empty(shape)
-                kb[:, :, :T] = pre[0]
-                vb[:, :, :T] = pre[1]
-                self._buf[layer] = (kb, vb)
-                self._prefix[layer] = (kb[:, :, :T], vb[:, :, :T])
+                shape = (B, H, self.max_steps, S, D)
+                self._own[layer] = (pre[0].new_empty(shape), pre[1].new_empty(shape))
             self._rolling = True
         elif keep is None:
             raise ValueError("later rollout steps need `keep` (which previous starts go on)")
         if keep is not None and self._steps:
             idx = keep.nonzero().squeeze(1)
-            old = self._width
+            j = self._steps
             for layer in range(self.num_layers):
-                buf = self._buf[layer]
-                assert buf is not None
-                for t in buf:  # compact every step block to the surviving starts, in place
-                    blocks = t[:, :, T : T + self._steps * old].unflatten(2, (self._steps, old))
-                    kept = blocks.index_select(3, idx)
-                    t[:, :, T : T + self._steps * S] = kept.flatten(2, 3)
+                own = self._own[layer]
+                assert own is not None
+                for t in own:  # compact the stored steps to the surviving starts, in place
+                    t[:, :, :j, :S] = t[:, :, :j, : self._width].index_select(3, idx)
         self._width = S
         self.starts = starts
 
     def mask(self) -> Tensor:
-        """Boolean ``[1, 1, S, T + (steps + 1) * S]`` for the coming step's call."""
+        """Boolean ``[1, 1, S, T + (steps + 1) * S]`` for the coming step's call: the dense
+        equivalent of :meth:`attend` over the keys :meth:`update` returns."""
         if self.starts is None:
             raise RuntimeError("call begin_step() first")
         starts = self.starts
@@ -137,3 +194,48 @@ class RolloutCache:
         prefix = torch.arange(T, device=device)[None, :] <= starts[:, None]
         own = torch.eye(S, dtype=torch.bool, device=device).repeat(1, self._steps + 1)
         return torch.cat([prefix, own], dim=1)[None, None]
+
+
+def _rollout_attention(
+    q: Tensor, pre_k: Tensor, pre_v: Tensor, own_k: Tensor, own_v: Tensor, starts: Tensor
+) -> Tensor:
+    """Softmax attention of query ``c`` (start ``starts[c]``) over prefix keys ``0..starts[c]``
+    and its own step keys ``own_k[:, :, :, c]``.
+
+    Shapes: ``q [B, H, S, d]``; ``pre_k, pre_v [B, Hkv, T, d]``; ``own_k, own_v [B, Hkv, J, S, d]``
+    with ``H`` a multiple of ``Hkv`` (grouped queries share a key head). Returns ``[B, H, S, d]``.
+    """
+    B, H, S, d = q.shape
+    Hkv, J = pre_k.shape[1], own_k.shape[2]
+    G = H // Hkv
+    qg = (q * (1.0 / math.sqrt(d))).view(B, Hkv, G, S, d)  # scaled once; contiguous
+    # own keys, one score per step: [B, Hkv, G, S, J] (elementwise: J is tiny, a bmm per query
+    # row would be mostly overhead)
+    own_s = torch.stack([(qg * own_k[:, :, j, None]).sum(-1) for j in range(J)], dim=-1)
+    own_p = torch.empty_like(own_s)
+    out = q.new_empty(B, Hkv, G, S, d)  # unnormalised prefix part first
+    denom = q.new_empty(B, Hkv, G, S, 1)
+    keys = torch.arange(pre_k.shape[2], device=q.device)
+    for lo in range(0, S, QUERY_BLOCK):
+        hi = min(lo + QUERY_BLOCK, S)
+        n = hi - lo
+        L = int(starts[hi - 1]) + 1  # starts ascend: the block's last start sees the most keys
+        blk_q = qg[:, :, :, lo:hi].reshape(B, Hkv, G * n, d)
+        pre_s = (blk_q @ pre_k[:, :, :L].transpose(-1, -2)).view(B, Hkv, G, n, L)
+        first = int(starts[lo]) + 1  # keys before this are visible to the whole block
+        if first < L:
+            hidden = keys[None, first:L] > starts[lo:hi, None]
+            pre_s[..., first:L].masked_fill_(hidden, float("-inf"))
+        blk_own = own_s[:, :, :, lo:hi]
+        top = torch.maximum(pre_s.amax(-1, keepdim=True), blk_own.amax(-1, keepdim=True))
+        pre_p = pre_s.sub_(top).exp_()
+        torch.exp(blk_own - top, out=own_p[:, :, :, lo:hi])
+        torch.add(
+            pre_p.sum(-1, keepdim=True),
+            own_p[:, :, :, lo:hi].sum(-1, keepdim=True),
+            out=denom[:, :, :, lo:hi],
+        )
+        out[:, :, :, lo:hi] = (pre_p.view(B, Hkv, G * n, L) @ pre_v[:, :, :L]).view(B, Hkv, G, n, d)
+    for j in range(J):
+        out.addcmul_(own_p[..., j, None], own_v[:, :, j, None])
+    return out.div_(denom).view(B, H, S, d)
