@@ -19,9 +19,12 @@ resumable from its result file in the work directory:
 4. ``eval_ar``, ``eval_calm``: held-out Brier-1..4 and BrierLM of every snapshot (plus
    perplexity for AR, the energy loss for CALM) on the first 16 consecutive 512-token blocks
    (8,192 tokens) of the held-out articles.
-5. ``heads``: diffusion and flow CALMs trained for the same number of steps as one energy
+5. ``baselines``: context-free predictors on the same held-out blocks (:mod:`benchmarks.baselines`):
+   the training unigram (AR's floor) and "a random training chunk" (CALM's floor, incl. its energy
+   loss), so the report can say how much of each score comes from using the context.
+6. ``heads``: diffusion and flow CALMs trained for the same number of steps as one energy
    snapshot (100 by default); BrierLM and sampling cost (network calls and seconds per sample).
-6. ``ksweep``: CALM at K = 1, 2, 8 (own codec each, shorter), at the heads' step count; only
+7. ``ksweep``: CALM at K = 1, 2, 8 (own codec each, shorter), at the heads' step count; only
    when asked for (``--phases ...,ksweep``), since it needs three more codecs.
 
 Training FLOPs are the analytic model FLOPs of :mod:`benchmarks.flops` times tokens seen. A phase
@@ -81,7 +84,7 @@ class QualityPlan:
     eval_blocks: int | None = 16
     snapshot_steps: tuple[int, ...] = SNAPSHOT_STEPS
     phases: tuple[str, ...] = (
-        "data", "codec", "ar", "calm", "eval_ar", "eval_calm", "heads"
+        "data", "codec", "ar", "calm", "eval_ar", "eval_calm", "baselines", "heads"
     )  # fmt: skip
 
     @classmethod
@@ -354,6 +357,32 @@ def _phase_eval(state: State, kind: str) -> dict[str, Any]:
     }
 
 
+def _phase_baselines(state: State) -> dict[str, Any]:
+    """Context-free predictors on the held-out blocks (:mod:`benchmarks.baselines`)."""
+    from benchmarks.baselines import chunk_sampler_brier, chunk_sampler_energy, unigram_brier
+
+    train, val = _datasets(state, M.CHUNK)
+    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
+    train_tokens = np.asarray(train.tokens, dtype=np.int64)
+    K = M.CHUNK
+    train_chunks = train_tokens[: len(train_tokens) // K * K].reshape(-1, K)
+    targets = blocks[:, K:].reshape(-1, K).numpy()  # the chunks CALM predicts (1..L-1 per block)
+    codec = _load_codec(state, K)
+    return {
+        "val_blocks": int(blocks.shape[0]),
+        "unigram": {"brier_n": unigram_brier(train_tokens, blocks, val.pad_id)},
+        "chunk_sampler": {
+            "brier_n": chunk_sampler_brier(train_chunks, targets, val.pad_id, M.VOCAB),
+            "energy_loss": chunk_sampler_energy(codec, train_chunks, targets),
+        },
+        "first_token_oracle": {
+            "energy_loss": chunk_sampler_energy(
+                codec, train_chunks, targets, first_token_oracle=True
+            )
+        },
+    }
+
+
 # ------------------------------------------------------------------------------- heads, K sweep
 def _sampling_cost(model: nn.Module, positions: int = 64, reps: int = 3) -> dict[str, float]:
     from benchmarks.timing import measure
@@ -444,6 +473,7 @@ def run_quality(
         ("calm", lambda: _phase_lm(state, "calm")),
         ("eval_ar", lambda: _phase_eval(state, "ar")),
         ("eval_calm", lambda: _phase_eval(state, "calm")),
+        ("baselines", lambda: _phase_baselines(state)),
         ("heads", lambda: _phase_heads(state)),
         ("ksweep", lambda: _phase_ksweep(state, deadline)),
     ]

@@ -425,6 +425,7 @@ def _quality_section(q: dict[str, Any] | None, img: Path, root: Path) -> list[st
         lines += [f"![quality vs training FLOPs]({rel.as_posix()})", ""]
     lines += ["### Training FLOPs to reach a quality level", ""]
     lines += _crossing_lines(phases)
+    lines += _baselines_lines(phases)
     lines += _targets_lines(phases)
     lines += _heads_lines(phases)
     lines += _ksweep_lines(phases)
@@ -433,6 +434,42 @@ def _quality_section(q: dict[str, Any] | None, img: Path, root: Path) -> list[st
         lines += [f"- {k}: {v}" for k, v in q["missing"].items()] + [""]
     lines += _divergence_lines(phases)
     return lines
+
+
+def _baselines_lines(phases: dict[str, Any]) -> list[str]:
+    """Context-free predictors next to the final snapshots (phase ``baselines``)."""
+    base = phases.get("baselines")
+    if not base:
+        return []
+    dash = "—"
+
+    def briers(values: Sequence[float] | None) -> list[str]:
+        return [_f(v) for v in values] if values else [dash] * 4
+
+    rows = [
+        ["training unigram (AR's floor)", *briers(base["unigram"]["brier_n"]), dash],
+        ["a random training chunk (CALM's floor)", *briers(base["chunk_sampler"]["brier_n"]),
+         _f(base["chunk_sampler"]["energy_loss"], 4)],
+        ["a random training chunk with the target's true first token", *briers(None),
+         _f(base["first_token_oracle"]["energy_loss"], 4)],
+    ]  # fmt: skip
+    for kind, name in (("ar", "AR, final snapshot"), ("calm", "CALM, final snapshot")):
+        curve = phases.get(f"eval_{kind}", {}).get("curve")
+        if curve:
+            b = curve[-1]
+            loss = _f(b["val_loss"], 4) if kind == "calm" else dash
+            rows.append([name, *[_f(b["brier"][n]) for n in ("1", "2", "3", "4")], loss])
+    lines = [
+        "### Context-free baselines",
+        "",
+        "What a predictor scores on the same held-out blocks without looking at the context "
+        "(`benchmarks/baselines.py`; Brier-n exact, energy loss Monte-Carlo with N=8, M=100). "
+        "A model has learned something about language only where it beats its floor.",
+        "",
+    ]
+    return lines + _table(
+        ["predictor", "Brier-1", "Brier-2", "Brier-3", "Brier-4", "energy loss"], rows
+    )
 
 
 def _targets_lines(phases: dict[str, Any]) -> list[str]:
@@ -568,6 +605,23 @@ def _divergence_lines(phases: dict[str, Any]) -> list[str]:
                     f"{100 * codec['val_token_accuracy']:.1f}% of held-out tokens after "
                     f"{codec['steps']} steps, which caps what CALM can score."
                 )
+        base = phases.get("baselines")
+        if base and c1 <= a1:
+            floor = base["chunk_sampler"]
+            oracle = _f(base["first_token_oracle"]["energy_loss"], 4)
+            se1 = float(calm[-1]["brier_se"]["1"])
+            why += (
+                f" The context-free baselines say how far each model got: the AR baseline's "
+                f"Brier-1 is {a1 / base['unigram']['brier_n'][0]:.1f}x its unigram floor, "
+                f"while CALM's held-out energy loss ({_f(calm[-1]['val_loss'], 4)}) is that of "
+                f"a random training chunk ({_f(floor['energy_loss'], 4)}) and its Brier-1 is "
+                f"{(c1 - floor['brier_n'][0]) / se1:.1f} standard errors above that sampler's "
+                f"({_f(floor['brier_n'][0])}): in this budget the energy head learned the "
+                "distribution of chunks, but little of how the context changes it. The signal "
+                "for that is small under this codec: even knowing the first of the four tokens "
+                f"exactly only lowers the loss to {oracle}, and the gradient estimate (N=8 "
+                "samples against M=100 posterior draws per position) is noisy against it."
+            )
         if c1 < 0:
             why += (
                 " A negative Brier-1 means CALM's two samples agree with each other more often "
