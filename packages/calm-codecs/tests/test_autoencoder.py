@@ -252,3 +252,45 @@ def test_fused_cross_entropy_matches_torch() -> None:
     torch.testing.assert_close(gh, h.grad)
     torch.testing.assert_close(gw, w.grad)
     assert int(hits) == int((F.linear(h, w).argmax(-1) == y).sum())
+
+
+def test_logits_workspace_is_reused_and_never_aliased() -> None:
+    """The reused logits buffer gives the same loss and gradients as fresh buffers, comes back
+    after each backward (or a no-grad forward), and is never shared by two live graphs."""
+    from calm_codecs.autoencoder import LogitsWorkspace, linear_cross_entropy
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(30, 8, generator=g, dtype=torch.float64).requires_grad_(True)
+    batches = [
+        (
+            torch.randn(16, 8, generator=g, dtype=torch.float64),
+            torch.randint(0, 30, (16,), generator=g),
+        )
+        for _ in range(2)
+    ]
+
+    def grads(workspace: LogitsWorkspace | None, interleaved: bool) -> list[torch.Tensor]:
+        out = []
+        losses = []
+        for h, y in batches:
+            loss, _ = linear_cross_entropy(h, w, y, workspace)
+            if interleaved:
+                losses.append(loss)  # both graphs alive before either backward
+                continue
+            (gw,) = torch.autograd.grad(loss, w)
+            out.append(gw)
+        for loss in losses:
+            (gw,) = torch.autograd.grad(loss, w)
+            out.append(gw)
+        return out
+
+    fresh = grads(None, interleaved=False)
+    ws = LogitsWorkspace()
+    for interleaved in (False, True, False):
+        for a, b in zip(grads(ws, interleaved), fresh, strict=True):
+            torch.testing.assert_close(a, b)
+    buf = ws._free
+    assert buf is not None and buf.shape == (16, 30)  # handed back after the last backward
+    with torch.no_grad():
+        linear_cross_entropy(batches[0][0], w, batches[0][1], ws)
+    assert ws._free is buf  # taken and given back by a forward without gradients
