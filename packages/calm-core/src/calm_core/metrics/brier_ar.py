@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from calm_core.metrics.brier import BRIER_ORDERS, BrierScores, ngram_valid
 from calm_core.metrics.brier_rollout import RolloutCache
@@ -57,41 +58,95 @@ class ARRolloutModel(Protocol):
 
 class TransformerLMRollout:
     """:class:`ARRolloutModel` for any LM with ``backbone`` and ``logits(tokens, positions,
-    cache, attn_mask)`` (e.g. :class:`calm_core.transformer_lm.TransformerLM`)."""
+    cache, attn_mask)`` (e.g. :class:`calm_core.transformer_lm.TransformerLM`).
+
+    For an LM with ``hidden_states`` and a bias-free ``lm_head`` Linear, the logits and the
+    probabilities of every call are written into two buffers allocated at :meth:`begin` and reused
+    (a fresh ``[B, T, V]`` tensor per call costs page faults and cold writes), so **each call's
+    result is overwritten by the next call**: use it before calling again.
+    """
 
     def __init__(self, model: Any, max_steps: int = BRIER_ORDERS - 1) -> None:
         self.model = model
         self.max_steps = max_steps
         self.cache: RolloutCache | None = None
+        head = getattr(model, "lm_head", None)
+        self._head: nn.Linear | None = (
+            head
+            if isinstance(head, nn.Linear)
+            and head.bias is None
+            and callable(getattr(model, "hidden_states", None))
+            else None
+        )
+        self._buffers: tuple[Tensor, Tensor] | None = None  # logits, probabilities
+
+    def _probs(self, tokens: Tensor, positions: Tensor | None, attn_mask: Tensor | None) -> Tensor:
+        if self._head is None:
+            logits = self.model.logits(
+                tokens, positions=positions, cache=self.cache, attn_mask=attn_mask
+            )
+            return torch.softmax(logits.float(), dim=-1)
+        hidden = self.model.hidden_states(tokens, positions, self.cache, attn_mask)
+        B, T, H = hidden.shape
+        weight = self._head.weight
+        V = weight.shape[0]
+        n = B * T * V
+        if self._buffers is None or self._buffers[0].numel() < n:
+            self._buffers = (
+                hidden.new_empty(n, dtype=torch.float32),
+                hidden.new_empty(n, dtype=torch.float32),
+            )
+        logits = self._buffers[0][:n].view(B * T, V)
+        probs = self._buffers[1][:n].view(B, T, V)
+        if hidden.dtype == torch.float32 and weight.dtype == torch.float32:
+            torch.mm(hidden.reshape(B * T, H), weight.t(), out=logits)
+        else:
+            logits.copy_(F.linear(hidden.reshape(B * T, H), weight))
+        torch.softmax(logits.view(B, T, V), dim=-1, out=probs)
+        return probs
 
     def begin(self, tokens: Tensor) -> Tensor:
         self.cache = RolloutCache(len(self.model.backbone.layers), self.max_steps)
-        logits: Tensor = self.model.logits(tokens, cache=self.cache)
-        return torch.softmax(logits.float(), dim=-1)
+        return self._probs(tokens, None, None)
 
     def extend(self, fed: Tensor, starts: Tensor, keep: Tensor | None, step: int) -> Tensor:
         if self.cache is None:
             raise RuntimeError("call begin() first")
         self.cache.begin_step(starts, keep)
-        logits: Tensor = self.model.logits(
-            fed, positions=starts + step, cache=self.cache, attn_mask=self.cache.mask()
-        )
-        return torch.softmax(logits.float(), dim=-1)
+        return self._probs(fed, starts + step, self.cache.mask())
+
+
+#: block size of the two-level inverse-CDF draw
+DRAW_BLOCK = 64
 
 
 def multinomial_draw(generator: torch.Generator | None = None) -> DrawFn:
     """The default draw: two tokens with replacement from each distribution.
 
-    Inverse-CDF sampling (one cumulative sum and a binary search per draw), which is much cheaper
-    than ``torch.multinomial`` on many rows of a large vocabulary.
+    Inverse-CDF sampling in two levels: cumulative sums of the per-block masses of ``DRAW_BLOCK``
+    consecutive tokens locate each draw's block, and a cumulative sum over that block alone
+    locates the token. One read of the distributions and no ``[rows, V]`` temporary, instead of a
+    full cumulative sum (``torch.multinomial`` is slower still on many rows of a large vocabulary).
     """
 
     def draw(probs: Tensor, step: int, starts: Tensor) -> Tensor:
         B, S, V = probs.shape
-        cdf = probs.reshape(B * S, V).cumsum(dim=-1)
-        u = torch.rand(B * S, 2, generator=generator, device=cdf.device, dtype=cdf.dtype)
-        out = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=V - 1)
-        return out.view(B, S, 2)
+        blk = DRAW_BLOCK if V % DRAW_BLOCK == 0 and V > DRAW_BLOCK else V
+        nb = V // blk
+        blocks = probs.unflatten(-1, (nb, blk))  # a view, also of a sliced [B, S, V]
+        mass = blocks.sum(dim=-1).cumsum(dim=-1)  # [B, S, nb]
+        u = torch.rand(B, S, 2, generator=generator, device=probs.device, dtype=probs.dtype)
+        target = u * mass[..., -1:]
+        block = torch.searchsorted(mass, target, right=True).clamp_(max=nb - 1)  # [B, S, 2]
+        before = torch.where(
+            block > 0, mass.gather(-1, (block - 1).clamp_min(0)), torch.zeros_like(target)
+        )
+        b = torch.arange(B, device=probs.device)[:, None, None]
+        s = torch.arange(S, device=probs.device)[None, :, None]
+        inner = blocks[b, s, block].cumsum(dim=-1)  # [B, S, 2, blk]: the two chosen blocks
+        pos = torch.searchsorted(inner, (target - before).unsqueeze(-1), right=True)
+        out: Tensor = block * blk + pos.squeeze(-1).clamp_(max=blk - 1)
+        return out
 
     return draw
 

@@ -171,7 +171,7 @@ class RolloutCache:
             self._rolling = True
         elif keep is None:
             raise ValueError("later rollout steps need `keep` (which previous starts go on)")
-        if keep is not None and self._steps:
+        if keep is not None and self._steps and self._width > S:  # all kept: nothing to move
             idx = keep.nonzero().squeeze(1)
             j = self._steps
             for layer in range(self.num_layers):
