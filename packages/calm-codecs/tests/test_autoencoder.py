@@ -294,3 +294,34 @@ def test_logits_workspace_is_reused_and_never_aliased() -> None:
     with torch.no_grad():
         linear_cross_entropy(batches[0][0], w, batches[0][1], ws)
     assert ws._free is buf  # taken and given back by a forward without gradients
+
+
+def test_token_stage_once_per_distinct_id_matches_per_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Running the encoder's token stage once per distinct id gives the per-position values and
+    the same parameter gradients (the repeats' gradients are summed)."""
+    from calm_codecs import autoencoder as A
+
+    torch.manual_seed(0)
+    model = A.ChunkAutoencoder(
+        A.AutoencoderConfig(vocab_size=40, chunk_size=4, latent_size=8, hidden_size=16,
+                            intermediate_size=24)
+    )  # fmt: skip
+    tokens = torch.randint(0, 12, (4, 64))  # 256 positions, at most 12 distinct ids
+
+    def run(min_tokens: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        monkeypatch.setattr(A, "UNIQUE_MIN_TOKENS", min_tokens)
+        model.zero_grad()
+        feats = model.token_features(tokens)
+        mean, log_std = model.encode_params(tokens)
+        (mean.square().sum() + log_std.sum()).backward()
+        return feats.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    per_position, grads_pp = run(10**9)
+    unique, grads_u = run(16)
+    assert per_position.shape == unique.shape == (4, 64, 16)
+    torch.testing.assert_close(unique, per_position)
+    assert len(grads_u) == len(grads_pp) > 0
+    for a, b in zip(grads_u, grads_pp, strict=True):
+        torch.testing.assert_close(a, b)

@@ -164,6 +164,12 @@ class FFNStack(nn.Sequential):
         super().__init__(*(FFNLayer(hidden, inner, eps) for _ in range(n)))
 
 
+#: inputs of at least this many ids run the encoder's token stage once per distinct id ...
+UNIQUE_MIN_TOKENS = 512
+#: ... when the distinct ids are at most this fraction of the positions
+UNIQUE_MAX_FRACTION = 0.8
+
+
 class LogitsWorkspace:
     """A reusable ``[M, V]`` buffer for :func:`linear_cross_entropy`.
 
@@ -340,10 +346,27 @@ class ChunkAutoencoder(Codec):
                 f"[{int(tokens.min())}, {int(tokens.max())}]; is the codec's vocab_size right?"
             )
 
+    def token_features(self, tokens: Tensor) -> Tensor:
+        """The encoder's per-token stage ``enc_token_ffn(embed(id))``: ``[..., T] -> [..., T, H]``.
+
+        It sees one token and no context, so it is a function of the id alone: on large inputs it
+        runs once per *distinct* id and is gathered back (identical values; the gradients of the
+        repeats are summed by the gather's backward). Text repeats ids heavily, so this removes
+        most of the stage's matmuls; below ``UNIQUE_MIN_TOKENS`` ids, or with few repeats, it
+        runs per position.
+        """
+        if tokens.numel() >= UNIQUE_MIN_TOKENS:
+            ids, inverse = torch.unique(tokens, return_inverse=True)
+            if ids.numel() <= UNIQUE_MAX_FRACTION * tokens.numel():
+                out: Tensor = self.enc_token_ffn(self.embed(ids))[inverse]
+                return out
+        feats: Tensor = self.enc_token_ffn(self.embed(tokens))
+        return feats
+
     def encode_params(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """``tokens[..., L*K]`` -> ``(mean, log_std)``, each ``[..., L, D]`` (no checks)."""
         K, H = self.chunk_size, self.config.hidden_size
-        x = self.enc_token_ffn(self.embed(tokens))
+        x = self.token_features(tokens)
         x = x.reshape(*tokens.shape[:-1], tokens.shape[-1] // K, K * H)
         x = self.enc_norm(self.enc_chunk_ffn(self.enc_squeeze(x)))
         out = self.to_latent(x)
