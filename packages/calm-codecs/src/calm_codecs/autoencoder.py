@@ -353,9 +353,10 @@ class ChunkAutoencoder(Codec):
         runs once per *distinct* id and is gathered back (identical values; the gradients of the
         repeats are summed by the gather's backward). Text repeats ids heavily, so this removes
         most of the stage's matmuls; below ``UNIQUE_MIN_TOKENS`` ids, or with few repeats, it
-        runs per position.
+        runs per position. CPU only: on an accelerator the data-dependent size of ``unique``
+        forces a host synchronisation every call, for a saving its matmul throughput makes small.
         """
-        if tokens.numel() >= UNIQUE_MIN_TOKENS:
+        if tokens.device.type == "cpu" and tokens.numel() >= UNIQUE_MIN_TOKENS:
             ids, inverse = torch.unique(tokens, return_inverse=True)
             if ids.numel() <= UNIQUE_MAX_FRACTION * tokens.numel():
                 out: Tensor = self.enc_token_ffn(self.embed(ids))[inverse]
