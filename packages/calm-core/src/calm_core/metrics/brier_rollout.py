@@ -113,9 +113,9 @@ class RolloutCache:
             return k, v
         pre = self._prefix[layer]
         assert pre is not None
-        return tuple(  # type: ignore[return-value]
-            torch.cat([p, o.flatten(2, 3)], dim=2) for p, o in zip(pre, own, strict=True)
-        )
+        keys = torch.cat([pre[0], own[0].flatten(2, 3)], dim=2)
+        values = torch.cat([pre[1], own[1].flatten(2, 3)], dim=2)
+        return keys, values
 
     def attend(
         self,
