@@ -31,6 +31,7 @@ context-length check.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,7 @@ class RolloutCache:
         self._width = 0  # S_j: starts in the current step
         self._rolling = False
         self.starts: Tensor | None = None
+        self._blocks: list[_QueryBlock] = []  # the step's query blocks, shared by all layers
 
     @property
     def seq_len(self) -> int:
@@ -143,8 +145,8 @@ class RolloutCache:
                 enable_gqa=q.shape[1] != k.shape[1],
             )
         pre = self._prefix[layer]
-        assert pre is not None and self.starts is not None
-        return _rollout_attention(q, pre[0], pre[1], own[0], own[1], self.starts)
+        assert pre is not None
+        return _rollout_attention(q, pre[0], pre[1], own[0], own[1], self._blocks)
 
     # ------------------------------------------------------------------------------- steps
     def begin_step(self, starts: Tensor, keep: Tensor | None = None) -> None:
@@ -181,6 +183,7 @@ class RolloutCache:
                     t[:, :, :j, :S] = t[:, :, :j, : self._width].index_select(3, idx)
         self._width = S
         self.starts = starts
+        self._blocks = _query_blocks(starts)
 
     def mask(self) -> Tensor:
         """Boolean ``[1, 1, S, T + (steps + 1) * S]`` for the coming step's call: the dense
@@ -196,11 +199,44 @@ class RolloutCache:
         return torch.cat([prefix, own], dim=1)[None, None]
 
 
+@dataclass(frozen=True)
+class _QueryBlock:
+    """Queries ``lo:hi`` of a rollout step: they score prefix keys ``0:keys``; keys from
+    ``first`` on are hidden from some of them (``hidden [n, keys - first]``, None if none are)."""
+
+    lo: int
+    hi: int
+    keys: int
+    first: int
+    hidden: Tensor | None
+
+
+def _query_blocks(starts: Tensor) -> list[_QueryBlock]:
+    """Cut ascending ``starts [S]`` into query blocks (once per step, shared by all layers)."""
+    values = starts.tolist()
+    blocks = []
+    for lo in range(0, len(values), QUERY_BLOCK):
+        hi = min(lo + QUERY_BLOCK, len(values))
+        keys = values[hi - 1] + 1  # starts ascend: the block's last start sees the most keys
+        first = values[lo] + 1  # keys before this are visible to the whole block
+        hidden = None
+        if first < keys:
+            cols = torch.arange(first, keys, device=starts.device)
+            hidden = cols[None, :] > starts[lo:hi, None]
+        blocks.append(_QueryBlock(lo, hi, keys, first, hidden))
+    return blocks
+
+
 def _rollout_attention(
-    q: Tensor, pre_k: Tensor, pre_v: Tensor, own_k: Tensor, own_v: Tensor, starts: Tensor
+    q: Tensor,
+    pre_k: Tensor,
+    pre_v: Tensor,
+    own_k: Tensor,
+    own_v: Tensor,
+    blocks: list[_QueryBlock],
 ) -> Tensor:
     """Softmax attention of query ``c`` (start ``starts[c]``) over prefix keys ``0..starts[c]``
-    and its own step keys ``own_k[:, :, :, c]``.
+    and its own step keys ``own_k[:, :, :, c]``, block by block (:func:`_query_blocks`).
 
     Shapes: ``q [B, H, S, d]``; ``pre_k, pre_v [B, Hkv, T, d]``; ``own_k, own_v [B, Hkv, J, S, d]``
     with ``H`` a multiple of ``Hkv`` (grouped queries share a key head). Returns ``[B, H, S, d]``.
@@ -215,17 +251,12 @@ def _rollout_attention(
     own_p = torch.empty_like(own_s)
     out = q.new_empty(B, Hkv, G, S, d)  # unnormalised prefix part first
     denom = q.new_empty(B, Hkv, G, S, 1)
-    keys = torch.arange(pre_k.shape[2], device=q.device)
-    for lo in range(0, S, QUERY_BLOCK):
-        hi = min(lo + QUERY_BLOCK, S)
-        n = hi - lo
-        L = int(starts[hi - 1]) + 1  # starts ascend: the block's last start sees the most keys
+    for blk in blocks:
+        lo, hi, L, n = blk.lo, blk.hi, blk.keys, blk.hi - blk.lo
         blk_q = qg[:, :, :, lo:hi].reshape(B, Hkv, G * n, d)
         pre_s = (blk_q @ pre_k[:, :, :L].transpose(-1, -2)).view(B, Hkv, G, n, L)
-        first = int(starts[lo]) + 1  # keys before this are visible to the whole block
-        if first < L:
-            hidden = keys[None, first:L] > starts[lo:hi, None]
-            pre_s[..., first:L].masked_fill_(hidden, float("-inf"))
+        if blk.hidden is not None:
+            pre_s[..., blk.first : L].masked_fill_(blk.hidden, float("-inf"))
         blk_own = own_s[:, :, :, lo:hi]
         top = torch.maximum(pre_s.amax(-1, keepdim=True), blk_own.amax(-1, keepdim=True))
         pre_p = pre_s.sub_(top).exp_()
