@@ -26,6 +26,11 @@ resumable from its result file in the work directory:
    snapshot (100 by default); BrierLM and sampling cost (network calls and seconds per sample).
 7. ``ksweep``: CALM at K = 1, 2, 8 (own codec each, shorter), at the heads' step count; only
    when asked for (``--phases ...,ksweep``), since it needs three more codecs.
+8. ``k1_full``: CALM at K=1 for the whole budget, evaluated like ``calm`` at every snapshot, with
+   its context-free floors (the unigram's Brier-n, a random training token's energy loss). At K=1
+   the next chunk is one token, so this separates the two reasons CALM can start slowly: the
+   chunking (K=4 asks for four tokens at once) or the likelihood-free objective. Only when asked
+   for (``--phases k1_full``); it reuses the K sweep's K=1 codec or trains one.
 
 Training FLOPs are the analytic model FLOPs of :mod:`benchmarks.flops` times tokens seen. A phase
 that cannot run (missing code, out of time) is recorded with its reason, never filled in.
@@ -327,16 +332,12 @@ def _eval_model(model: nn.Module, blocks: Tensor, kind: str, pad_id: int) -> dic
     return res
 
 
-def _phase_eval(state: State, kind: str) -> dict[str, Any]:
-    """Every snapshot of one trained model on the held-out blocks: the quality-vs-FLOPs curve."""
+def _eval_snapshots(
+    state: State, model: nn.Module, trained: dict[str, Any], blocks: Tensor, kind: str, pad_id: int
+) -> list[dict[str, Any]]:
+    """Every snapshot of a training phase (and its final weights) on ``blocks``, in step order."""
     from safetensors.torch import load_model
 
-    trained = state.done(kind)
-    if trained is None:
-        raise RuntimeError(f"the {kind} training phase has not run; run it first")
-    _, val = _datasets(state, M.CHUNK)
-    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-    model = _build(state, kind, val.pad_id)
     fpt = trained["train_flops_per_token"]
     tokens_per_step = state.plan.batch * state.plan.seq_len
     points = dict(trained["snapshots"])
@@ -346,12 +347,23 @@ def _phase_eval(state: State, kind: str) -> dict[str, Any]:
         load_model(model, path)
         step = int(step_s)
         row: dict[str, Any] = {"step": step, "train_flops": step * tokens_per_step * fpt}
-        row.update(_eval_model(model, blocks, kind, val.pad_id))
+        row.update(_eval_model(model, blocks, kind, pad_id))
         curve.append(row)
         _log(f"eval {kind} step {step}: brier {row['brier']} loss {row['val_loss']:.4g}")
+    return curve
+
+
+def _phase_eval(state: State, kind: str) -> dict[str, Any]:
+    """Every snapshot of one trained model on the held-out blocks: the quality-vs-FLOPs curve."""
+    trained = state.done(kind)
+    if trained is None:
+        raise RuntimeError(f"the {kind} training phase has not run; run it first")
+    _, val = _datasets(state, M.CHUNK)
+    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
+    model = _build(state, kind, val.pad_id)
     return {
         "val_blocks": int(blocks.shape[0]),
-        "curve": curve,
+        "curve": _eval_snapshots(state, model, trained, blocks, kind, val.pad_id),
         "steps": trained["steps"],
         "wall_s": trained["wall_s"],
     }
@@ -445,6 +457,36 @@ def _phase_ksweep(state: State, deadline: float) -> dict[str, Any]:
     return out
 
 
+def _phase_k1_full(state: State) -> dict[str, Any]:
+    """CALM at K=1 for the whole budget, every snapshot evaluated, and its context-free floors."""
+    from benchmarks.baselines import chunk_sampler_energy, unigram_brier
+
+    if not (state.work / "codec_k1" / "config.json").is_file():
+        _phase_codec(state, 1, state.plan.ksweep_codec_minutes)
+    train, val = _datasets(state, 1)
+    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
+    model = _build(state, "calm", train.pad_id, chunk=1)
+    trained = _train(
+        state, model, train, "calm_k1_full", minutes=state.plan.lm_minutes, steps=None,
+        snapshots=state.plan.snapshot_steps,
+    )  # fmt: skip
+    trained["train_flops_per_token"] = _flops_per_token("calm", 1)
+    curve = _eval_snapshots(state, model, trained, blocks, "calm", val.pad_id)
+    train_tokens = np.asarray(train.tokens, dtype=np.int64)
+    targets = blocks[:, 1:].reshape(-1, 1).numpy()  # every next token is a chunk at K=1
+    return {
+        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
+        "val_blocks": int(blocks.shape[0]),
+        "curve": curve,
+        "floor": {
+            "unigram_brier_n": unigram_brier(train_tokens, blocks, val.pad_id),
+            "energy_loss": chunk_sampler_energy(
+                _load_codec(state, 1), train_tokens.reshape(-1, 1), targets
+            ),
+        },
+    }
+
+
 # ------------------------------------------------------------------------------------- driver
 def run_quality(
     root: Path,
@@ -476,6 +518,7 @@ def run_quality(
         ("baselines", lambda: _phase_baselines(state)),
         ("heads", lambda: _phase_heads(state)),
         ("ksweep", lambda: _phase_ksweep(state, deadline)),
+        ("k1_full", lambda: _phase_k1_full(state)),
     ]
     missing: dict[str, str] = {}
     for name, fn in steps:

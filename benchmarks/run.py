@@ -106,8 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--phases",
         default=None,
-        help="--quality: comma-separated phases to run (data, codec, ar, calm, eval, heads, "
-        "ksweep; default all); finished phases are reused from the work directory",
+        help="--quality: comma-separated phases to run (data, codec, ar, calm, eval_ar, eval_calm, "
+        "baselines, heads; ksweep and k1_full only when named); finished phases are reused "
+        "from the work directory",
     )
     p.add_argument(
         "--quality-dir",
