@@ -708,16 +708,13 @@ def _divergence_lines(phases: dict[str, Any]) -> list[str]:
             if k1.get("curve"):
                 k1_gap = float(k1["floor"]["energy_loss"]) - float(k1["curve"][-1]["val_loss"])
                 at_floor = k1_gap < FLOOR_MARGIN
-                why += (
-                    " CALM at K=1 (one token per vector: no chunking) "
-                    + (
-                        "also ends this budget at its context-free floor, so the slow start "
-                        "belongs to the likelihood-free objective at this scale rather than to "
-                        "the chunking (section above)."
-                        if at_floor
-                        else f"gets {k1_gap:.3g} below its floor in the same budget, so much of "
-                        "the K=4 shortfall is the chunking (section above)."
-                    )
+                why += " CALM at K=1 (one token per vector: no chunking) " + (
+                    "also ends this budget at its context-free floor, so the slow start "
+                    "belongs to the likelihood-free objective at this scale rather than to "
+                    "the chunking (section above)."
+                    if at_floor
+                    else f"gets {k1_gap:.3g} below its floor in the same budget, so much of "
+                    "the K=4 shortfall is the chunking (section above)."
                 )
         if c1 < 0:
             why += (

@@ -32,7 +32,10 @@ def _phases(final_loss: float, final_b1: float) -> dict[str, Any]:
             "train_flops_per_token": 6.36e7,
             "val_blocks": 16,
             "curve": [_snapshot(100, -0.0074, 10.81), _snapshot(286, final_b1, final_loss)],
-            "floor": {"unigram_brier_n": [0.00579, 3.1e-5, 1.6e-8, -4.7e-10], "energy_loss": 10.626},
+            "floor": {
+                "unigram_brier_n": [0.00579, 3.1e-5, 1.6e-8, -4.7e-10],
+                "energy_loss": 10.626,
+            },
         },
         "baselines": {"unigram": {"brier_n": [0.00579, 3.1e-5, 1.6e-8, -4.7e-10]}},
         "eval_ar": {
