@@ -31,6 +31,9 @@ resumable from its result file in the work directory:
    the next chunk is one token, so this separates the two reasons CALM can start slowly: the
    chunking (K=4 asks for four tokens at once) or the likelihood-free objective. Only when asked
    for (``--phases k1_full``); it reuses the K sweep's K=1 codec or trains one.
+9. ``calm_x4``: the main CALM run continued from its final checkpoint (exact resume, in a copy
+   of its run directory) to four budgets in all, snapshots evaluated: does more compute move CALM
+   off its context-free floor? Only when asked for (``--phases calm_x4``).
 
 Training FLOPs are the analytic model FLOPs of :mod:`benchmarks.flops` times tokens seen. A phase
 that cannot run (missing code, out of time) is recorded with its reason, never filled in.
@@ -197,10 +200,12 @@ def _train(
     steps: int | None,
     snapshots: tuple[int, ...] = (),
     fields: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train with the project's Trainer until the time or step budget; save snapshots.
 
-    ``fields`` replaces trainer settings of the protocol (the codec uses its own recipe)."""
+    ``fields`` replaces trainer settings of the protocol (the codec uses its own recipe);
+    ``resume`` continues exactly from the latest checkpoint in the run directory."""
     from calm_core.training import TrainConfig, Trainer
     from safetensors.torch import save_model
 
@@ -228,7 +233,13 @@ def _train(
             trainer.request_stop("time budget")
 
     trainer = Trainer(
-        model, config, train_data=train_data, run_dir=run_dir, callbacks=[on_step], progress=False
+        model,
+        config,
+        train_data=train_data,
+        run_dir=run_dir,
+        callbacks=[on_step],
+        progress=False,
+        resume=resume,
     )
     try:
         summary = trainer.fit()
@@ -457,6 +468,43 @@ def _phase_ksweep(state: State, deadline: float) -> dict[str, Any]:
     return out
 
 
+#: the main CALM run continued to this many times the protocol's budget (phase ``calm_x4``)
+LONG_BUDGETS = 4
+LONG_SNAPSHOTS = (1600, 2400, 3200, 4000, 4800, 6400)
+
+
+def _phase_calm_x4(state: State) -> dict[str, Any]:
+    """The main CALM run continued (exact resume from its final checkpoint, in a copy of its run
+    directory) for ``LONG_BUDGETS - 1`` more budgets; the snapshots past the main run evaluated."""
+    import shutil
+
+    main = state.done("calm")
+    if main is None:
+        raise RuntimeError("the calm training phase has not run; run it first")
+    src, dst = state.work / "runs" / "calm", state.work / "runs" / "calm_x4"
+    if not (dst / "checkpoints").is_dir():
+        shutil.copytree(src / "checkpoints", dst / "checkpoints")
+        shutil.copy2(src / "metrics.jsonl", dst / "metrics.jsonl")
+    train, val = _datasets(state, M.CHUNK)
+    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
+    model = _build(state, "calm", train.pad_id)
+    trained = _train(
+        state, model, train, "calm_x4", minutes=(LONG_BUDGETS - 1) * state.plan.lm_minutes,
+        steps=None, snapshots=LONG_SNAPSHOTS, resume=True,
+    )  # fmt: skip
+    trained["train_flops_per_token"] = _flops_per_token("calm")
+    trained["snapshots"] = {
+        k: v for k, v in trained["snapshots"].items() if int(k) > int(main["steps"])
+    }
+    return {
+        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
+        "resumed_from": int(main["steps"]),
+        "budgets": LONG_BUDGETS,
+        "val_blocks": int(blocks.shape[0]),
+        "curve": _eval_snapshots(state, model, trained, blocks, "calm", val.pad_id),
+    }
+
+
 def _phase_k1_full(state: State) -> dict[str, Any]:
     """CALM at K=1 for the whole budget, every snapshot evaluated, and its context-free floors."""
     from benchmarks.baselines import chunk_sampler_energy, unigram_brier
@@ -519,6 +567,7 @@ def run_quality(
         ("heads", lambda: _phase_heads(state)),
         ("ksweep", lambda: _phase_ksweep(state, deadline)),
         ("k1_full", lambda: _phase_k1_full(state)),
+        ("calm_x4", lambda: _phase_calm_x4(state)),
     ]
     missing: dict[str, str] = {}
     for name, fn in steps:

@@ -431,6 +431,7 @@ def _quality_section(q: dict[str, Any] | None, img: Path, root: Path) -> list[st
     lines += _heads_lines(phases)
     lines += _ksweep_lines(phases)
     lines += _k1_lines(phases)
+    lines += _calm_x4_lines(phases)
     if q.get("missing"):
         lines += ["### Quality phases not run", ""]
         lines += [f"- {k}: {v}" for k, v in q["missing"].items()] + [""]
@@ -657,6 +658,53 @@ def _k1_lines(phases: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def _calm_x4_lines(phases: dict[str, Any]) -> list[str]:
+    """The main CALM run continued to several budgets (phase ``calm_x4``) against its floor."""
+    long = phases.get("calm_x4")
+    if not long or not long.get("curve"):
+        return []
+    main = phases.get("eval_calm", {}).get("curve", [])
+    curve = [*main[-1:], *long["curve"]]  # the main run's final snapshot, then the continuation
+    rows = [
+        [str(r["step"]), _f(r["train_flops"]),
+         _f(r["brier"]["1"]) + " ± " + _f(r["brier_se"]["1"], 2), _f(r["brier"]["2"]),
+         _f(r["val_loss"], 4)]
+        for r in curve
+    ]  # fmt: skip
+    base = phases.get("baselines")
+    verdict = ""
+    last = long["curve"][-1]
+    loss, b1, se1 = float(last["val_loss"]), float(last["brier"]["1"]), float(last["brier_se"]["1"])
+    if base:
+        floor = base["chunk_sampler"]
+        f_loss, f_b1 = float(floor["energy_loss"]), float(floor["brier_n"][0])
+        rows.append(["a random training chunk", "—", _f(f_b1), _f(floor["brier_n"][1]),
+                     _f(f_loss, 4)])  # fmt: skip
+        gap = f_loss - loss
+        verdict = (
+            f" At step {last['step']} the held-out energy loss is {_f(loss, 4)}, "
+            + (
+                f"{gap:.3g} below the context-free floor ({_f(f_loss, 4)}): with more compute "
+                "CALM starts to use the context."
+                if gap >= FLOOR_MARGIN
+                else f"still within {FLOOR_MARGIN} of the context-free floor ({_f(f_loss, 4)})."
+            )
+            + f" Brier-1 {_f(b1)} ± {_f(se1, 2)} is {_se_distance(b1, f_b1, se1)} the chunk "
+            f"sampler's ({_f(f_b1)}); the target is 0.02 "
+            + ("(met)." if b1 >= 0.02 else "(not met).")
+        )
+    return [
+        f"### CALM with {long['budgets']}x the budget",
+        "",
+        f"The main CALM run continued from its final checkpoint (step {long['resumed_from']}, "
+        f"exact resume) for {long['budgets'] - 1} more budgets: {long['steps']} steps in all, "
+        f"{_f(long['wall_s'], 4)} s more wall time. Same protocol and held-out blocks.",
+        "",
+        *_table(["step", "training FLOPs", "Brier-1", "Brier-2", "energy loss"], rows),
+        *([verdict.strip(), ""] if verdict else []),
+    ]
 
 
 def _divergence_lines(phases: dict[str, Any]) -> list[str]:

@@ -96,3 +96,35 @@ def test_divergence_cites_the_k1_run() -> None:
     without = _divergence_phases(10.63)
     del without["k1_full"]
     assert "CALM at K=1" not in "\n".join(_divergence_lines(without))
+
+
+def _x4_phases(final_loss: float, final_b1: float) -> dict[str, Any]:
+    phases = _divergence_phases(10.63)
+    phases["calm_x4"] = {
+        "steps": 4800,
+        "wall_s": 2700.0,
+        "cpu_s": 5300.0,
+        "train_flops_per_token": 1.67e7,
+        "resumed_from": 1207,
+        "budgets": 4,
+        "val_blocks": 16,
+        "curve": [_snapshot(1600, 0.007, 14.55), _snapshot(4800, final_b1, final_loss)],
+    }
+    return phases
+
+
+def test_calm_x4_section_reports_the_continuation_against_the_floor() -> None:
+    from benchmarks.report import _calm_x4_lines
+
+    text = "\n".join(_calm_x4_lines(_x4_phases(14.56, 0.009)))
+    assert "### CALM with 4x the budget" in text
+    assert "(step 1207, exact resume) for 3 more budgets: 4800 steps" in text
+    # the main run's final snapshot leads the table, the floor row ends it
+    assert text.index("| 1207 |") < text.index("| 1600 |") < text.index("| 4800 |")
+    assert "| a random training chunk |" in text
+    assert "still within 0.05 of the context-free floor (14.58)" in text
+    assert "(0.00575); the target is 0.02 (not met)." in text
+    better = "\n".join(_calm_x4_lines(_x4_phases(14.2, 0.025)))
+    assert "0.38 below the context-free floor (14.58)" in better
+    assert "the target is 0.02 (met)." in better
+    assert _calm_x4_lines({}) == []
