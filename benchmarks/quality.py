@@ -473,6 +473,16 @@ LONG_BUDGETS = 4
 LONG_SNAPSHOTS = (1600, 2400, 3200, 4000, 4800, 6400)
 
 
+def _train_loss_near(run_dir: Path, step: int, window: int = 50) -> float | None:
+    """Mean logged training loss over steps ``(step - window, step]`` (``metrics.jsonl``)."""
+    losses = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row and step - window < int(row["step"]) <= step:
+            losses.append(float(row["loss"]))
+    return float(np.mean(losses)) if losses else None
+
+
 def _phase_calm_x4(state: State) -> dict[str, Any]:
     """The main CALM run continued (exact resume from its final checkpoint, in a copy of its run
     directory) for ``LONG_BUDGETS - 1`` more budgets; the snapshots past the main run evaluated."""
@@ -496,12 +506,16 @@ def _phase_calm_x4(state: State) -> dict[str, Any]:
     trained["snapshots"] = {
         k: v for k, v in trained["snapshots"].items() if int(k) > int(main["steps"])
     }
+    curve = _eval_snapshots(state, model, trained, blocks, "calm", val.pad_id)
+    for row in curve:  # held-out against training loss: generalising or memorising?
+        row["train_loss"] = _train_loss_near(dst, row["step"])
     return {
         **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
         "resumed_from": int(main["steps"]),
         "budgets": LONG_BUDGETS,
         "val_blocks": int(blocks.shape[0]),
-        "curve": _eval_snapshots(state, model, trained, blocks, "calm", val.pad_id),
+        "curve": curve,
+        "main_train_loss": _train_loss_near(dst, int(main["steps"])),
     }
 
 

@@ -665,12 +665,15 @@ def _calm_x4_lines(phases: dict[str, Any]) -> list[str]:
     long = phases.get("calm_x4")
     if not long or not long.get("curve"):
         return []
-    main = phases.get("eval_calm", {}).get("curve", [])
-    curve = [*main[-1:], *long["curve"]]  # the main run's final snapshot, then the continuation
+    main = [
+        {**r, "train_loss": long.get("main_train_loss")}
+        for r in phases.get("eval_calm", {}).get("curve", [])[-1:]
+    ]
+    curve = [*main, *long["curve"]]  # the main run's final snapshot, then the continuation
     rows = [
         [str(r["step"]), _f(r["train_flops"]),
          _f(r["brier"]["1"]) + " ± " + _f(r["brier_se"]["1"], 2), _f(r["brier"]["2"]),
-         _f(r["val_loss"], 4)]
+         _f(r["val_loss"], 4), _f(r.get("train_loss"), 4)]
         for r in curve
     ]  # fmt: skip
     base = phases.get("baselines")
@@ -681,16 +684,27 @@ def _calm_x4_lines(phases: dict[str, Any]) -> list[str]:
         floor = base["chunk_sampler"]
         f_loss, f_b1 = float(floor["energy_loss"]), float(floor["brier_n"][0])
         rows.append(["a random training chunk", "—", _f(f_b1), _f(floor["brier_n"][1]),
-                     _f(f_loss, 4)])  # fmt: skip
+                     _f(f_loss, 4), "—"])  # fmt: skip
         gap = f_loss - loss
-        verdict = (
-            f" At step {last['step']} the held-out energy loss is {_f(loss, 4)}, "
-            + (
+        if gap >= FLOOR_MARGIN:
+            where = (
                 f"{gap:.3g} below the context-free floor ({_f(f_loss, 4)}): with more compute "
                 "CALM starts to use the context."
-                if gap >= FLOOR_MARGIN
-                else f"still within {FLOOR_MARGIN} of the context-free floor ({_f(f_loss, 4)})."
             )
+        elif gap > -FLOOR_MARGIN:
+            where = f"still within {FLOOR_MARGIN} of the context-free floor ({_f(f_loss, 4)})."
+        else:
+            where = f"{-gap:.3g} above the context-free floor ({_f(f_loss, 4)})"
+            train = last.get("train_loss")
+            if train is not None:
+                where += (
+                    f", while the training loss fell to {_f(train, 4)}: past the first budget "
+                    "CALM memorises the training chunks instead of generalising."
+                )
+            else:
+                where += "."
+        verdict = (
+            f" At step {last['step']} the held-out energy loss is {_f(loss, 4)}, {where}"
             + f" Brier-1 {_f(b1)} ± {_f(se1, 2)} is {_se_distance(b1, f_b1, se1)} the chunk "
             f"sampler's ({_f(f_b1)}); the target is 0.02 "
             + ("(met)." if b1 >= 0.02 else "(not met).")
@@ -702,7 +716,9 @@ def _calm_x4_lines(phases: dict[str, Any]) -> list[str]:
         f"exact resume) for {long['budgets'] - 1} more budgets: {long['steps']} steps in all, "
         f"{_f(long['wall_s'], 4)} s more wall time. Same protocol and held-out blocks.",
         "",
-        *_table(["step", "training FLOPs", "Brier-1", "Brier-2", "energy loss"], rows),
+        *_table(
+            ["step", "training FLOPs", "Brier-1", "Brier-2", "energy loss", "training loss"], rows
+        ),
         *([verdict.strip(), ""] if verdict else []),
     ]
 

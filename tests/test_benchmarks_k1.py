@@ -128,3 +128,17 @@ def test_calm_x4_section_reports_the_continuation_against_the_floor() -> None:
     assert "0.38 below the context-free floor (14.58)" in better
     assert "the target is 0.02 (met)." in better
     assert _calm_x4_lines({}) == []
+
+
+def test_calm_x4_section_names_memorisation() -> None:
+    from benchmarks.report import _calm_x4_lines
+
+    phases = _x4_phases(15.3, 0.0039)
+    phases["calm_x4"]["main_train_loss"] = 14.28
+    for row, train in zip(phases["calm_x4"]["curve"], (14.2, 13.5), strict=True):
+        row["train_loss"] = train
+    text = "\n".join(_calm_x4_lines(phases))
+    assert "| 1207 | 8.30e+13 |" in text and "| 14.56 | 14.28 |" in text
+    assert "| 15.3 | 13.5 |" in text
+    assert "0.72 above the context-free floor (14.58), while the training loss fell to 13.5" in text
+    assert "memorises the training chunks" in text
