@@ -768,6 +768,15 @@ def _divergence_lines(phases: dict[str, Any]) -> list[str]:
                 f"exactly only lowers the loss to {oracle}, and the gradient estimate (N=8 "
                 "samples against M=100 posterior draws per position) is noisy against it."
             )
+            long = phases.get("calm_x4", {})
+            if long.get("curve"):
+                end = long["curve"][-1]
+                trend = "falls" if float(end["val_loss"]) < float(calm[-1]["val_loss"]) else "rises"
+                why += (
+                    f" Continued to {long['budgets']}x the budget (section above), its held-out "
+                    f"energy loss {trend} to {_f(end['val_loss'], 4)} and Brier-1 ends at "
+                    f"{_f(end['brier']['1'])}."
+                )
             k1 = phases.get("k1_full", {})
             if k1.get("curve"):
                 k1_gap = float(k1["floor"]["energy_loss"]) - float(k1["curve"][-1]["val_loss"])

@@ -142,3 +142,9 @@ def test_calm_x4_section_names_memorisation() -> None:
     assert "| 15.3 | 13.5 |" in text
     assert "0.72 above the context-free floor (14.58), while the training loss fell to 13.5" in text
     assert "memorises the training chunks" in text
+    from benchmarks.report import _divergence_lines
+
+    div = "\n".join(_divergence_lines(phases))
+    assert (
+        "Continued to 4x the budget (section above), its held-out energy loss rises to 15.3" in div
+    )
