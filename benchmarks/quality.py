@@ -503,9 +503,6 @@ def _phase_calm_x4(state: State) -> dict[str, Any]:
         steps=None, snapshots=LONG_SNAPSHOTS, resume=True,
     )  # fmt: skip
     trained["train_flops_per_token"] = _flops_per_token("calm")
-    trained["snapshots"] = {
-        k: v for k, v in trained["snapshots"].items() if int(k) > int(main["steps"])
-    }
     curve = _eval_snapshots(state, model, trained, blocks, "calm", val.pad_id)
     for row in curve:  # held-out against training loss: generalising or memorising?
         row["train_loss"] = _train_loss_near(dst, row["step"])
