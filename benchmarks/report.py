@@ -608,18 +608,19 @@ def _ar_leaves_floor(phases: dict[str, Any]) -> str:
     return ""
 
 
+def _snapshot_row(r: dict[str, Any]) -> list[str]:
+    """step, training FLOPs, Brier-1 ± s.e., Brier-2, held-out loss of one evaluated snapshot."""
+    b1 = _f(r["brier"]["1"]) + " ± " + _f(r["brier_se"]["1"], 2)
+    return [str(r["step"]), _f(r["train_flops"]), b1, _f(r["brier"]["2"]), _f(r["val_loss"], 4)]
+
+
 def _k1_lines(phases: dict[str, Any]) -> list[str]:
     """CALM at K=1 for the whole budget against its context-free floors (phase ``k1_full``)."""
     k1 = phases.get("k1_full")
     if not k1 or not k1.get("curve"):
         return []
     floor = k1["floor"]
-    rows = [
-        [str(r["step"]), _f(r["train_flops"]),
-         _f(r["brier"]["1"]) + " ± " + _f(r["brier_se"]["1"], 2), _f(r["brier"]["2"]),
-         _f(r["val_loss"], 4)]
-        for r in k1["curve"]
-    ]  # fmt: skip
+    rows = [_snapshot_row(r) for r in k1["curve"]]
     rows.append(["context-free floor", "—", _f(floor["unigram_brier_n"][0]),
                  _f(floor["unigram_brier_n"][1]), _f(floor["energy_loss"], 4)])  # fmt: skip
     last = k1["curve"][-1]
@@ -670,12 +671,7 @@ def _calm_x4_lines(phases: dict[str, Any]) -> list[str]:
         for r in phases.get("eval_calm", {}).get("curve", [])[-1:]
     ]
     curve = [*main, *long["curve"]]  # the main run's final snapshot, then the continuation
-    rows = [
-        [str(r["step"]), _f(r["train_flops"]),
-         _f(r["brier"]["1"]) + " ± " + _f(r["brier_se"]["1"], 2), _f(r["brier"]["2"]),
-         _f(r["val_loss"], 4), _f(r.get("train_loss"), 4)]
-        for r in curve
-    ]  # fmt: skip
+    rows = [[*_snapshot_row(r), _f(r.get("train_loss"), 4)] for r in curve]
     base = phases.get("baselines")
     verdict = ""
     last = long["curve"][-1]
@@ -695,11 +691,11 @@ def _calm_x4_lines(phases: dict[str, Any]) -> list[str]:
             where = f"still within {FLOOR_MARGIN} of the context-free floor ({_f(f_loss, 4)})."
         else:
             where = f"{-gap:.3g} above the context-free floor ({_f(f_loss, 4)})"
-            train = last.get("train_loss")
-            if train is not None:
+            train, before = last.get("train_loss"), long.get("main_train_loss")
+            if train is not None and before is not None and float(train) < float(before):
                 where += (
-                    f", while the training loss fell to {_f(train, 4)}: past the first budget "
-                    "CALM memorises the training chunks instead of generalising."
+                    f", while the training loss fell from {_f(before, 4)} to {_f(train, 4)}: with "
+                    "more steps CALM memorises the training chunks instead of generalising."
                 )
             else:
                 where += "."
