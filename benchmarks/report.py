@@ -78,7 +78,9 @@ def _speed_section(d: dict[str, Any]) -> list[str]:
     lines += [
         f"Bench configuration of BENCHMARKS.md, random weights and token ids, fp32, "
         f"{m['threads']} threads; each figure is the median of {d['reps']} timed repetitions "
-        "after a warm-up (every repetition is in `benchmarks/results/speed.json`). "
+        "after a warm-up (every repetition is in `benchmarks/results/speed.json`); CALM at T=1 "
+        "and the AR baseline are timed interleaved, one repetition of each per round, so their "
+        "ratio sees the same machine. "
         f"fp32 matmul (1024³) measured in this run: {_f(d['matmul_gflops'], 4)} GFLOP/s at the "
         f"start, {_f(d['matmul']['end_gflops'], 4)} GFLOP/s at the end (the reference machine: "
         f"128-165). Spread = slowest / fastest repetition.",

@@ -11,6 +11,9 @@ What is unusual:
   clip_grad_norm(1.0) -> optimizer step) with the project's own optimizer builder, exactly the
   step of BENCHMARKS.md, rather than timing ``Trainer.fit`` (whose logging and checkpointing
   are not part of the figure).
+* CALM at T=1 and the AR baseline, whose generation-speed ratio is a target, are timed
+  interleaved (:func:`benchmarks.timing.measure_interleaved`: one repetition of each per round),
+  so that the machine's drift within a minute does not land on one side of the ratio.
 * Per-token generation time at a context length is measured with the models' ``stream``
   iterators: the prompt's prefill and the first step are untimed, then the following steps are
   timed, so prefill cost never leaks into the per-token figure.
@@ -31,7 +34,7 @@ from torch import Tensor, nn
 
 from benchmarks import models as M
 from benchmarks.flops import ar_flops_per_token, calm_flops_per_token, causal_context
-from benchmarks.timing import Measurement, measure
+from benchmarks.timing import Measurement, measure, measure_interleaved
 
 __all__ = ["Settings", "SpeedRun", "brier_eval", "run_speed"]
 
@@ -166,31 +169,56 @@ def _short_warmup(call: Callable[[int], object], settings: Settings) -> None:
 
 def _generation(run: SpeedRun, settings: Settings) -> None:
     new = M.NEW_TOKENS
-    calm_keys = ["calm_t1_b1", "calm_t1_b8", "calm_t05batch_b1", "calm_t05batch_b8"]
 
-    def _calm() -> None:
+    def _t1_and_ar() -> None:
+        # CALM at T=1 and the AR baseline are timed interleaved, round by round, at each batch
+        # size: their ratio is a target, and figures timed a minute apart on a shared machine can
+        # disagree by more than the ratio's own noise
+        models: dict[str, Any] = {}
+        for name, build in (("calm", lambda: M.build_calm("energy")), ("ar", M.build_ar)):
+            try:
+                models[name] = build().eval()
+            except M.MissingFigureError as exc:  # time the other one alone
+                keys = ["calm_t1_b1", "calm_t1_b8"] if name == "calm" else ["ar_b1", "ar_b8"]
+                run.fail("gen_tok_s", keys, f"missing code: {exc}")
+        for batch in (1, 8):
+            prompts = _tokens(batch, M.PROMPT_LEN, seed=2)
+            calls: dict[str, Callable[[int], object]] = {}
+            if "calm" in models:
+                gen = torch.Generator().manual_seed(0)
+                calls[f"calm_t1_b{batch}"] = partial(
+                    models["calm"].generate, prompts, temperature=1.0, generator=gen, eos_id=None
+                )
+            if "ar" in models:
+                calls[f"ar_b{batch}"] = partial(
+                    models["ar"].generate, prompts, temperature=0.0, eos_id=None
+                )
+            for call in calls.values():
+                _short_warmup(call, settings)
+            timed = measure_interleaved(
+                {key: partial(call, new) for key, call in calls.items()},
+                reps=settings.reps,
+                warmup=0,
+            )
+            for key, m in timed.items():
+                run.put("gen_tok_s", key, batch * new / m.seconds, m)
+
+    _attempt(run, "gen_tok_s", ["calm_t1_b1", "ar_b1", "calm_t1_b8", "ar_b8"], settings, _t1_and_ar)
+
+    def _calm_t05() -> None:
         model = M.build_calm("energy").eval()
-        cases: dict[str, tuple[int, dict[str, Any]]] = {
-            "calm_t1_b1": (1, {"temperature": 1.0}),
-            "calm_t1_b8": (8, {"temperature": 1.0}),
-            "calm_t05batch_b1": (
-                1,
-                {"temperature": 0.5, "sampling": "batch", "num_candidates": 200},
-            ),
-            "calm_t05batch_b8": (
-                8,
-                {"temperature": 0.5, "sampling": "batch", "num_candidates": 200},
-            ),
-        }
-        for key, (batch, kwargs) in cases.items():
+        for batch in (1, 8):
             prompts = _tokens(batch, M.PROMPT_LEN, seed=2)
             gen = torch.Generator().manual_seed(0)
-            call = partial(model.generate, prompts, generator=gen, eos_id=None, **kwargs)
+            call = partial(
+                model.generate, prompts, temperature=0.5, sampling="batch", num_candidates=200,
+                generator=gen, eos_id=None,
+            )  # fmt: skip
             _short_warmup(call, settings)
             m = measure(partial(call, new), reps=settings.reps, warmup=0)
-            run.put("gen_tok_s", key, batch * new / m.seconds, m)
+            run.put("gen_tok_s", f"calm_t05batch_b{batch}", batch * new / m.seconds, m)
 
-    _attempt(run, "gen_tok_s", calm_keys, settings, _calm)
+    _attempt(run, "gen_tok_s", ["calm_t05batch_b1", "calm_t05batch_b8"], settings, _calm_t05)
 
     def _calm_exact() -> None:
         model = M.build_calm("energy").eval()
@@ -204,17 +232,6 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
         run.put("gen_tok_s", "calm_t05exact_b1", new / m.seconds, m)
 
     _attempt(run, "gen_tok_s", ["calm_t05exact_b1"], settings, _calm_exact)
-
-    def _ar() -> None:
-        model = M.build_ar().eval()
-        for batch in (1, 8):
-            prompts = _tokens(batch, M.PROMPT_LEN, seed=2)
-            call = partial(model.generate, prompts, temperature=0.0, eos_id=None)
-            _short_warmup(call, settings)
-            m = measure(partial(call, new), reps=settings.reps, warmup=0)
-            run.put("gen_tok_s", f"ar_b{batch}", batch * new / m.seconds, m)
-
-    _attempt(run, "gen_tok_s", ["ar_b1", "ar_b8"], settings, _ar)
 
 
 def _stream_per_token(make_stream: Callable[[], Iterator[Tensor]]) -> Callable[[], float]:

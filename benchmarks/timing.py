@@ -25,6 +25,7 @@ __all__ = [
     "machine_info",
     "matmul_gflops",
     "measure",
+    "measure_interleaved",
     "set_threads",
 ]
 
@@ -76,6 +77,37 @@ def measure(fn: Callable[[], object], *, reps: int = 3, warmup: int = 1) -> Meas
         fn()
         times.append(time.perf_counter() - start)
     return Measurement(statistics.median(times), times, warmup)
+
+
+def measure_interleaved(
+    fns: dict[str, Callable[[], object]], *, reps: int = 3, warmup: int = 1
+) -> dict[str, Measurement]:
+    """:func:`measure` for figures whose *ratio* matters: repetition ``r`` of every figure runs
+    before repetition ``r + 1`` of any, so a drift of the shared machine's speed (it moves within
+    a minute) slows all of them alike instead of one figure of the ratio.
+
+    Args:
+        fns: figure name -> the work of one repetition; called in this order within a round.
+        reps: timed rounds (at least 3, the benchmark rule).
+        warmup: untimed rounds first.
+
+    Returns:
+        figure name -> its :class:`Measurement` (median of its ``reps`` timings).
+    """
+    if reps < 3:
+        raise ValueError(f"the benchmark rule is a median of >= 3 repetitions, got reps={reps}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: Measurement(statistics.median(t), t, warmup) for name, t in times.items()}
 
 
 def set_threads(threads: int) -> int:

@@ -17,7 +17,12 @@ from benchmarks import flops as F  # noqa: E402
 from benchmarks import targets as T  # noqa: E402
 from benchmarks.report import flops_to_reach, write_docs  # noqa: E402
 from benchmarks.run import OUTPUT_GROUPS, output_keys  # noqa: E402
-from benchmarks.timing import Measurement, matmul_gflops, measure  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    Measurement,
+    matmul_gflops,
+    measure,
+    measure_interleaved,
+)
 
 
 def test_measure_reports_median_of_timed_reps_after_warmup() -> None:
@@ -26,6 +31,20 @@ def test_measure_reports_median_of_timed_reps_after_warmup() -> None:
     assert len(calls) == 7  # 2 untimed + 5 timed
     assert len(m.reps) == 5 and m.warmup == 2
     assert m.seconds == sorted(m.reps)[2]
+
+
+def test_measure_interleaved_alternates_rounds_and_takes_each_median() -> None:
+    calls: list[str] = []
+    out = measure_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1
+    )
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds
+    assert set(out) == {"a", "b"}
+    for m in out.values():
+        assert len(m.reps) == 3 and m.warmup == 1
+        assert m.seconds == sorted(m.reps)[1]
+    with pytest.raises(ValueError, match=">= 3 repetitions"):
+        measure_interleaved({"a": lambda: None}, reps=2)
 
 
 def test_measure_refuses_fewer_than_three_reps() -> None:
