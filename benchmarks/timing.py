@@ -65,18 +65,7 @@ def measure(fn: Callable[[], object], *, reps: int = 3, warmup: int = 1) -> Meas
     Raises:
         ValueError: fewer than 3 repetitions or a negative warm-up.
     """
-    if reps < 3:
-        raise ValueError(f"the benchmark rule is a median of >= 3 repetitions, got reps={reps}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return Measurement(statistics.median(times), times, warmup)
+    return measure_interleaved({"": fn}, reps=reps, warmup=warmup)[""]
 
 
 def measure_interleaved(
