@@ -34,6 +34,9 @@ resumable from its result file in the work directory:
 9. ``calm_x4``: the main CALM run continued from its final checkpoint (exact resume, in a copy
    of its run directory) to four budgets in all, snapshots evaluated: does more compute move CALM
    off its context-free floor? Only when asked for (``--phases calm_x4``).
+10. ``ar_brier``: the AR baseline trained on the Brier score instead of cross-entropy, from the
+    same initial weights for the whole budget, evaluated like ``ar`` (:mod:`benchmarks.objectives`
+    says why: it is CALM at K=1 with an ideal codec and an exact loss). Only when asked for.
 
 Training FLOPs are the analytic model FLOPs of :mod:`benchmarks.flops` times tokens seen. A phase
 that cannot run (missing code, out of time) is recorded with its reason, never filled in.
@@ -336,10 +339,11 @@ def _eval_model(model: nn.Module, blocks: Tensor, kind: str, pad_id: int) -> dic
     model.eval()
     res: dict[str, Any] = brier_eval(model, blocks, pad_id=pad_id)
     with torch.no_grad():
-        losses = [float(model(b[None])["loss"]) for b in blocks]
-    res["val_loss"] = float(np.mean(losses))
-    if kind == "ar":
-        res["perplexity"] = math.exp(res["val_loss"])
+        outs = [model(b[None]) for b in blocks]
+    res["val_loss"] = float(np.mean([float(o["loss"]) for o in outs]))
+    if kind == "ar":  # from the cross-entropy, also for a model trained on another loss
+        ce = [float(o.get("cross_entropy", o["loss"])) for o in outs]
+        res["perplexity"] = math.exp(float(np.mean(ce)))
     return res
 
 
@@ -546,6 +550,29 @@ def _phase_k1_full(state: State) -> dict[str, Any]:
     }
 
 
+def _phase_ar_brier(state: State) -> dict[str, Any]:
+    """The AR baseline trained on the Brier score (:mod:`benchmarks.objectives`) for the whole
+    budget from the same initial weights, every snapshot evaluated like ``ar``."""
+    from benchmarks.objectives import BrierTrainedLM
+
+    train, val = _datasets(state, M.CHUNK)
+    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
+    ar = M.build_ar(pad_id=train.pad_id)
+    model = BrierTrainedLM(ar.config)
+    model.load_state_dict(ar.state_dict())
+    trained = _train(
+        state, model, train, "ar_brier", minutes=state.plan.lm_minutes, steps=None,
+        snapshots=state.plan.snapshot_steps,
+    )  # fmt: skip
+    # the Brier score's softmax and squares are O(V) per token, beside O(params) for the model
+    trained["train_flops_per_token"] = _flops_per_token("ar")
+    return {
+        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
+        "val_blocks": int(blocks.shape[0]),
+        "curve": _eval_snapshots(state, model, trained, blocks, "ar", val.pad_id),
+    }
+
+
 # ------------------------------------------------------------------------------------- driver
 def run_quality(
     root: Path,
@@ -579,6 +606,7 @@ def run_quality(
         ("ksweep", lambda: _phase_ksweep(state, deadline)),
         ("k1_full", lambda: _phase_k1_full(state)),
         ("calm_x4", lambda: _phase_calm_x4(state)),
+        ("ar_brier", lambda: _phase_ar_brier(state)),
     ]
     missing: dict[str, str] = {}
     for name, fn in steps:

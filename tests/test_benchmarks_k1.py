@@ -10,7 +10,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import FLOOR_MARGIN, _k1_lines  # noqa: E402
+from benchmarks.report_diagnosis import FLOOR_MARGIN, k1_lines  # noqa: E402
 
 
 def _snapshot(step: int, b1: float, loss: float) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def _phases(final_loss: float, final_b1: float) -> dict[str, Any]:
 
 
 def test_k1_section_at_the_floor_blames_the_objective_not_the_chunking() -> None:
-    text = "\n".join(_k1_lines(_phases(final_loss=10.63, final_b1=0.00603)))
+    text = "\n".join(k1_lines(_phases(final_loss=10.63, final_b1=0.00603)))
     assert "### CALM at K=1 for the whole budget" in text
     assert "286 steps" in text
     assert "| 286 |" in text and "| context-free floor |" in text
@@ -62,15 +62,15 @@ def test_k1_section_at_the_floor_blames_the_objective_not_the_chunking() -> None
 
 def test_k1_section_below_the_floor_blames_the_chunking() -> None:
     loss = 10.626 - 2 * FLOOR_MARGIN
-    text = "\n".join(_k1_lines(_phases(final_loss=loss, final_b1=0.03)))
+    text = "\n".join(k1_lines(_phases(final_loss=loss, final_b1=0.03)))
     assert "does learn from the context" in text
     assert "0.1 below a random training token's" in text
     assert "no chunking to blame" not in text
 
 
 def test_k1_section_absent_without_the_phase() -> None:
-    assert _k1_lines({}) == []
-    assert _k1_lines({"k1_full": {"curve": []}}) == []
+    assert k1_lines({}) == []
+    assert k1_lines({"k1_full": {"curve": []}}) == []
 
 
 def _divergence_phases(k1_loss: float) -> dict[str, Any]:
@@ -87,15 +87,21 @@ def _divergence_phases(k1_loss: float) -> dict[str, Any]:
 
 
 def test_divergence_cites_the_k1_run() -> None:
-    from benchmarks.report import _divergence_lines
+    from benchmarks.report_diagnosis import divergence_lines
 
-    at_floor = "\n".join(_divergence_lines(_divergence_phases(10.63)))
+    at_floor = "\n".join(divergence_lines(_divergence_phases(10.63)))
     assert "also ends this budget at its context-free floor" in at_floor
-    below = "\n".join(_divergence_lines(_divergence_phases(10.3)))
+    below = "\n".join(divergence_lines(_divergence_phases(10.3)))
     assert "gets 0.326 below its floor" in below
     without = _divergence_phases(10.63)
     del without["k1_full"]
-    assert "CALM at K=1" not in "\n".join(_divergence_lines(without))
+    assert "CALM at K=1" not in "\n".join(divergence_lines(without))
+    # with the Brier-trained AR, the K=1 sentence says what that run found of the objective
+    tested = _divergence_phases(10.63)
+    tested["ar_brier"] = {"curve": [{"step": 100, "brier": {"1": 0.03}}]}
+    text = "\n".join(divergence_lines(tested))
+    assert "trained on the Brier score (section above)" in text
+    assert "has 75% of the cross-entropy AR's Brier-1 at step 100" in text
 
 
 def _x4_phases(final_loss: float, final_b1: float) -> dict[str, Any]:
@@ -114,9 +120,9 @@ def _x4_phases(final_loss: float, final_b1: float) -> dict[str, Any]:
 
 
 def test_calm_x4_section_reports_the_continuation_against_the_floor() -> None:
-    from benchmarks.report import _calm_x4_lines
+    from benchmarks.report_diagnosis import calm_x4_lines
 
-    text = "\n".join(_calm_x4_lines(_x4_phases(14.56, 0.009)))
+    text = "\n".join(calm_x4_lines(_x4_phases(14.56, 0.009)))
     assert "### CALM with 4x the budget" in text
     assert "(step 1207, exact resume) for 3 more budgets: 4800 steps" in text
     # the main run's final snapshot leads the table, the floor row ends it
@@ -124,20 +130,20 @@ def test_calm_x4_section_reports_the_continuation_against_the_floor() -> None:
     assert "| a random training chunk |" in text
     assert "still within 0.05 of the context-free floor (14.58)" in text
     assert "(0.00575); the target is 0.02 (not met)." in text
-    better = "\n".join(_calm_x4_lines(_x4_phases(14.2, 0.025)))
+    better = "\n".join(calm_x4_lines(_x4_phases(14.2, 0.025)))
     assert "0.38 below the context-free floor (14.58)" in better
     assert "the target is 0.02 (met)." in better
-    assert _calm_x4_lines({}) == []
+    assert calm_x4_lines({}) == []
 
 
 def test_calm_x4_section_names_memorisation() -> None:
-    from benchmarks.report import _calm_x4_lines
+    from benchmarks.report_diagnosis import calm_x4_lines
 
     phases = _x4_phases(15.3, 0.0039)
     phases["calm_x4"]["main_train_loss"] = 14.28
     for row, train in zip(phases["calm_x4"]["curve"], (14.2, 13.5), strict=True):
         row["train_loss"] = train
-    text = "\n".join(_calm_x4_lines(phases))
+    text = "\n".join(calm_x4_lines(phases))
     assert "| 1207 | 8.30e+13 |" in text and "| 14.56 | 14.28 |" in text
     assert "| 15.3 | 13.5 |" in text
     assert (
@@ -146,10 +152,10 @@ def test_calm_x4_section_names_memorisation() -> None:
     )
     assert "memorises the training chunks" in text
     phases["calm_x4"]["main_train_loss"] = None  # no training loss to compare: no claim
-    assert "memorises" not in "\n".join(_calm_x4_lines(phases))
-    from benchmarks.report import _divergence_lines
+    assert "memorises" not in "\n".join(calm_x4_lines(phases))
+    from benchmarks.report_diagnosis import divergence_lines
 
-    div = "\n".join(_divergence_lines(phases))
+    div = "\n".join(divergence_lines(phases))
     assert (
         "Continued to 4x the budget (section above), its held-out energy loss rises to 15.3" in div
     )
