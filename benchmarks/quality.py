@@ -37,6 +37,10 @@ resumable from its result file in the work directory:
 10. ``ar_brier``: the AR baseline trained on the Brier score instead of cross-entropy, from the
     same initial weights for the whole budget, evaluated like ``ar`` (:mod:`benchmarks.objectives`
     says why: it is CALM at K=1 with an ideal codec and an exact loss). Only when asked for.
+11. ``head_bigram``: the energy head alone (no backbone, conditioned on the previous token)
+    against a softmax trained on the Brier score, same batches and steps, on the K=1 data and
+    codec (:mod:`benchmarks.head_probe`): how fast the generator learns a context-dependent
+    mixture by itself. Only when asked for.
 
 Training FLOPs are the analytic model FLOPs of :mod:`benchmarks.flops` times tokens seen. A phase
 that cannot run (missing code, out of time) is recorded with its reason, never filled in.
@@ -86,6 +90,7 @@ class QualityPlan:
     lm_minutes: float = 15.0
     codec_minutes: float = 12.0
     head_steps: int = 100
+    probe_steps: int = 800
     ksweep_codec_minutes: float = 3.0
     batch: int = M.TRAIN_BATCH
     seq_len: int = M.SEQ_LEN
@@ -104,7 +109,8 @@ class QualityPlan:
     ) -> QualityPlan:
         if quick:  # a smoke test of the whole pipeline, a few minutes; not a measurement
             return cls(
-                lm_minutes=1.0, codec_minutes=1.0, head_steps=2, ksweep_codec_minutes=0.1,
+                lm_minutes=1.0, codec_minutes=1.0, head_steps=2, probe_steps=3,
+                ksweep_codec_minutes=0.1,
                 batch=2, seq_len=128, warmup_steps=2, max_steps=6, eval_blocks=2,
                 snapshot_steps=(2, 4),
             )  # fmt: skip
@@ -573,6 +579,20 @@ def _phase_ar_brier(state: State) -> dict[str, Any]:
     }
 
 
+def _phase_head_bigram(state: State) -> dict[str, Any]:
+    """The energy head alone against a softmax on the bigram task (:mod:`benchmarks.head_probe`),
+    on the K=1 data and codec (trained first if the K sweep has not)."""
+    from benchmarks.head_probe import run_head_probe
+
+    if not (state.work / "codec_k1" / "config.json").is_file():
+        _phase_codec(state, 1, state.plan.ksweep_codec_minutes)
+    train, val = _datasets(state, 1)
+    return run_head_probe(
+        _load_codec(state, 1), train.tokens, val.tokens,
+        steps=state.plan.probe_steps, lr=state.plan.lr,
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------- driver
 def run_quality(
     root: Path,
@@ -607,6 +627,7 @@ def run_quality(
         ("k1_full", lambda: _phase_k1_full(state)),
         ("calm_x4", lambda: _phase_calm_x4(state)),
         ("ar_brier", lambda: _phase_ar_brier(state)),
+        ("head_bigram", lambda: _phase_head_bigram(state)),
     ]
     missing: dict[str, str] = {}
     for name, fn in steps:

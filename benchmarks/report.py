@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report_diagnosis import ar_brier_lines, calm_x4_lines, divergence_lines, k1_lines
+from benchmarks.report_diagnosis import (
+    ar_brier_lines,
+    calm_x4_lines,
+    divergence_lines,
+    head_bigram_lines,
+    k1_lines,
+)
 from benchmarks.report_format import fmt, md_table
 from benchmarks.targets import NOISE_FACTOR, REFERENCE, REFERENCE_MATMUL_GFLOPS
 
@@ -417,6 +423,7 @@ def _quality_section(q: dict[str, Any] | None, img: Path, root: Path) -> list[st
     lines += k1_lines(phases)
     lines += calm_x4_lines(phases)
     lines += ar_brier_lines(phases)
+    lines += head_bigram_lines(phases)
     if q.get("missing"):
         lines += ["### Quality phases not run", ""]
         lines += [f"- {k}: {v}" for k, v in q["missing"].items()] + [""]

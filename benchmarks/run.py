@@ -107,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         "--phases",
         default=None,
         help="--quality: comma-separated phases to run (data, codec, ar, calm, eval_ar, eval_calm, "
-        "baselines, heads; ksweep, k1_full, calm_x4 and ar_brier only when named); finished phases "
-        "are reused from the work directory",
+        "baselines, heads; ksweep, k1_full, calm_x4, ar_brier and head_bigram only when named); "
+        "finished phases are reused from the work directory",
     )
     p.add_argument(
         "--quality-dir",

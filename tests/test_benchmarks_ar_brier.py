@@ -154,3 +154,121 @@ def test_k1_and_divergence_sections_cite_the_objective_test() -> None:
     no_test = k1_phase([])
     del no_test["ar_brier"]
     assert "trained on the Brier score" not in "\n".join(k1_lines(no_test))
+
+
+# ------------------------------------------------------------------ the head-alone bigram probe
+def test_bigram_floors_are_the_exact_brier_1_of_the_count_predictors() -> None:
+    import numpy as np
+
+    from benchmarks.head_probe import bigram_floors
+
+    train = np.array([0, 1, 0, 1, 0, 2])
+    val = np.array([0, 1, 1])
+    floors = bigram_floors(train, val, vocab=3)
+    uni = np.array([3, 2, 1]) / 6
+    expected_uni = np.mean([2 * uni[1], 2 * uni[1]]) - (uni**2).sum()
+    assert floors["unigram"] == pytest.approx(expected_uni)
+    # after 0: counts (0.01, 2.01, 1.01); after 1: (2.01, 0.01, 0.01)
+    after0 = np.array([0.01, 2.01, 1.01]) / 3.03
+    after1 = np.array([2.01, 0.01, 0.01]) / 2.03
+    expected_bi = np.mean([2 * after0[1] - (after0**2).sum(), 2 * after1[1] - (after1**2).sum()])
+    assert floors["bigram"] == pytest.approx(expected_bi, rel=1e-5)
+
+
+def test_head_probe_softmax_learns_a_deterministic_successor() -> None:
+    import numpy as np
+
+    from benchmarks.head_probe import _train_probe
+
+    train = np.arange(4000) % 8  # every token's successor is fixed: t -> t + 1 (mod 8)
+    val = np.arange(3, 403) % 8
+    out = _train_probe("softmax", None, train, val, steps=60, lr=1e-2)
+    first, last = out["curve"][0], out["curve"][-1]
+    assert [r["step"] for r in out["curve"]] == [50, 60]
+    # no learning scores ~0 (a uniform softmax over 4,096 tokens); the optimum is 1
+    assert 0.5 < first["brier1"] <= last["brier1"] <= 1.0
+    assert last["train_loss"] < 0.5
+
+
+def test_head_probe_runs_both_probes_on_the_energy_head() -> None:
+    import numpy as np
+
+    from benchmarks import models as M
+    from benchmarks.head_probe import run_head_probe
+
+    rng = np.random.default_rng(0)
+    codec = M.build_codec(chunk=1).eval()
+    result = run_head_probe(
+        codec, rng.integers(0, M.VOCAB, 5000), rng.integers(0, M.VOCAB, 300), steps=2, lr=1e-3
+    )
+    assert result["eval_pairs"] == 299 and result["steps"] == 2
+    for kind in ("energy", "softmax"):
+        (row,) = result[kind]["curve"]
+        assert row["step"] == 2 and -1.0 <= row["brier1"] <= 1.0
+    assert 0 < result["floors"]["unigram"] < 0.01
+
+
+def _probe_phases(energy: list[float], softmax: list[float], k1_steps: int | None) -> dict:
+    steps = [50, 100, 200, 400, 800]
+    probe = {
+        "steps": 800,
+        "pair_batch": 1024,
+        "lr": 1e-3,
+        "eval_pairs": 8192,
+        "floors": {"unigram": 0.0058, "bigram": 0.0486},
+        "energy": {
+            "wall_s": 405.0,
+            "curve": [
+                {"step": s, "brier1": b, "train_loss": 10.8 - i / 10}
+                for i, (s, b) in enumerate(zip(steps, energy, strict=True))
+            ],
+        },
+        "softmax": {
+            "wall_s": 64.0,
+            "curve": [
+                {"step": s, "brier1": b, "train_loss": 0.99}
+                for s, b in zip(steps, softmax, strict=True)
+            ],
+        },
+    }
+    phases: dict[str, Any] = {"head_bigram": probe}
+    if k1_steps is not None:
+        phases["k1_full"] = {"steps": k1_steps}
+    return phases
+
+
+SOFTMAX = [0.008, 0.0109, 0.0158, 0.0191, 0.0248]
+
+
+def test_head_bigram_section_reports_a_slower_generator() -> None:
+    from benchmarks.report_diagnosis import head_bigram_lines
+
+    text = "\n".join(
+        head_bigram_lines(_probe_phases([-0.0034, 0.004, 0.0084, 0.0183, 0.0189], SOFTMAX, 320))
+    )
+    assert "### The energy head alone on the bigram task" in text
+    assert "same batches of 1024 token pairs, optimizer and lr 0.001, 800 steps" in text
+    assert "| 200 | 0.0084 | 0.0158 | 10.6 |" in text
+    assert "| training bigram (smoothed) | 0.0486 | 0.0486 | — |" in text
+    assert (
+        "first reaches twice the unigram's Brier-1 at step 400, the softmax at step 200 (2x" in text
+    )
+    assert "At step 800 it has 76% of the softmax's Brier-1 (0.0189 vs 0.0248)" in text
+    assert "CALM at K=1 gets 320 optimizer steps" in text
+
+
+def test_head_bigram_section_other_verdicts() -> None:
+    from benchmarks.report_diagnosis import head_bigram_lines
+
+    never = "\n".join(
+        head_bigram_lines(_probe_phases([-0.01, 0, 0.002, 0.004, 0.005], SOFTMAX, None))
+    )
+    assert "never reaches twice the unigram's Brier-1 (0.0116)" in never
+    assert "the generator itself is the slow part" in never
+    assert "CALM at K=1 gets" not in never
+    fast = "\n".join(head_bigram_lines(_probe_phases(SOFTMAX, SOFTMAX, None)))
+    assert (
+        "as fast as the softmax (twice the unigram's Brier-1 at step 200; softmax: step 200)"
+        in fast
+    )
+    assert head_bigram_lines({}) == []
