@@ -526,12 +526,17 @@ def _phase_calm_x4(state: State) -> dict[str, Any]:
     }
 
 
+def _ensure_k1_codec(state: State) -> None:
+    """Reuse the K sweep's K=1 codec, or train one with the K sweep's budget."""
+    if not (state.work / "codec_k1" / "config.json").is_file():
+        _phase_codec(state, 1, state.plan.ksweep_codec_minutes)
+
+
 def _phase_k1_full(state: State) -> dict[str, Any]:
     """CALM at K=1 for the whole budget, every snapshot evaluated, and its context-free floors."""
     from benchmarks.baselines import chunk_sampler_energy, unigram_brier
 
-    if not (state.work / "codec_k1" / "config.json").is_file():
-        _phase_codec(state, 1, state.plan.ksweep_codec_minutes)
+    _ensure_k1_codec(state)
     train, val = _datasets(state, 1)
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     model = _build(state, "calm", train.pad_id, chunk=1)
@@ -584,8 +589,7 @@ def _phase_head_bigram(state: State) -> dict[str, Any]:
     on the K=1 data and codec (trained first if the K sweep has not)."""
     from benchmarks.head_probe import run_head_probe
 
-    if not (state.work / "codec_k1" / "config.json").is_file():
-        _phase_codec(state, 1, state.plan.ksweep_codec_minutes)
+    _ensure_k1_codec(state)
     train, val = _datasets(state, 1)
     return run_head_probe(
         _load_codec(state, 1), train.tokens, val.tokens,
