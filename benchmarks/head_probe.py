@@ -76,10 +76,8 @@ def _softmax_probe(vocab: int) -> tuple[nn.Module, Callable[..., Tensor], Callab
     def loss(h: Tensor, y: Tensor) -> Tensor:
         return brier_score_loss(out(h), y)
 
-    def score(h: Tensor, y: Tensor) -> float:
-        p = torch.softmax(out(h), dim=-1)
-        hit = p.gather(-1, y[:, None]).squeeze(-1)
-        return float((2.0 * hit - p.square().sum(-1)).mean())
+    def score(h: Tensor, y: Tensor) -> float:  # exact Brier-1 = 2 p_y - sum p^2 = 1 - the loss
+        return 1.0 - float(brier_score_loss(out(h), y))
 
     return out, loss, score
 

@@ -45,9 +45,14 @@ def se_distance(value: float, floor: float, se: float) -> str:
     return f"{abs(z):.1f} standard errors {'above' if z > 0 else 'below'}"
 
 
+def _brier1(row: dict[str, Any]) -> float:
+    """Held-out Brier-1 of an evaluated snapshot (``brier``) or a probe curve row (``brier1``)."""
+    return float(row["brier1"] if "brier1" in row else row["brier"]["1"])
+
+
 def _first_above(curve: list[dict[str, Any]], level: float) -> dict[str, Any] | None:
-    """The first snapshot whose Brier-1 is at least ``level`` (None if none is)."""
-    return next((r for r in curve if float(r["brier"]["1"]) >= level), None)
+    """The first row of a curve whose Brier-1 is at least ``level`` (None if none is)."""
+    return next((r for r in curve if _brier1(r) >= level), None)
 
 
 def _ar_leaves_floor(phases: dict[str, Any]) -> str:
@@ -435,11 +440,6 @@ def ar_brier_lines(phases: dict[str, Any]) -> list[str]:
     ]
 
 
-def _first_step(curve: list[dict[str, Any]], level: float) -> int | None:
-    """The first step of a probe curve whose held-out Brier-1 is at least ``level``."""
-    return next((int(r["step"]) for r in curve if float(r["brier1"]) >= level), None)
-
-
 def head_bigram_lines(phases: dict[str, Any]) -> list[str]:
     """The energy head alone against a softmax on the bigram task (phase ``head_bigram``)."""
     probe = phases.get("head_bigram")
@@ -457,7 +457,9 @@ def head_bigram_lines(phases: dict[str, Any]) -> list[str]:
     rows.append(["training unigram", fmt(floors["unigram"]), fmt(floors["unigram"]), "—"])
     rows.append(["training bigram (smoothed)", fmt(floors["bigram"]), fmt(floors["bigram"]), "—"])
     level = 2 * float(floors["unigram"])
-    e_step, s_step = _first_step(energy, level), _first_step(softmax, level)
+    e_row, s_row = _first_above(energy, level), _first_above(softmax, level)
+    e_step = None if e_row is None else int(e_row["step"])
+    s_step = None if s_row is None else int(s_row["step"])
     e_last, s_last = energy[-1], by_step.get(int(energy[-1]["step"]))
     share = (
         f" At step {e_last['step']} it has {float(e_last['brier1']) / float(s_last['brier1']):.0%} "
