@@ -23,6 +23,9 @@ Formulas, with H width, I FFN inner width, hd head dim, kv KV heads, V vocab, D 
   loss ``3D (N M + N (N - 1))``
 * codec encoder, per chunk (width d, FFN inner f, one FFN layer per stage by default):
   ``K per_token_layers 6df + 2(Kd)d + chunk_layers 6df + 2d(2D)``
+* AR BrierLM evaluation of ``B x T`` tokens whose two samples always agree (every start rolls
+  out ``n - 1`` steps): one teacher-forced AR forward over the ``B T`` positions plus, per step
+  ``j``, one over the ``B (T - n)`` starts, start ``i`` attending ``i + 1 + j`` keys
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "BackboneShape",
     "CodecShape",
     "EnergyHeadShape",
+    "ar_brier_flops",
     "ar_flops_per_token",
     "backbone_flops_per_position",
     "calm_flops_per_token",
@@ -100,6 +104,18 @@ def ar_flops_per_token(
     """AR baseline FLOPs per token: backbone + untied output projection; training is 3x."""
     fwd = backbone_flops_per_position(shape, context) + 2 * shape.hidden * vocab
     return 3 * fwd if training else fwd
+
+
+def ar_brier_flops(shape: BackboneShape, vocab: int, batch: int, length: int, max_n: int) -> float:
+    """Matmul FLOPs of the AR BrierLM estimator on ``batch x length`` tokens when its two samples
+    always agree, so that every one of the ``length - max_n`` starts rolls out ``max_n - 1`` steps
+    (the most expensive case: fewer agreements drop starts)."""
+    starts = length - max_n
+    total = batch * length * ar_flops_per_token(shape, vocab, causal_context(length), training=False)
+    for step in range(1, max_n):
+        context = (starts - 1) / 2 + 1 + step  # start i sees prefix 0..i and its `step` own keys
+        total += batch * starts * ar_flops_per_token(shape, vocab, context, training=False)
+    return total
 
 
 def codec_encoder_flops_per_chunk(shape: CodecShape) -> float:

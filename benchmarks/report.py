@@ -125,8 +125,20 @@ def _speed_section(d: dict[str, Any]) -> list[str]:
             f"**{16.2 / agree:.1f}x** faster (the issue's target is >= 10x). Like the reference, "
             "ours rolls out only while the two samples agree, so this case costs three more "
             "backbone calls over all 8 x 508 starts; they are batched over positions and rows.",
-            "",
         ]
+        gflop = d.get("extra", {}).get("ar_brier_always_agree_gflop")
+        if isinstance(gflop, int | float) and gflop > 0:
+            floor = gflop / d["matmul_gflops"]
+            lines[-1] += (
+                f" Its matrix multiplies alone are {gflop:.0f} GFLOP (`flops.ar_brier_flops`): "
+                f"{fmt(floor, 3)} s at this run's fp32 matmul rate, so the whole evaluation runs "
+                f"at {gflop / agree:.0f} GFLOP/s, {floor / agree:.0%} of that rate, and 10x "
+                f"(1.62 s) needs {gflop / 1.62:.0f} GFLOP/s ({floor / 1.62:.0%}): everything "
+                "besides the matmuls (two attentions at ~40 GFLOP/s with 64-wide heads, "
+                "softmax over 4,096 tokens, RoPE, norms) would have to fit in "
+                f"{fmt(max(1.62 - floor, 0.0), 2)} s."
+            )
+        lines += [""]
     ar_ctx = d.get("extra", {}).get("ar_gen_token_s_ctx")
     if isinstance(ar_ctx, dict):
         lines += [

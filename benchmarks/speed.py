@@ -33,7 +33,12 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks import models as M
-from benchmarks.flops import ar_flops_per_token, calm_flops_per_token, causal_context
+from benchmarks.flops import (
+    ar_brier_flops,
+    ar_flops_per_token,
+    calm_flops_per_token,
+    causal_context,
+)
 from benchmarks.timing import Measurement, measure, measure_interleaved
 
 __all__ = ["Settings", "SpeedRun", "brier_eval", "run_speed"]
@@ -346,6 +351,10 @@ def _evaluation(run: SpeedRun, settings: Settings) -> None:
         m = measure(lambda: brier_eval(model, tokens), reps=settings.reps, warmup=settings.warmup)
         run.put("eval_extra_s", "ar_brier_always_agree", m.seconds, m)
         run.extra["ar_brier_always_agree_s"] = m.seconds
+        # its matmul work (flops.py), for the floor the report derives from the GEMM rate
+        run.extra["ar_brier_always_agree_gflop"] = (
+            ar_brier_flops(M.backbone_shape(), M.VOCAB, M.TRAIN_BATCH, M.SEQ_LEN, 4) / 1e9
+        )
 
     _attempt(run, "eval_extra_s", ["ar_brier_always_agree"], settings, agree)
 

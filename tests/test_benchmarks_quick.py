@@ -72,6 +72,19 @@ def test_backbone_flops_hand_computed() -> None:
     assert F.ar_flops_per_token(shape, vocab=10, context=3) == 3 * (336 + 80)
 
 
+def test_ar_brier_flops_counts_every_query_with_its_keys() -> None:
+    # batch 2, 7 tokens, 4-grams: 7 teacher-forced positions seeing 1..7 keys, then 3 starts
+    # (i = 0, 1, 2) rolled out 3 steps, start i at step j seeing i + 1 + j keys
+    shape = F.BackboneShape(hidden=4, intermediate=8, layers=1, heads=2, kv_heads=1)
+    per = [F.ar_flops_per_token(shape, 10, keys, training=False) for keys in range(1, 8)]
+    per += [
+        F.ar_flops_per_token(shape, 10, i + 1 + j, training=False)
+        for j in (1, 2, 3)
+        for i in range(3)
+    ]
+    assert F.ar_brier_flops(shape, 10, batch=2, length=7, max_n=4) == pytest.approx(2 * sum(per))
+
+
 def test_causal_context_is_average_keys() -> None:
     assert F.causal_context(1) == 1
     assert F.causal_context(512) == pytest.approx(sum(range(1, 513)) / 512)
@@ -198,7 +211,8 @@ def test_write_docs_renders_tables_and_verdicts(tmp_path: Path) -> None:
         "machine": {"cpu": "TestCPU", "logical_cores": 2, "threads": 2, "torch": "x",
                     "python": "3.11", "platform": "p", "date": "2026-01-01 00:00 UTC",
                     "command": "python benchmarks/run.py", "wall_s": 1.0},
-        "mode": "full", "reps": 5, "timings": {}, "extra": {},
+        "mode": "full", "reps": 5, "timings": {},
+        "extra": {"ar_brier_always_agree_s": 2.0, "ar_brier_always_agree_gflop": 100.0},
         "matmul": {"end_gflops": 140.0},
         "targets": T.evaluate_targets(res), "reference_ratios": T.reference_ratios(res),
     }  # fmt: skip
@@ -208,5 +222,10 @@ def test_write_docs_renders_tables_and_verdicts(tmp_path: Path) -> None:
     assert "| generation T=1 batch 1, CALM/AR | 7 |" in text
     assert "`eval_s.calm_brier`: missing code: no estimator" in text
     assert "No quality results" in text
+    # the always-agree evaluation against its matmul floor at this run's GEMM rate
+    floor = 100.0 / details["matmul_gflops"]
+    assert "**8.1x** faster" in text
+    assert f"{floor:.3g} s at this run's fp32 matmul rate" in text
+    assert f"50 GFLOP/s, {floor / 2.0:.0%} of that rate" in text
     assert json.loads(json.dumps(details))  # the details stay JSON-serialisable
     assert not math.isnan(details["targets"][0]["ratio"])
