@@ -607,10 +607,17 @@ def run_quality(
     out: Path,
     phases: tuple[str, ...] | None = None,
     codec_minutes: float | None = None,
+    eval_blocks: int | None = None,
     stop_at: float | None = None,
 ) -> int:
-    """Run (or resume) the quality phases; write the collected results to ``out``."""
+    """Run (or resume) the quality phases; write the collected results to ``out``.
+
+    ``eval_blocks`` replaces the plan's number of held-out blocks (0: all of them)."""
     plan = QualityPlan.for_run(minutes, quick, codec_minutes)
+    if eval_blocks is not None:
+        if eval_blocks < 0:
+            raise ValueError(f"eval_blocks must be >= 0 (0 = every held-out block), got {eval_blocks}")
+        plan.eval_blocks = eval_blocks or None
     load_average = [round(x, 2) for x in os.getloadavg()]
     if phases:
         plan.phases = phases

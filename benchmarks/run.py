@@ -111,6 +111,15 @@ def _parser() -> argparse.ArgumentParser:
         "finished phases are reused from the work directory",
     )
     p.add_argument(
+        "--eval-blocks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--quality: held-out 512-token blocks to evaluate on (default 16, the first 8,192 "
+        "held-out tokens; 0 = all of them, 98 on the bundled corpus). Phases finished before "
+        "keep the blocks they were evaluated on",
+    )
+    p.add_argument(
         "--quality-dir",
         type=Path,
         default=None,
@@ -273,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             quick=bool(args.quick),
             phases=tuple(x.strip() for x in args.phases.split(",")) if args.phases else None,
             codec_minutes=args.codec_minutes,
+            eval_blocks=args.eval_blocks,
             stop_at=_utc_today(args.stop_at) if args.stop_at else None,
             out=RESULTS_DIR / ("quality_quick.json" if args.quick else "quality.json"),
         )

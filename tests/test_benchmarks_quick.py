@@ -229,3 +229,18 @@ def test_write_docs_renders_tables_and_verdicts(tmp_path: Path) -> None:
     assert f"50 GFLOP/s, {floor / 2.0:.0%} of that rate" in text
     assert json.loads(json.dumps(details))  # the details stay JSON-serialisable
     assert not math.isnan(details["targets"][0]["ratio"])
+
+
+def test_quality_eval_blocks_limit_and_all(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from benchmarks.quality import _val_blocks, run_quality
+
+    val = SimpleNamespace(tokens=list(range(10 * 4 + 3)))  # ten 4-token blocks and a tail
+    assert _val_blocks(val, 4, 3).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert _val_blocks(val, 4, None).shape == (10, 4)  # every whole block, the tail left out
+    with pytest.raises(ValueError, match="eval_blocks must be >= 0"):
+        run_quality(
+            tmp_path, minutes=None, work_dir=tmp_path, quick=True, out=tmp_path / "q.json",
+            eval_blocks=-1,
+        )  # fmt: skip
