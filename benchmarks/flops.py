@@ -111,7 +111,9 @@ def ar_brier_flops(shape: BackboneShape, vocab: int, batch: int, length: int, ma
     always agree, so that every one of the ``length - max_n`` starts rolls out ``max_n - 1`` steps
     (the most expensive case: fewer agreements drop starts)."""
     starts = length - max_n
-    total = batch * length * ar_flops_per_token(shape, vocab, causal_context(length), training=False)
+    total = (
+        batch * length * ar_flops_per_token(shape, vocab, causal_context(length), training=False)
+    )
     for step in range(1, max_n):
         context = (starts - 1) / 2 + 1 + step  # start i sees prefix 0..i and its `step` own keys
         total += batch * starts * ar_flops_per_token(shape, vocab, context, training=False)

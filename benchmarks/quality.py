@@ -616,7 +616,9 @@ def run_quality(
     plan = QualityPlan.for_run(minutes, quick, codec_minutes)
     if eval_blocks is not None:
         if eval_blocks < 0:
-            raise ValueError(f"eval_blocks must be >= 0 (0 = every held-out block), got {eval_blocks}")
+            raise ValueError(
+                f"eval_blocks must be >= 0 (0 = every held-out block), got {eval_blocks}"
+            )
         plan.eval_blocks = eval_blocks or None
     load_average = [round(x, 2) for x in os.getloadavg()]
     if phases:
