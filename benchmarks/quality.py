@@ -199,6 +199,21 @@ def _val_blocks(val: Any, seq_len: int, limit: int | None) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------ training
+def _train_config(plan: QualityPlan, steps: int | None, fields: dict[str, Any] | None) -> Any:
+    """The protocol's trainer settings (``fields`` replace some) for ``steps`` or the plan's cap."""
+    from calm_core.training import TrainConfig
+
+    total = steps if steps is not None else plan.max_steps
+    return TrainConfig.model_validate(
+        {
+            "steps": total, "batch_size": plan.batch, "seq_len": plan.seq_len, "lr": plan.lr,
+            "betas": (0.9, 0.95), "weight_decay": 0.1, "grad_clip": 1.0,
+            "warmup_steps": min(plan.warmup_steps, total), "log_every": 10, "eval_every": 0,
+            "seed": 0, **(fields or {}),
+        }
+    )  # fmt: skip
+
+
 def _train(
     state: State,
     model: nn.Module,
@@ -214,21 +229,25 @@ def _train(
     """Train with the project's Trainer until the time or step budget; save snapshots.
 
     ``fields`` replaces trainer settings of the protocol (the codec uses its own recipe);
-    ``resume`` continues exactly from the latest checkpoint in the run directory."""
-    from calm_core.training import TrainConfig, Trainer
-    from safetensors.torch import save_model
+    ``resume`` continues exactly from the latest checkpoint in the run directory.
 
-    plan = state.plan
-    total = steps if steps is not None else plan.max_steps
-    config = TrainConfig.model_validate(
-        {
-            "steps": total, "batch_size": plan.batch, "seq_len": plan.seq_len, "lr": plan.lr,
-            "betas": (0.9, 0.95), "weight_decay": 0.1, "grad_clip": 1.0,
-            "warmup_steps": min(plan.warmup_steps, total), "log_every": 10, "eval_every": 0,
-            "seed": 0, **(fields or {}),
-        }
-    )  # fmt: skip
+    A finished run leaves ``trained.json`` (what it was asked to do and what it did) beside its
+    weights: called again with the same request, it loads the final weights into ``model`` and
+    returns the same record without training, so phases can be re-evaluated (e.g. on other
+    held-out blocks) without retraining."""
+    from calm_core.training import Trainer
+    from safetensors.torch import load_model, save_model
+
+    config = _train_config(state.plan, steps, fields)
     run_dir = state.work / "runs" / name
+    request = train_request(config.model_dump(mode="json"), minutes, snapshots, resume)
+    record = run_dir / TRAINED_RECORD
+    if record.is_file():
+        prior = json.loads(record.read_text())
+        if prior.get("request") == request and Path(prior["final"]).is_file():
+            load_model(model, prior["final"])
+            _log(f"{name}: trained before, reusing {record}")
+            return {k: v for k, v in prior.items() if k != "request"}
     saved: dict[int, str] = {}
     start, cpu_start = time.perf_counter(), time.process_time()
     deadline = None if minutes is None else start + 60 * minutes
@@ -258,7 +277,7 @@ def _train(
         summary = {"steps": trainer.step, "stopped": "time budget"}
     final = run_dir / "final.safetensors"
     save_model(model, str(final))
-    return {
+    info = {
         "steps": int(trainer.step),
         "wall_s": round(time.perf_counter() - start, 1),
         # CPU seconds of this process: on a shared machine, wall time overstates the compute
@@ -267,6 +286,21 @@ def _train(
         "snapshots": {str(k): v for k, v in sorted(saved.items())},
         "final": str(final),
     }
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**info, "request": request}, indent=1) + "\n")
+    tmp.replace(record)  # atomic: a run interrupted before this point trains again
+    return info
+
+
+#: the record of a finished training run, in its run directory (see :func:`_train`)
+TRAINED_RECORD = "trained.json"
+
+
+def train_request(
+    config: dict[str, Any], minutes: float | None, snapshots: tuple[int, ...], resume: bool
+) -> dict[str, Any]:
+    """What a training run was asked to do: equal requests reuse one finished run."""
+    return {"config": config, "minutes": minutes, "snapshots": list(snapshots), "resume": resume}
 
 
 def _codec(state: State, chunk: int) -> Any:
