@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         "--phases",
         default=None,
         help="--quality: comma-separated phases to run (data, codec, ar, calm, eval_ar, eval_calm, "
-        "baselines, heads; ksweep, k1_full, calm_x4, ar_brier and head_bigram only when named); "
+        "baselines, heads; ksweep, k1_full, calm_x4, ar_brier, head_bigram and ar_reference_recipe "
+        "only when named); "
         "finished phases are reused from the work directory",
     )
     p.add_argument(
@@ -115,9 +116,10 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="--quality: held-out 512-token blocks to evaluate on (default 16, the first 8,192 "
-        "held-out tokens; 0 = all of them, 98 on the bundled corpus). Phases finished before "
-        "keep the blocks they were evaluated on",
+        help="--quality: evaluate on the first N held-out 512-token blocks (default 0 = all of "
+        "them, 98 on the bundled corpus). Phases finished before "
+        "keep the blocks they were evaluated on: delete a phase's file under phases/ to "
+        "re-evaluate it (its training is reused)",
     )
     p.add_argument(
         "--quality-dir",

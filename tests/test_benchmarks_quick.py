@@ -244,3 +244,29 @@ def test_quality_eval_blocks_limit_and_all(tmp_path: Path) -> None:
             tmp_path, minutes=None, work_dir=tmp_path, quick=True, out=tmp_path / "q.json",
             eval_blocks=-1,
         )  # fmt: skip
+
+
+def test_quality_targets_judge_the_final_snapshot_and_show_the_best() -> None:
+    from benchmarks.report import _targets_lines
+
+    def row(step: int, b1: float, lm: float, ppl: float) -> dict[str, object]:
+        return {"step": step, "brier": {"1": b1}, "brierlm": lm, "perplexity": ppl}
+
+    ar = [row(100, 0.03, 0.1, 300.0), row(400, 0.05, 0.3, 170.0), row(629, 0.031, 0.0, 216.7)]
+    ref = [row(400, 0.052, 0.19, 216.5), row(768, 0.045, 0.25, 214.7)]
+    text = "\n".join(
+        _targets_lines({"eval_ar": {"curve": ar}, "ar_reference_recipe": {"curve": ref}})
+    )
+    assert (
+        "| AR held-out Brier-1 vs reference AR 0.04-0.05 | 0.031 | 0.05 (400) | **not met** |"
+        in text
+    )
+    assert "| AR perplexity vs reference AR ~215 | 216.7 | 170 (400) | **not met** |" in text
+    assert (
+        "| AR, reference recipe, BrierLM vs reference AR 0.24 | 0.25 | 0.25 (768) | met |" in text
+    )
+    assert (
+        "| AR, reference recipe, perplexity vs reference AR ~215 | 214.7 | 214.7 (768) | met |"
+        in text
+    )
+    assert "CALM" not in text  # no CALM curve, no CALM rows
