@@ -127,7 +127,7 @@ def k1_lines(phases: dict[str, Any]) -> list[str]:
             f"its held-out energy loss ({fmt(loss, 4)}) is within {FLOOR_MARGIN} of a random "
             f"training token's ({fmt(floor['energy_loss'], 4)}) and its Brier-1 "
             f"({fmt(b1)} ± {fmt(se1, 2)}) is {se_distance(b1, u1, se1)} the unigram's "
-            f"({fmt(u1)}), like K=4. With one token "
+            f"({fmt(u1)}); K=4's held-out energy loss sits at its floor too. With one token "
             "per chunk there is no chunking to blame: at this budget CALM's likelihood-free "
             "training (energy head and loss) learns the distribution of the next vector long "
             f"before it learns how the context moves it.{_ar_leaves_floor(phases)}"
