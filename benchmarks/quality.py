@@ -567,6 +567,32 @@ def _phase_calm_x4(state: State) -> dict[str, Any]:
     }
 
 
+def _budget_run(
+    state: State,
+    model: nn.Module,
+    name: str,
+    kind: str,
+    data: tuple[Any, Any, Tensor],
+    *,
+    chunk: int = M.CHUNK,
+    fields: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` for the whole budget with snapshots, evaluate every snapshot on the
+    held-out ``blocks`` of ``data = (train, val, blocks)``: the common record of a diagnosis phase.
+    ``kind`` ("ar" or "calm") picks the evaluation and the FLOP formula."""
+    train, val, blocks = data
+    trained = _train(
+        state, model, train, name, minutes=state.plan.lm_minutes, steps=None,
+        snapshots=state.plan.snapshot_steps, fields=fields,
+    )  # fmt: skip
+    trained["train_flops_per_token"] = _flops_per_token(kind, chunk)
+    return {
+        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
+        "val_blocks": int(blocks.shape[0]),
+        "curve": _eval_snapshots(state, model, trained, blocks, kind, val.pad_id),
+    }
+
+
 def _ensure_k1_codec(state: State) -> None:
     """Reuse the K sweep's K=1 codec, or train one with the K sweep's budget."""
     if not (state.work / "codec_k1" / "config.json").is_file():
@@ -581,18 +607,11 @@ def _phase_k1_full(state: State) -> dict[str, Any]:
     train, val = _datasets(state, 1)
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     model = _build(state, "calm", train.pad_id, chunk=1)
-    trained = _train(
-        state, model, train, "calm_k1_full", minutes=state.plan.lm_minutes, steps=None,
-        snapshots=state.plan.snapshot_steps,
-    )  # fmt: skip
-    trained["train_flops_per_token"] = _flops_per_token("calm", 1)
-    curve = _eval_snapshots(state, model, trained, blocks, "calm", val.pad_id)
+    run = _budget_run(state, model, "calm_k1_full", "calm", (train, val, blocks), chunk=1)
     train_tokens = np.asarray(train.tokens, dtype=np.int64)
     targets = blocks[:, 1:].reshape(-1, 1).numpy()  # every next token is a chunk at K=1
     return {
-        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
-        "val_blocks": int(blocks.shape[0]),
-        "curve": curve,
+        **run,
         "floor": {
             "unigram_brier_n": unigram_brier(train_tokens, blocks, val.pad_id),
             "energy_loss": chunk_sampler_energy(
@@ -612,17 +631,9 @@ def _phase_ar_brier(state: State) -> dict[str, Any]:
     ar = M.build_ar(pad_id=train.pad_id)
     model = BrierTrainedLM(ar.config)
     model.load_state_dict(ar.state_dict())
-    trained = _train(
-        state, model, train, "ar_brier", minutes=state.plan.lm_minutes, steps=None,
-        snapshots=state.plan.snapshot_steps,
-    )  # fmt: skip
-    # the Brier score's softmax and squares are O(V) per token, beside O(params) for the model
-    trained["train_flops_per_token"] = _flops_per_token("ar")
-    return {
-        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
-        "val_blocks": int(blocks.shape[0]),
-        "curve": _eval_snapshots(state, model, trained, blocks, "ar", val.pad_id),
-    }
+    # FLOPs as the AR's: the Brier score's softmax and squares are O(V) per token, beside
+    # O(params) for the model
+    return _budget_run(state, model, "ar_brier", "ar", (train, val, blocks))
 
 
 #: the reference implementation's own recipe (BENCHMARKS.md), for phase ``ar_reference_recipe``
@@ -636,17 +647,10 @@ def _phase_ar_reference_recipe(state: State) -> dict[str, Any]:
     train, val = _datasets(state, M.CHUNK)
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     model = _build(state, "ar", train.pad_id)
-    trained = _train(
-        state, model, train, "ar_reference_recipe", minutes=state.plan.lm_minutes, steps=None,
-        snapshots=state.plan.snapshot_steps, fields=REFERENCE_RECIPE,
-    )  # fmt: skip
-    trained["train_flops_per_token"] = _flops_per_token("ar")
-    return {
-        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
-        "recipe": REFERENCE_RECIPE,
-        "val_blocks": int(blocks.shape[0]),
-        "curve": _eval_snapshots(state, model, trained, blocks, "ar", val.pad_id),
-    }
+    run = _budget_run(
+        state, model, "ar_reference_recipe", "ar", (train, val, blocks), fields=REFERENCE_RECIPE
+    )
+    return {**run, "recipe": REFERENCE_RECIPE}
 
 
 def _phase_head_bigram(state: State) -> dict[str, Any]:
