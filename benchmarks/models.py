@@ -39,6 +39,7 @@ __all__ = [
     "build_codec",
     "codec_shape",
     "energy_shape",
+    "preset_data",
 ]
 
 VOCAB = 4096
@@ -120,6 +121,17 @@ def energy_shape() -> EnergyHeadShape:
         samples=ENERGY["num_samples"],
         target_samples=ENERGY["num_target_samples"],
     )
+
+
+def preset_data(kind: str) -> dict[str, Any]:
+    """The bench CALM (``kind="calm"``, energy head) or AR model as a preset-shaped dict, for the
+    analytic counts of :mod:`calm_core.presets` (built here from the shapes above, not a preset)."""
+    backbone = {**BACKBONE, "max_positions": SEQ_LEN}
+    if kind == "ar":
+        return {"kind": "transformer_lm", "backbone": backbone, "vocab_size": VOCAB}
+    codec = {"name": "autoencoder", "config": {**CODEC, "chunk_size": CHUNK, "vocab_size": VOCAB}}
+    head = {"name": "energy", "config": ENERGY}
+    return {"kind": "calm", "backbone": backbone, "head": head, "codec": codec}
 
 
 def _max_positions(context_tokens: int, chunk: int) -> int:

@@ -36,6 +36,7 @@ from benchmarks import models as M
 from benchmarks.flops import (
     ar_brier_flops,
     ar_flops_per_token,
+    backbone_flops_per_position,
     calm_flops_per_token,
     causal_context,
 )
@@ -359,6 +360,24 @@ def _evaluation(run: SpeedRun, settings: Settings) -> None:
     _attempt(run, "eval_extra_s", ["ar_brier_always_agree"], settings, agree)
 
 
+# ------------------------------------------------------------------------------ decode weights
+def _decode_weights(run: SpeedRun) -> None:
+    """Weights a batch-1 generation step reads per new token (analytic; what bounds CALM/AR)."""
+    from calm_core.presets import decode_weights_per_token
+
+    def mb(preset: dict[str, Any] | str) -> float:
+        return 4 * decode_weights_per_token(preset) / 1e6  # fp32
+
+    run.extra["decode_weight_mb_per_token"] = {
+        "calm": mb(M.preset_data("calm")),
+        "ar": mb(M.preset_data("ar")),
+        "calm-m": mb("calm-m"),
+        "transformer-m": mb("transformer-m"),
+    }
+    # the backbone's share (matmul weights = half its FLOPs per position without attention)
+    run.extra["backbone_weight_mb"] = 4 * backbone_flops_per_position(M.backbone_shape(), 0) / 2e6
+
+
 # ------------------------------------------------------------------------------------------ MFU
 def _mfu(run: SpeedRun, gemm_gflops: float) -> None:
     bb, codec, head = M.backbone_shape(), M.codec_shape(), M.energy_shape()
@@ -389,6 +408,8 @@ def run_speed(settings: Settings, gemm_gflops: float, *, only: set[str] | None =
         if only is None or name in only:
             settings.log(f"[{name}]")
             fn(run, settings)
+    if only is None or "gen" in only:
+        _decode_weights(run)
     if only is None or "train" in only:
         _mfu(run, gemm_gflops)
     return run

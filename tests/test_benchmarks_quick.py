@@ -212,7 +212,10 @@ def test_write_docs_renders_tables_and_verdicts(tmp_path: Path) -> None:
                     "python": "3.11", "platform": "p", "date": "2026-01-01 00:00 UTC",
                     "command": "python benchmarks/run.py", "wall_s": 1.0},
         "mode": "full", "reps": 5, "timings": {},
-        "extra": {"ar_brier_always_agree_s": 2.0, "ar_brier_always_agree_gflop": 100.0},
+        "extra": {"ar_brier_always_agree_s": 2.0, "ar_brier_always_agree_gflop": 100.0,
+                  "decode_weight_mb_per_token": {"calm": 5.0, "ar": 10.0, "calm-m": 300.0,
+                                                 "transformer-m": 1200.0},
+                  "backbone_weight_mb": 8.0},
         "matmul": {"end_gflops": 140.0},
         "targets": T.evaluate_targets(res), "reference_ratios": T.reference_ratios(res),
     }  # fmt: skip
@@ -227,6 +230,12 @@ def test_write_docs_renders_tables_and_verdicts(tmp_path: Path) -> None:
     assert "**8.1x** faster" in text
     assert f"{floor:.3g} s at this run's fp32 matmul rate" in text
     assert f"50 GFLOP/s, {floor / 2.0:.0%} of that rate" in text
+    # batch-1 decoding against the weights each step reads: 4 x 10 / (4 x 5) = 2 at equal speed
+    calm_b1, ar_b1 = res["gen_tok_s"]["calm_t1_b1"], res["gen_tok_s"]["ar_b1"]
+    assert "CALM/AR at batch 1 is 2; this run measured" in text
+    assert f"({calm_b1 / ar_b1 / 2:.0%} of it)" in text
+    assert "needs CALM to read its weights 1.75x faster" in text
+    assert "gives 4 for CALM-M against Transformer-M" in text
     assert json.loads(json.dumps(details))  # the details stay JSON-serialisable
     assert not math.isnan(details["targets"][0]["ratio"])
 

@@ -9,6 +9,7 @@ import torch
 from calm_core.presets import (
     PRESETS,
     build_preset,
+    decode_weights_per_token,
     flops_per_token,
     get_preset,
     parameter_count,
@@ -81,3 +82,40 @@ def test_build_ar_preset_and_count_parameters() -> None:
     assert weights == parameter_count("transformer-tiny")
     out = model(torch.randint(0, 128, (2, 16)))
     assert torch.isfinite(out["loss"])
+
+
+def _weights(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.dim() >= 2)
+
+
+def test_codec_parameter_count_matches_the_built_codec() -> None:
+    torch.manual_seed(0)
+    model = build_preset("calm-tiny")
+    codec = parameter_count("calm-tiny", include_codec=True) - parameter_count("calm-tiny")
+    assert codec == _weights(model.codec)  # the per-token FFNs are shared by the K positions
+
+
+def test_decode_weights_count_what_one_generation_step_multiplies() -> None:
+    torch.manual_seed(0)
+    calm = build_preset("calm-tiny")
+    K, d = 4, 32
+    codec = calm.codec
+    decoder = sum(
+        _weights(getattr(codec, n))
+        for n in ("from_latent", "dec_chunk_ffn", "dec_expand", "dec_token_ffn")
+    )
+    step = K * d + _weights(calm.embed_proj) + _weights(calm.backbone) + _weights(calm.head)
+    step += decoder + codec.output_embedding().numel()
+    assert decode_weights_per_token("calm-tiny") == step / K
+    ar = build_preset("transformer-tiny")
+    assert decode_weights_per_token("transformer-tiny") == d + _weights(ar.backbone) + _weights(
+        ar.lm_head
+    )
+
+
+def test_calm_decodes_k_times_fewer_weights_only_at_published_scale() -> None:
+    # at batch 1 a step reads every weight it uses once: CALM's advantage per weight read
+    bench = decode_weights_per_token("transformer-bench") / decode_weights_per_token("calm-bench")
+    assert bench == pytest.approx(2.393, abs=1e-3)  # 4 x 17.0 MB / 28.5 MB in fp32
+    published = decode_weights_per_token("transformer-m") / decode_weights_per_token("calm-m")
+    assert 4.2 < published < 4.4  # the codec's output matrix is at width 512, the AR's at 1024
