@@ -107,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         "--phases",
         default=None,
         help="--quality: comma-separated phases to run (data, codec, ar, calm, eval_ar, eval_calm, "
-        "baselines, heads; ksweep, k1_full, calm_x4, ar_brier, head_bigram and ar_reference_recipe "
-        "only when named); "
+        "baselines, heads; ksweep, k1_full, calm_x4, ar_brier, head_bigram, ar_reference_recipe "
+        "and ar_reference_steps only when named); "
         "finished phases are reused from the work directory",
     )
     p.add_argument(

@@ -263,8 +263,15 @@ def test_quality_targets_judge_the_final_snapshot_and_show_the_best() -> None:
 
     ar = [row(100, 0.03, 0.1, 300.0), row(400, 0.05, 0.3, 170.0), row(629, 0.031, 0.0, 216.7)]
     ref = [row(400, 0.052, 0.19, 216.5), row(768, 0.045, 0.25, 214.7)]
+    steps = [row(516, 0.053, 0.22, 194.7), row(645, 0.045, 0.238, 193.5)]
     text = "\n".join(
-        _targets_lines({"eval_ar": {"curve": ar}, "ar_reference_recipe": {"curve": ref}})
+        _targets_lines(
+            {
+                "eval_ar": {"curve": ar},
+                "ar_reference_recipe": {"curve": ref},
+                "ar_reference_steps": {"curve": steps},
+            }
+        )
     )
     assert (
         "| AR held-out Brier-1 vs reference AR 0.04-0.05 | 0.031 | 0.05 (400) | **not met** |"
@@ -278,4 +285,10 @@ def test_quality_targets_judge_the_final_snapshot_and_show_the_best() -> None:
         "| AR, reference recipe, perplexity vs reference AR ~215 | 214.7 | 214.7 (768) | met |"
         in text
     )
+    # at the reference's step count: judged on its last evaluation, like the reference's runs
+    name = "AR, reference recipe and step count,"
+    assert (
+        f"| {name} held-out Brier-1 vs reference AR 0.04-0.05 | 0.045 | 0.053 (516) | met |" in text
+    )
+    assert f"| {name} BrierLM vs reference AR 0.24 | 0.238 | 0.238 (645) | **not met** |" in text
     assert "CALM" not in text  # no CALM curve, no CALM rows
