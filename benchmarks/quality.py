@@ -580,14 +580,18 @@ def _budget_run(
     *,
     chunk: int = M.CHUNK,
     fields: dict[str, Any] | None = None,
+    steps: int | None = None,
+    snapshots: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` for the whole budget with snapshots, evaluate every snapshot on the
-    held-out ``blocks`` of ``data = (train, val, blocks)``: the common record of a diagnosis phase.
-    ``kind`` ("ar" or "calm") picks the evaluation and the FLOP formula."""
+    """Train ``model`` for the whole budget (or exactly ``steps``) with snapshots (the plan's, or
+    ``snapshots``), evaluate every snapshot on the held-out ``blocks`` of ``data = (train, val,
+    blocks)``: the common record of a diagnosis phase. ``kind`` ("ar" or "calm") picks the
+    evaluation and the FLOP formula."""
     train, val, blocks = data
     trained = _train(
-        state, model, train, name, minutes=state.plan.lm_minutes, steps=None,
-        snapshots=state.plan.snapshot_steps, fields=fields,
+        state, model, train, name, minutes=state.plan.lm_minutes if steps is None else None,
+        steps=steps, fields=fields,
+        snapshots=state.plan.snapshot_steps if snapshots is None else snapshots,
     )  # fmt: skip
     trained["train_flops_per_token"] = _flops_per_token(kind, chunk)
     return {
@@ -671,18 +675,12 @@ def _phase_ar_reference_steps(state: State) -> dict[str, Any]:
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     model = _build(state, "ar", train.pad_id)
     every = REFERENCE_AR_STEPS // REFERENCE_AR_EVALS
-    snapshots = tuple(every * i for i in range(1, REFERENCE_AR_EVALS))
-    trained = _train(
-        state, model, train, f"ar_reference_recipe_{REFERENCE_AR_STEPS}", minutes=None,
-        steps=REFERENCE_AR_STEPS, snapshots=snapshots, fields=REFERENCE_RECIPE,
+    run = _budget_run(
+        state, model, f"ar_reference_recipe_{REFERENCE_AR_STEPS}", "ar", (train, val, blocks),
+        fields=REFERENCE_RECIPE, steps=REFERENCE_AR_STEPS,
+        snapshots=tuple(every * i for i in range(1, REFERENCE_AR_EVALS)),
     )  # fmt: skip
-    trained["train_flops_per_token"] = _flops_per_token("ar")
-    return {
-        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
-        "val_blocks": int(blocks.shape[0]),
-        "curve": _eval_snapshots(state, model, trained, blocks, "ar", val.pad_id),
-        "recipe": REFERENCE_RECIPE,
-    }
+    return {**run, "recipe": REFERENCE_RECIPE}
 
 
 def _phase_head_bigram(state: State) -> dict[str, Any]:

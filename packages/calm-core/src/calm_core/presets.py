@@ -164,30 +164,28 @@ def _backbone_macs(b: dict[str, Any]) -> int:
     return int(n * (attn + 3 * d * f))
 
 
-def _codec_macs(codec: dict[str, Any]) -> tuple[int, int, int]:
-    """(encoder MACs per chunk, decoder MACs per chunk excl. logits, logits MACs per chunk)."""
+def _codec_sizes(codec: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """``(V, K, D, d, ffn)``: vocab, chunk, latent, width, weights of one FFN stage."""
     c = codec.get("config", {})
     V, K = c.get("vocab_size", 4096), c.get("chunk_size", 4)
     D, d, f = c.get("latent_size", 64), c.get("hidden_size", 256), c.get("intermediate_size", 640)
-    per_stage = c.get("ffn_layers_per_stage", 1)
-    ffn = 3 * d * f * per_stage
-    enc = K * ffn + K * d * d + ffn + d * 2 * D
-    dec = D * d + ffn + d * K * d + K * ffn
-    return enc, dec, K * d * V
+    return V, K, D, d, 3 * d * f * c.get("ffn_layers_per_stage", 1)
 
 
 def _codec_weights(codec: dict[str, Any]) -> tuple[int, int, int]:
-    """(encoder weights, decoder weights excl. the output matrix, output matrix ``V x d``).
-
-    Unlike the MACs, the per-token FFN counts once: its weights are shared by the K positions.
-    """
-    c = codec.get("config", {})
-    V, K = c.get("vocab_size", 4096), c.get("chunk_size", 4)
-    D, d, f = c.get("latent_size", 64), c.get("hidden_size", 256), c.get("intermediate_size", 640)
-    ffn = 3 * d * f * c.get("ffn_layers_per_stage", 1)
-    enc = ffn + K * d * d + ffn + d * 2 * D
-    dec = D * d + ffn + d * K * d + ffn
+    """(encoder weights, decoder weights excl. the output matrix, output matrix ``V x d``)."""
+    V, K, D, d, ffn = _codec_sizes(codec)
+    enc = ffn + K * d * d + ffn + d * 2 * D  # token FFN, squeeze, chunk FFN, to (mean, log std)
+    dec = D * d + ffn + d * K * d + ffn  # from latent, chunk FFN, expand, token FFN
     return enc, dec, V * d
+
+
+def _codec_macs(codec: dict[str, Any]) -> tuple[int, int, int]:
+    """(encoder MACs per chunk, decoder MACs per chunk excl. logits, logits MACs per chunk):
+    the weights, with the per-token FFN and the output matrix applied at each of the K positions."""
+    _, K, _, _, ffn = _codec_sizes(codec)
+    enc, dec, output = _codec_weights(codec)
+    return enc + (K - 1) * ffn, dec + (K - 1) * ffn, K * output
 
 
 def _energy_macs(head: dict[str, Any], d: int, D: int) -> tuple[int, int]:
