@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.models import CHUNK
 from benchmarks.report_diagnosis import (
     ar_brier_lines,
     calm_x4_lines,
@@ -214,7 +215,7 @@ def _decode_weights_lines(d: dict[str, Any]) -> list[str]:
     calm_s, ar_s = d["gen_tok_s"].get("calm_t1_b1"), d["gen_tok_s"].get("ar_b1")
     if not isinstance(w, dict) or not calm_s or not ar_s:
         return []
-    k = 4  # the bench K
+    k = CHUNK
     bound = w["ar"] / w["calm"]
     measured = calm_s / ar_s
     calm_gbs, ar_gbs = calm_s * w["calm"] / 1e3, ar_s * w["ar"] / 1e3

@@ -209,8 +209,7 @@ def parameter_count(preset: dict[str, Any] | str, *, include_codec: bool = False
     if p["kind"] == "transformer_lm":
         V = p["vocab_size"]
         return int(total + V * d * (1 if p.get("tie_embeddings") else 2))
-    c = p["codec"].get("config", {})
-    K, V, D = c.get("chunk_size", 4), c.get("vocab_size", 4096), c.get("latent_size", 64)
+    V, K, D, _, _ = _codec_sizes(p["codec"])
     per_sample, once = _energy_macs(p["head"], d, D)
     total += V * d + _compressor_weights(d, K) + per_sample + once
     if include_codec:  # its output matrix is tied to its input embedding: counted once
@@ -244,8 +243,7 @@ def flops_per_token(
     if p["kind"] == "transformer_lm":
         forward = backbone + 2 * p["vocab_size"] * d
         return float(3 * forward if training else forward)
-    c = p["codec"].get("config", {})
-    K, D = c.get("chunk_size", 4), c.get("latent_size", 64)
+    _, K, D, _, _ = _codec_sizes(p["codec"])
     compress = 2 * _compressor_weights(d, K)
     per_sample, once = _energy_macs(p["head"], d, D)
     enc, dec, logits = _codec_macs(p["codec"])
@@ -280,8 +278,7 @@ def decode_weights_per_token(preset: dict[str, Any] | str) -> float:
     backbone = _backbone_macs(b)
     if p["kind"] == "transformer_lm":
         return float(d + backbone + p["vocab_size"] * d)
-    c = p["codec"].get("config", {})
-    K, D = c.get("chunk_size", 4), c.get("latent_size", 64)
+    _, K, D, _, _ = _codec_sizes(p["codec"])
     compress = _compressor_weights(d, K)
     per_sample, once = _energy_macs(p["head"], d, D)
     _, decoder, output = _codec_weights(p["codec"])
