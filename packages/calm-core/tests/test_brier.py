@@ -230,6 +230,23 @@ def test_calm_estimator_reference_start_set_drops_one_start() -> None:
         calm_brier_scores(model, tokens[None, :4])
 
 
+def test_too_short_block_error_gives_the_length_that_works() -> None:
+    # K >= max_n: the reference start set drops nothing, so 2 chunks are enough either way
+    model, tokens = markov_setup(4, seed=1)
+    for reference in (False, True):
+        with pytest.raises(ValueError, match="use at least 8 tokens per block"):
+            calm_brier_scores(model, tokens[None, :4], reference_starts=reference)
+        assert (
+            calm_brier_scores(model, tokens[None, :8], reference_starts=reference).scores.shape[1]
+            == 1
+        )
+    # K = 2 < max_n: two chunks per n-gram, and the reference start set drops one start
+    model, tokens = markov_setup(2, seed=1)
+    with pytest.raises(ValueError, match="use at least 8 tokens per block"):
+        calm_brier_scores(model, tokens[None, :6], reference_starts=True)
+    assert calm_brier_scores(model, tokens[None, :8], reference_starts=True).scores.shape[1] == 1
+
+
 # --------------------------------------------------------------------------- synthetic bigram LM
 
 

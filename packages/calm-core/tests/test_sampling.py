@@ -192,6 +192,36 @@ def test_batch_sampler_input_errors() -> None:
         batch_temperature_sample(torch.zeros(4, 3, 2, dtype=torch.long), 2.0)
 
 
+@pytest.mark.parametrize("n", [300, 40])
+def test_integer_cascade_at_very_low_temperature_stays_finite(n: int) -> None:
+    # C(c, n) overflows float64 for thousands of copies: the weights must come from log space
+    cand = torch.zeros(2000, 2, 1, dtype=torch.long)
+    cand[:500, 1] = 1  # row 1: 500 copies of one value, 1,500 of another
+    gen = torch.Generator().manual_seed(0)
+    # row 0: one value; row 1: C(1500, n) / C(500, n) is astronomically large, the bigger wins
+    for _ in range(20):
+        picks = batch_temperature_sample(cand, 1.0 / n, generator=gen)
+        assert picks[:, 0].tolist() == [0, 0]
+
+
+def test_integer_cascade_log_space_equals_the_product_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import calm_core.sampling as sampling
+
+    gen = torch.Generator().manual_seed(4)
+    cand = torch.randint(0, 3, (60, 7, 2), generator=gen)
+    counts = count_identical(cand).t().double()
+    for n in (2, 5, 32):
+        product = sampling._cascade_weights(counts, n, 0.0)
+        with monkeypatch.context() as m:
+            m.setattr(sampling, "_PRODUCT_MAX_N", 0)  # force the log-space form
+            logs = sampling._cascade_weights(counts, n, 0.0)
+        torch.testing.assert_close(
+            logs / logs.sum(1, keepdim=True), product / product.sum(1, keepdim=True)
+        )
+
+
 def _id_states(candidates: torch.Tensor) -> torch.Tensor:
     """Candidates ``[N, rows, K]`` as per-position states ``[N, rows, K, 1]`` (state = id)."""
     return candidates.unsqueeze(-1)

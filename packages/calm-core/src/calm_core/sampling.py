@@ -306,6 +306,11 @@ def batch_temperature_sample(
     return candidates[pick, torch.arange(rows, device=candidates.device)]
 
 
+#: the integer cascade multiplies out C(c, n) / c directly up to this n: C(c, 32) stays finite in
+#: float64 for any c < 10**10 candidates; beyond it the weights are formed in log space
+_PRODUCT_MAX_N = 32
+
+
 def _cascade_weights(counts: Tensor, n: int, f: float) -> Tensor:
     """Per-candidate weights ``[rows, N]`` of the batch approximation from counts ``[rows, N]``.
 
@@ -313,9 +318,10 @@ def _cascade_weights(counts: Tensor, n: int, f: float) -> Tensor:
     cascade level ``e`` fixed by the row's largest count.
     """
     max_c = counts.max(dim=1, keepdim=True).values
-    if f == 0.0:
+    if f == 0.0 and n <= _PRODUCT_MAX_N:
         # integer cascade: m = min(n, max count); a candidate's weight C(c, m) / c =
-        # (c-1)(c-2)...(c-m+1) / (m-1)!, which is 0 exactly when c < m (few small ops)
+        # (c-1)(c-2)...(c-m+1) / (m-1)!, which is 0 exactly when c < m (few small ops; for
+        # larger n the product could overflow float64, and the log-space form below is used)
         m = torch.clamp(max_c, max=float(n))
         w = torch.ones_like(counts)
         for t in range(1, n):

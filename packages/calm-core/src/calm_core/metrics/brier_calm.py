@@ -176,7 +176,7 @@ def calm_brier_scores(
     if num < 1:
         raise ValueError(
             f"{T} tokens ({L} chunks of K={K}) leave no start with {max_n} target tokens; "
-            f"use at least {(s + 1 + int(reference_starts)) * K} tokens per block"
+            f"use at least {(s + 1 + int(reference_starts and s > 1)) * K} tokens per block"
         )
     targets = tokens[:, K:].reshape(B, P, K)
     pred1, pred2 = roll.begin(tokens)

@@ -142,9 +142,10 @@ def brier_evaluator(
 ) -> Callable[[Any], dict[str, float]]:
     """An ``evaluate(model) -> dict[str, float]`` callback for the trainer.
 
-    Keys: ``brier1..brier4``, ``brier1_se..brier4_se``, ``brierlm`` (x100, 0 when not
-    meaningful) and ``brierlm_meaningful`` (1.0 / 0.0). The same blocks and seed every call, so
-    successive evaluations differ only through the model.
+    Keys: ``brier1..brier4``, ``brier1_se..brier4_se``, ``brierlm`` (x100; 0 when some Brier-n
+    is <= 0, still reported when only an interval includes 0) and ``brierlm_meaningful`` (1.0 when
+    every Brier-n is positive with its interval above 0, else 0.0). The same blocks and seed every
+    call, so successive evaluations differ only through the model.
     """
 
     def evaluate(model: Any) -> dict[str, float]:
