@@ -199,6 +199,13 @@ def test_dedicated_mask_is_an_extra_input_row_never_decoded() -> None:
     handle.remove()
     fed = seen[0].reshape(-1, 4)
     assert torch.equal(fed == model.vocab_size, ~draws.token_keep)
+    # the mask row is internal: the id vocab_size is refused as input like any other bad id
+    bad = tokens(model)
+    bad[0, 0] = model.vocab_size
+    with pytest.raises(ValueError, match=r"must lie in \[0, 50\)"):
+        model.encode(bad)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 50\)"):
+        model.train().loss(bad)
 
 
 def test_dtype_and_device_follow_the_module() -> None:

@@ -10,7 +10,7 @@ from calm_core.config import ConfigError
 from calm_core.interfaces import GenerativeHead, LatentPosterior
 from calm_core.registry import heads
 from calm_heads.diffusion import DiffusionHead
-from calm_heads.diffusion_schedule import DiffusionSchedule, space_timesteps
+from calm_heads.diffusion_schedule import DiffusionSchedule, named_betas, space_timesteps
 from calm_heads.energy import EnergyHead
 from calm_heads.flow import FlowHead
 
@@ -177,6 +177,35 @@ def test_diffusion_exposes_respaced_timesteps() -> None:
     head = _build("diffusion", num_blocks=1, train_steps=1000, sampling_steps=50)
     assert isinstance(head, DiffusionHead)
     assert len(head.sampling_timesteps) == 50 and head.sampling_timesteps[-1] == 999
+
+
+def test_diffusion_with_one_sampling_step_draws_finite_samples() -> None:
+    head = _build("diffusion", num_blocks=1, train_steps=50, sampling_steps=1)
+    assert isinstance(head, DiffusionHead) and head.sampling_timesteps == [49]
+    gen = torch.Generator().manual_seed(0)
+    out = head.sample(torch.randn(N, H, generator=gen), 3, generator=gen)
+    assert out.shape == (3, N, D) and bool(torch.isfinite(out).all())
+
+
+def test_linear_schedule_needs_enough_steps_to_keep_signal() -> None:
+    # the linear end point 0.02 * 1000 / T reaches 1 (alpha-bar 0, NaN samples) at T = 20
+    sched = DiffusionSchedule.named("linear", 21)
+    assert float(sched.alphas_cumprod[-1]) > 0
+    with pytest.raises(ValueError, match="linear schedule needs at least 21 steps"):
+        named_betas("linear", 20)
+    with pytest.raises(ConfigError, match=r"train_steps >= 21 .*schedule='cosine'"):
+        _build("diffusion", train_steps=20, sampling_steps=2, schedule="linear")
+    head = _build("diffusion", num_blocks=1, train_steps=21, sampling_steps=2, schedule="linear")
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(N, H, generator=gen)
+    target = LatentPosterior(torch.randn(N, D, generator=gen), torch.full((N, D), 0.1))
+    assert bool(torch.isfinite(head.loss(hidden, target)).all())
+    assert bool(torch.isfinite(head.sample(hidden, 2, generator=gen)).all())
+
+
+def test_a_beta_of_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"values in \(0, 1\); a beta of 1 leaves no signal"):
+        DiffusionSchedule(torch.tensor([0.1, 1.0], dtype=torch.float64))
 
 
 def test_flow_euler_integrates_a_constant_field_exactly() -> None:

@@ -338,9 +338,7 @@ class ChunkAutoencoder(Codec):
                 f"token length {tokens.shape[-1] if tokens.dim() else 0} is not a multiple of the "
                 f"chunk size K={self.chunk_size}; pad sequences to a multiple of {self.chunk_size}"
             )
-        if tokens.numel() and (
-            int(tokens.min()) < 0 or int(tokens.max()) >= self.embed.num_embeddings
-        ):
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
             raise ValueError(
                 f"token ids must lie in [0, {self.vocab_size}), got range "
                 f"[{int(tokens.min())}, {int(tokens.max())}]; is the codec's vocab_size right?"

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from calm_heads.adaln_mlp import AdaLNHeadConfig, AdaLNMLP, reference_net_shape, strip_net_prefix
-from calm_heads.diffusion_schedule import DiffusionSchedule, ScheduleName
+from calm_heads.diffusion_schedule import LINEAR_MIN_STEPS, DiffusionSchedule, ScheduleName
 
 __all__ = ["DiffusionHead", "DiffusionHeadConfig"]
 
@@ -40,6 +40,12 @@ class DiffusionHeadConfig(AdaLNHeadConfig):
 
     @model_validator(mode="after")
     def _sampling_within_training(self) -> DiffusionHeadConfig:
+        if self.schedule == "linear" and self.train_steps < LINEAR_MIN_STEPS:
+            raise ValueError(
+                f"the linear schedule needs train_steps >= {LINEAR_MIN_STEPS} (its last beta "
+                f"0.02 * 1000 / train_steps reaches 1), got {self.train_steps}; use more steps "
+                "or schedule='cosine'"
+            )
         if self.sampling_steps > self.train_steps:
             raise ValueError(
                 f"sampling_steps ({self.sampling_steps}) cannot exceed train_steps "

@@ -37,6 +37,10 @@ __all__ = [
 ScheduleName = Literal["cosine", "linear"]
 
 
+#: fewest steps of the linear schedule: its end point 0.02 * 1000 / T must stay below 1
+LINEAR_MIN_STEPS = 21
+
+
 def named_betas(name: ScheduleName, num_steps: int) -> Tensor:
     """Betas (float64 ``[num_steps]``) of the ``"cosine"`` or ``"linear"`` schedule."""
     if num_steps < 1:
@@ -52,6 +56,12 @@ def named_betas(name: ScheduleName, num_steps: int) -> Tensor:
         ]
         return torch.tensor(betas, dtype=torch.float64)
     if name == "linear":
+        if num_steps < LINEAR_MIN_STEPS:
+            raise ValueError(
+                f"the linear schedule needs at least {LINEAR_MIN_STEPS} steps (its last beta, "
+                f"0.02 * 1000 / steps, reaches 1 and leaves no signal), got {num_steps}; use "
+                "more steps or the cosine schedule"
+            )
         scale = 1000.0 / num_steps  # keeps the schedule's end points comparable across lengths
         return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
     raise ValueError(f"unknown noise schedule {name!r}; choose 'cosine' or 'linear'")
@@ -110,8 +120,11 @@ class DiffusionSchedule:
 
     def __init__(self, betas: Tensor, timestep_map: list[int] | None = None) -> None:
         betas = betas.detach().to(device="cpu", dtype=torch.float64)
-        if betas.dim() != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError("betas must be a 1-D tensor with values in (0, 1]")
+        if betas.dim() != 1 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError(
+                "betas must be a 1-D tensor with values in (0, 1); a beta of 1 leaves no signal "
+                "(alpha-bar 0) and makes every sample NaN"
+            )
         self.num_steps = int(betas.shape[0])
         self.timestep_map = list(range(self.num_steps)) if timestep_map is None else timestep_map
         if len(self.timestep_map) != self.num_steps:
@@ -119,8 +132,10 @@ class DiffusionSchedule:
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
         posterior_variance = betas * (1.0 - prev) / (1.0 - alphas_cumprod)
-        # The first posterior variance is 0; borrow the next one so its log stays finite.
-        clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]])
+        # The first posterior variance is 0; borrow the next one so its log stays finite (a
+        # single-step process has none: its beta stands in, as the step adds no noise anyway).
+        first = posterior_variance[1:2] if self.num_steps > 1 else betas[:1]
+        clipped = torch.cat([first, posterior_variance[1:]])
         self._cpu: dict[str, Tensor] = {
             "betas": betas,
             "log_betas": betas.log(),
