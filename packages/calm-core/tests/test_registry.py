@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import argparse
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
 
+import calm_core.registry as registry_module
 import pytest
 from calm_core.config import ConfigError
 from calm_core.registry import (
@@ -90,3 +95,106 @@ def test_registry_for() -> None:
     assert registry_for("head") is heads and registry_for("codecs") is codecs
     with pytest.raises(UnknownComponentError, match="available: heads, codecs"):
         registry_for("tokenizer")
+
+
+# ----------------------------------------------------------------- simulated entry points
+_FAKE_PLUGIN = """
+from typing import Any, Callable
+from calm_core.config import ConfigModel
+from tiny_components import TinyHead
+
+
+class ReexportedHead(TinyHead):
+    pass
+
+
+class CallableConfig(ConfigModel):
+    activation: Callable[[Any], Any] = abs  # validates, but has no JSON schema
+
+
+class SchemalessHead(TinyHead):
+    config_class = CallableConfig
+"""
+
+
+@pytest.fixture
+def fake_entry_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[dict[str, str]], None]]:
+    """Install a throwaway package and expose chosen ``calm.heads`` entry points for it."""
+    pkg = tmp_path / "fake_calm_plugin"
+    (pkg / "impl").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from fake_calm_plugin.impl import ReexportedHead\n")
+    (pkg / "impl" / "__init__.py").write_text(_FAKE_PLUGIN)
+    (pkg / "exits.py").write_text("import sys\nsys.exit('this plugin exits at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = registry_module.metadata.entry_points
+
+    def use(points: dict[str, str]) -> None:
+        extra = [metadata.EntryPoint(n, v, "calm.heads") for n, v in points.items()]
+
+        def entry_points(**kw: Any) -> Any:
+            found = list(real(**kw))
+            return found + extra if kw.get("group") == "calm.heads" else found
+
+        monkeypatch.setattr(registry_module.metadata, "entry_points", entry_points)
+        heads.refresh()
+
+    yield use
+    monkeypatch.undo()
+    heads.refresh()
+
+
+def test_identify_finds_a_class_published_through_a_re_export(
+    fake_entry_points: Callable[[dict[str, str]], None],
+) -> None:
+    fake_entry_points({"fake.reexported": "fake_calm_plugin:ReexportedHead"})
+    from fake_calm_plugin.impl import ReexportedHead
+
+    # never loaded through the registry: the entry point names the package, not the module
+    assert heads.identify(ReexportedHead).name == "fake.reexported"
+
+
+def test_a_plugin_that_exits_at_import_is_recorded_not_fatal(
+    fake_entry_points: Callable[[dict[str, str]], None],
+) -> None:
+    fake_entry_points({"fake.exits": "fake_calm_plugin.exits:Head"})
+    with pytest.raises(UnknownComponentError, match="SystemExit: this plugin exits at import"):
+        heads.get("fake.exits")
+    assert "fake.exits" not in heads.load_all()
+    assert any(e.name == "fake.exits" and "SystemExit" in e.error for e in heads.load_errors())
+
+
+def test_calm_plugins_survives_a_config_without_json_schema(
+    fake_entry_points: Callable[[dict[str, str]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from calm_core.cli import plugins
+
+    fake_entry_points({"fake.schemaless": "fake_calm_plugin.impl:SchemalessHead"})
+    data = plugins.collect()
+    assert data["heads"]["fake.schemaless"]["config_schema"] is None
+    err = next(e for e in data["errors"] if e["name"] == "fake.schemaless")
+    assert err["error"].startswith("config schema failed: PydanticInvalidForJsonSchema")
+    assert plugins.run(argparse.Namespace(json=False)) == 0
+    out = capsys.readouterr().out
+    assert "fake.schemaless" in out and "(schema unavailable; see the errors below)" in out
+
+
+@pytest.mark.parametrize(("value", "off"), [("0", False), ("no", False), ("1", True)])
+def test_unknown_name_message_says_discovery_is_off_only_when_it_is(
+    value: str, off: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CALM_DISABLE_PLUGINS", value)
+    heads.refresh()
+    try:
+        with pytest.raises(UnknownComponentError) as err:
+            heads.get("test.nothing_here")
+        assert ("Third-party discovery is off" in str(err.value)) is off
+    finally:
+        monkeypatch.undo()
+        heads.refresh()
+
+
+def test_a_malformed_spec_is_a_config_error_naming_the_field(tiny_head: str) -> None:
+    with pytest.raises(ConfigError, match=r"head.cfg: unknown field .*did you mean 'config'"):
+        heads.build({"name": tiny_head, "cfg": {}}, hidden_size=3, latent_size=2)

@@ -131,7 +131,7 @@ class Registry(Generic[T]):
             if self._entries is not None:
                 return self._entries
             entries: dict[str, _Entry] = {}
-            disabled = os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+            disabled = _discovery_disabled()
             seen: set[tuple[str, str]] = set()
             for ep in metadata.entry_points(group=self.group):
                 dist = ep.dist
@@ -235,8 +235,10 @@ class Registry(Generic[T]):
         else:
             hint = {"heads": "calm-heads", "codecs": "calm-codecs"}.get(self.kind, "a plugin")
             lines.append(f"No {self.kind} are installed: pip install {hint}.")
-        if os.environ.get(DISABLE_ENV):
-            lines.append(f"Third-party discovery is off ({DISABLE_ENV} is set).")
+        if _discovery_disabled():
+            lines.append(
+                f"Third-party discovery is off ({DISABLE_ENV}={os.environ.get(DISABLE_ENV)!r})."
+            )
         if self._errors:
             lines.append("Plugins that failed to load:")
             lines.extend(f"  {e}" for e in self._errors)
@@ -257,7 +259,8 @@ class Registry(Generic[T]):
             info = entry.info
             try:
                 obj = entry.entry_point.load()
-            except Exception as exc:  # a broken plugin must never break the host
+            # a broken plugin must never break the host, not even one that exits at import
+            except (Exception, SystemExit) as exc:
                 self._drop(name, f"import failed: {type(exc).__name__}: {exc}")
                 raise UnknownComponentError(
                     f"{self.kind[:-1]} '{name}' from {info.distribution} {info.version} failed to "
@@ -315,6 +318,20 @@ class Registry(Generic[T]):
                     same = module == cls.__module__ and attr == cls.__qualname__
                     if same and self.get(name) is cls:
                         return entry.info
+            # an entry point may name a re-export (``pkg:Cls`` for ``pkg.impl.Cls``): load the
+            # unloaded ones from the class's top-level package and compare the loaded objects
+            package = cls.__module__.partition(".")[0]
+            for name, entry in list(self._discover().items()):
+                if entry.cls is not None or entry.entry_point is None or entry.conflicts:
+                    continue
+                module = entry.entry_point.value.partition(":")[0]
+                if module.partition(".")[0] != package:
+                    continue
+                try:
+                    if self.get(name) is cls:
+                        return entry.info
+                except UnknownComponentError:  # broken: recorded by get(), not ours
+                    continue
         raise UnknownComponentError(
             f"{cls.__module__}.{cls.__qualname__} is not registered as one of the {self.kind}; "
             f"publish it under the '{self.group}' entry point or call "
@@ -379,15 +396,20 @@ class Registry(Generic[T]):
                 bare name (default config).
             **context: values the host supplies (``hidden_size``/``latent_size`` for heads).
         """
-        from calm_core.config import ComponentSpec, validate_component_config
+        from calm_core.config import ComponentSpec, validate_component_config, validate_config
 
         if isinstance(spec, str):
             spec = ComponentSpec(name=spec)
         elif isinstance(spec, Mapping):
-            spec = ComponentSpec.model_validate(dict(spec))
+            spec = validate_config(ComponentSpec, dict(spec), path=self.kind[:-1])
         cls = self.get(spec.name)
         config = validate_component_config(cls, spec.config, path=self.kind[:-1])
         return cls(config, **context)
+
+
+def _discovery_disabled() -> bool:
+    """Whether ``CALM_DISABLE_PLUGINS`` turns third-party discovery off ("1", "true", ...)."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _head_base() -> type[GenerativeHead]:

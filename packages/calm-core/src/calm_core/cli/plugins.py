@@ -22,25 +22,40 @@ def collect() -> dict[str, Any]:
     from calm_core.registry import codecs, heads
 
     out: dict[str, Any] = {}
+    schema_errors: list[dict[str, str]] = []
     for key, registry in (("heads", heads), ("codecs", codecs)):
         table: dict[str, Any] = {}
         for name, cls in registry.load_all().items():
             info = registry.info(name)
+            try:
+                schema: dict[str, Any] | None = cls.config_class.model_json_schema()
+            except Exception as exc:  # one plugin's config must not hide every other component
+                schema = None
+                schema_errors.append(
+                    {
+                        "group": registry.group,
+                        "name": name,
+                        "distribution": info.distribution,
+                        "error": f"config schema failed: {type(exc).__name__}: {exc}",
+                    }
+                )
             table[name] = {
                 "distribution": info.distribution,
                 "version": info.version,
                 "class": f"{cls.__module__}.{cls.__qualname__}",
-                "config_schema": cls.config_class.model_json_schema(),
+                "config_schema": schema,
             }
         out[key] = table
     out["errors"] = [
         {"group": e.group, "name": e.name, "distribution": e.distribution, "error": e.error}
         for e in heads.load_errors() + codecs.load_errors()
-    ]
+    ] + schema_errors
     return out
 
 
-def _fields(schema: dict[str, Any]) -> str:
+def _fields(schema: dict[str, Any] | None) -> str:
+    if schema is None:
+        return "(schema unavailable; see the errors below)"
     props = schema.get("properties", {})
     parts = []
     for name, prop in props.items():
