@@ -193,11 +193,15 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
             if "calm" in models:
                 gen = torch.Generator().manual_seed(0)
                 calls[f"calm_t1_b{batch}"] = partial(
-                    models["calm"].generate, prompts, temperature=1.0, generator=gen, eos_id=None
+                    models["calm"].generate,
+                    prompts,
+                    temperature=1.0,
+                    generator=gen,
+                    stop_at_eos=False,
                 )
             if "ar" in models:
                 calls[f"ar_b{batch}"] = partial(
-                    models["ar"].generate, prompts, temperature=0.0, eos_id=None
+                    models["ar"].generate, prompts, temperature=0.0, stop_at_eos=False
                 )
             for call in calls.values():
                 _short_warmup(call, settings)
@@ -218,7 +222,7 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
             gen = torch.Generator().manual_seed(0)
             call = partial(
                 model.generate, prompts, temperature=0.5, sampling="batch", num_candidates=200,
-                generator=gen, eos_id=None,
+                generator=gen, stop_at_eos=False,
             )  # fmt: skip
             _short_warmup(call, settings)
             m = measure(partial(call, new), reps=settings.reps, warmup=0)
@@ -231,7 +235,12 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
         prompts = _tokens(1, M.PROMPT_LEN, seed=2)
         gen = torch.Generator().manual_seed(0)
         call = partial(
-            model.generate, prompts, temperature=0.5, sampling="exact", generator=gen, eos_id=None
+            model.generate,
+            prompts,
+            temperature=0.5,
+            sampling="exact",
+            generator=gen,
+            stop_at_eos=False,
         )
         _short_warmup(call, settings)
         m = measure(partial(call, new), reps=settings.reps, warmup=0)
@@ -278,7 +287,7 @@ def _context(run: SpeedRun, settings: Settings) -> None:
             prompt = _tokens(1, ctx, seed=3)
             gen = torch.Generator().manual_seed(0)
             rep = _stream_per_token(
-                partial(model.stream, prompt, new + M.CHUNK, 1.0, generator=gen, eos_id=None)
+                partial(model.stream, prompt, new + M.CHUNK, 1.0, generator=gen, stop_at_eos=False)
             )
             with torch.no_grad():
                 m = _median_of(rep, settings)
@@ -292,7 +301,7 @@ def _context(run: SpeedRun, settings: Settings) -> None:
         detail: dict[str, float] = {}
         for ctx in CONTEXTS:
             prompt = _tokens(1, ctx, seed=3)
-            rep = _stream_per_token(partial(ar.stream, prompt, new + 1, 0.0, eos_id=None))
+            rep = _stream_per_token(partial(ar.stream, prompt, new + 1, 0.0, stop_at_eos=False))
             with torch.no_grad():
                 detail[str(ctx)] = _median_of(rep, settings).seconds
         run.extra["ar_gen_token_s_ctx"] = detail

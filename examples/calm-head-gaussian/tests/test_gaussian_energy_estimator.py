@@ -89,6 +89,25 @@ def test_gradients_finite_for_small_alpha() -> None:
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
 
 
+def test_estimator_is_translation_invariant_in_float32() -> None:
+    # distances do not change under a shared shift; cdist's matmul form (used for > 25 points)
+    # would lose ~5% of the loss at an offset of 100 without centring
+    P, D, N, M, sd = 200, 16, 8, 100, 0.05
+    g = torch.Generator().manual_seed(0)
+    mu0 = torch.randn(P, 1, D, generator=g)
+    eps = torch.randn(M, P, D, generator=g)
+    losses = []
+    for offset in (0.0, 100.0):
+        mu = mu0 + offset
+        std = torch.full((P, 1, D), sd)
+        loss = mixture_energy_loss(
+            torch.ones(P, 1), mu, std, mu[:, 0] + sd * eps, num_samples=N,
+            generator=torch.Generator().manual_seed(1),
+        )  # fmt: skip
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-4, rtol=1e-4)
+
+
 def test_estimator_rejects_bad_arguments() -> None:
     w, m, s, y = _mixture(2, 2, 3, seed=5)
     with pytest.raises(ValueError, match="num_samples must be at least 2"):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 from calm_core.cli import VERBS, main
 
 
@@ -76,3 +78,61 @@ def test_bad_options_file_names_the_field(
     assert main(["generate", str(tmp_path), "--prompt", "hi", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert needle in err and "gen.json" in err
+
+
+# ------------------------------------------------------------------------ calm generate output
+def _uniform_byte_lm(path: Path) -> None:
+    """An AR model over the byte tokenizer (PAD 0, EOS 1) whose next-token law is uniform."""
+    from calm_core.data.tokenizer import Tokenizer
+    from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
+
+    torch.manual_seed(0)
+    backbone = {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
+                "max_positions": 512}  # fmt: skip
+    cfg = TransformerLMConfig.model_validate(
+        {"backbone": backbone, "vocab_size": 258, "pad_id": 0, "eos_id": 1}
+    )
+    model = TransformerLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    model.save_pretrained(path)
+    Tokenizer.byte_level().save(path)
+
+
+def test_generate_no_eos_stop_runs_to_max_new_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _uniform_byte_lm(tmp_path / "m")
+    base = ["generate", str(tmp_path / "m"), "--prompt", "hi", "--seed", "3", "--json"]
+    assert main([*base, "--max-new-tokens", "400"]) == 0
+    stopped = json.loads(capsys.readouterr().out)["new_ids"]
+    assert stopped[-1] == 1 and len(stopped) < 400  # a uniform law meets EOS (1 in 258) early
+    assert main([*base, "--max-new-tokens", "400", "--no-eos-stop"]) == 0
+    free = json.loads(capsys.readouterr().out)["new_ids"]
+    assert len(free) == 400 and free[: len(stopped)] == stopped
+
+
+def test_streamed_text_equals_the_decoded_ids_even_across_split_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from calm_core.data.tokenizer import Tokenizer
+
+    _uniform_byte_lm(tmp_path / "m")
+    base = ["generate", str(tmp_path / "m"), "--prompt", "hi", "--seed", "3"]
+    base += ["--max-new-tokens", "300", "--no-eos-stop"]
+    assert main([*base, "--json"]) == 0
+    ids = json.loads(capsys.readouterr().out)["new_ids"]
+    assert main(base) == 0
+    streamed = capsys.readouterr().out
+    assert streamed == "hi" + Tokenizer.byte_level().decode(ids) + "\n"
+
+
+def test_partial_utf8_is_held_back_until_its_last_byte(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from calm_core.cli.generate import _write_stable
+
+    shown = ""
+    for text in ("caf", "caf\ufffd", "café", "café!"):
+        shown = _write_stable(text, shown)
+    assert capsys.readouterr().out == "café!"

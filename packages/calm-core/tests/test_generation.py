@@ -174,6 +174,36 @@ def test_eos_inside_a_chunk_stops_that_row_only() -> None:
         assert torch.equal(out[1], free[1])
 
 
+def test_stop_at_eos_false_ignores_the_configs_eos() -> None:
+    model = make()
+    prompt = torch.randint(1, V, (2, 4))
+    free = model.generate(prompt, 8)
+    model.config.eos_id = int(free[0, 1])
+    assert model.generate(prompt, 8).shape[1] <= 8
+    assert (model.generate(prompt, 8)[0, 2:] == 0).all()  # stopped: pad after the EOS
+    assert torch.equal(model.generate(prompt, 8, stop_at_eos=False), free)
+    assert torch.equal(model.generate(prompt, 8, eos_id=None, stop_at_eos=False), free)
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [[[1.7, 2.2]], [[True, False]], [torch.tensor([1.0, 2.0])]],
+    ids=["float-list", "bool-list", "float-tensor"],
+)
+def test_non_integer_prompts_are_refused_not_truncated(prompts: list[object]) -> None:
+    with pytest.raises(ValueError, match="must hold integer token ids"):
+        make().generate(prompts, 4)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.int32])
+def test_prompts_of_any_integer_dtype_generate_like_int64(dtype: torch.dtype) -> None:
+    model = make()
+    prompt = torch.randint(1, V, (2, 4))
+    g = torch.Generator()
+    ref = model.generate(prompt, 4, generator=g.manual_seed(0))
+    assert torch.equal(model.generate(prompt.to(dtype), 4, generator=g.manual_seed(0)), ref)
+
+
 def test_temperature_one_draws_one_head_sample_per_step_and_is_seeded() -> None:
     model = make(noise=1.0)
     prompt = torch.randint(1, V, (2, 4))

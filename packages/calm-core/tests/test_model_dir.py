@@ -93,6 +93,27 @@ def test_garbage_weights(registered: None, tmp_path: Path) -> None:
         load_pretrained(tmp_path / "m")
 
 
+@pytest.mark.parametrize(
+    ("device", "needle"),
+    [
+        ("bogus", "'bogus' is not a torch device"),
+        ("meta", "cannot be loaded onto the 'meta' device"),
+        pytest.param(
+            "cuda",
+            "device 'cuda' is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"),
+        ),
+    ],
+)
+def test_a_bad_device_is_named_not_blamed_on_the_file(
+    registered: None, tmp_path: Path, device: str, needle: str
+) -> None:
+    save_pretrained(_codec(), tmp_path / "m")
+    with pytest.raises(ModelLoadError, match=needle) as err:
+        load_pretrained(tmp_path / "m", map_location=device)
+    assert "corrupted" not in str(err.value)
+
+
 def test_missing_and_misshapen_tensor(registered: None, tmp_path: Path) -> None:
     save_pretrained(_codec(), tmp_path / "m")
     w = tmp_path / "m" / "model.safetensors"

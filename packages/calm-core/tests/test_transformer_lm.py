@@ -95,6 +95,15 @@ def test_eos_stops_each_row_and_stream_yields_tokens() -> None:
     assert torch.equal(torch.cat(pieces, 1), free)
 
 
+def test_stop_at_eos_false_ignores_the_configs_eos() -> None:
+    model = make()
+    prompts = torch.randint(1, V, (2, 4))
+    free = model.generate(prompts, 8, temperature=0)
+    model.config.eos_id = int(free[0, 2])
+    assert (model.generate(prompts, 8, temperature=0)[0, 3:] == 0).all()
+    assert torch.equal(model.generate(prompts, 8, temperature=0, stop_at_eos=False), free)
+
+
 def test_generation_ends_early_when_every_row_has_stopped() -> None:
     model = make()
     prompt = torch.randint(1, V, (1, 4))

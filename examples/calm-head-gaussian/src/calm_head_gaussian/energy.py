@@ -33,8 +33,19 @@ def pairwise_distance_power(x: Tensor, y: Tensor, alpha: float) -> Tensor:
     Returns:
         ``[P, I, J]`` distances raised to ``alpha``.
     """
-    dist = torch.cdist(x, y)
+    dist = centred_cdist(x, y)
     return dist if alpha == 1.0 else dist.pow(alpha)
+
+
+def centred_cdist(x: Tensor, y: Tensor) -> Tensor:
+    """``torch.cdist`` after moving both point sets by the (detached) mean of ``y``.
+
+    Distances do not change under a shared shift, but ``cdist``'s matmul form
+    ``||u||^2 + ||v||^2 - 2 u.v`` (used for larger sets) loses float32 precision when the points
+    lie far from the origin; centring keeps the result translation-invariant in practice.
+    """
+    centre = y.detach().mean(dim=-2, keepdim=True)
+    return torch.cdist(x - centre, y - centre)
 
 
 def mixture_energy_loss(
@@ -89,7 +100,7 @@ def mixture_energy_loss(
 
     # self term: all pairs of draws, excluding a draw with itself; the diagonal is set to 1 before
     # the power so that a < 1 never meets 0^(a-1) = inf in the backward pass
-    dist = torch.cdist(x, x)
+    dist = centred_cdist(x, x)
     eye = torch.eye(C * N, dtype=torch.bool, device=x.device)
     dist = torch.where(eye, torch.ones_like(dist), dist)
     if alpha != 1.0:

@@ -44,10 +44,10 @@ from calm_core.config import (
 from calm_core.generation import (
     PaddingState,
     PromptsLike,
-    StopState,
     check_context,
     check_generation_args,
     collect,
+    make_stop_state,
     prepare_prompts,
 )
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
@@ -326,6 +326,7 @@ class CALM(PretrainedMixin, nn.Module):
         num_candidates: int = 200,
         generator: torch.Generator | None = None,
         eos_id: int | None = None,
+        stop_at_eos: bool = True,
         max_draws: int = 10_000,
         on_exhausted: Literal["raise", "fallback"] = "raise",
     ) -> Iterator[Tensor]:
@@ -360,9 +361,14 @@ class CALM(PretrainedMixin, nn.Module):
         capacity = L0 + steps - 1
         cache = StaticKVCache.for_module(self.backbone, B, capacity)
         pad = PaddingState(chunk_valid, capacity)
-        eos = eos_id if eos_id is not None else self.config.eos_id
-        fill = self.config.pad_id if self.config.pad_id is not None else (eos or 0)
-        stop = StopState(B, eos, fill, device)
+        stop = make_stop_state(
+            B,
+            device,
+            eos_id=eos_id,
+            default_eos_id=self.config.eos_id,
+            pad_id=self.config.pad_id,
+            stop_at_eos=stop_at_eos,
+        )
         args = (temperature, sampling, num_candidates, generator, max_draws, on_exhausted)
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, cache, positions=positions, attn_mask=mask)
@@ -390,6 +396,7 @@ class CALM(PretrainedMixin, nn.Module):
         num_candidates: int = 200,
         generator: torch.Generator | None = None,
         eos_id: int | None = None,
+        stop_at_eos: bool = True,
         max_draws: int = 10_000,
         on_exhausted: Literal["raise", "fallback"] = "raise",
     ) -> Tensor:
@@ -407,6 +414,8 @@ class CALM(PretrainedMixin, nn.Module):
             generator: random source for the head's noise and the samplers.
             eos_id: stop id (default ``config.eos_id``); tokens after a row's EOS are the pad
                 id, and generation ends when every row has produced one.
+            stop_at_eos: False turns EOS stopping off (every row gets ``max_new_tokens``), even
+                when the config has an ``eos_id``.
 
         Returns:
             LongTensor ``[B, n]`` of new tokens, ``n <= max_new_tokens``.
@@ -422,6 +431,7 @@ class CALM(PretrainedMixin, nn.Module):
                 num_candidates=num_candidates,
                 generator=generator,
                 eos_id=eos_id,
+                stop_at_eos=stop_at_eos,
                 max_draws=max_draws,
                 on_exhausted=on_exhausted,
             )

@@ -493,11 +493,11 @@ def _generate(
     *,
     seed: int,
     candidates: int,
-    eos_id: int | None,
+    stop_at_eos: bool,
 ) -> torch.Tensor:
     """One ``generate`` call; below T=1 a CALM uses the batch approximation (N candidates)."""
     gen = torch.Generator().manual_seed(seed)
-    kwargs: dict[str, Any] = {"generator": gen, "eos_id": eos_id}
+    kwargs: dict[str, Any] = {"generator": gen, "stop_at_eos": stop_at_eos}
     if kind == "calm" and temperature < 1.0:
         kwargs.update(sampling="batch", num_candidates=candidates)
     out: torch.Tensor = model.generate(prompts, n, temperature, **kwargs)  # type: ignore[operator]
@@ -539,7 +539,7 @@ def _stage_generate(
             with torch.no_grad():
                 new = _generate(
                     model, kind, batch, e.new_tokens, t, seed=result.config.seed,
-                    candidates=e.num_candidates, eos_id=None,
+                    candidates=e.num_candidates, stop_at_eos=True,
                 )  # fmt: skip
             for i, row in enumerate(new.tolist()):
                 result.samples[i]["continuations"][f"{kind} T={t:g}"] = tok.decode(row)
@@ -550,10 +550,10 @@ def _stage_generate(
             bar.update()
             prompt = batch[:1].expand(b, -1).contiguous()
             t0 = time.perf_counter()
-            with torch.no_grad():  # eos_id=-1: never stops early, so every row is timed in full
+            with torch.no_grad():  # never stops early, so every row is timed in full
                 _generate(
                     model, kind, prompt, e.speed_new_tokens, 1.0, seed=0,
-                    candidates=e.num_candidates, eos_id=-1,
+                    candidates=e.num_candidates, stop_at_eos=False,
                 )  # fmt: skip
             speed[f"b{b}"] = b * e.speed_new_tokens / (time.perf_counter() - t0)
         result.models[kind]["gen_tokens_per_s"] = speed

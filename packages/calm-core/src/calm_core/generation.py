@@ -35,6 +35,7 @@ __all__ = [
     "check_context",
     "check_generation_args",
     "collect",
+    "make_stop_state",
     "prepare_prompts",
     "sample_from_logits",
     "to_lists",
@@ -97,7 +98,8 @@ def prepare_prompts(
     else:
         if isinstance(prompts, str | bytes):
             raise ValueError("prompts must be token ids; encode text with the tokenizer first")
-        rows = [torch.as_tensor(p, dtype=torch.long).reshape(-1) for p in prompts]
+        # no forced dtype: a list of floats or bools must be refused below, not truncated
+        rows = [torch.as_tensor(p).reshape(-1) for p in prompts]
     if not rows:
         raise ValueError("no prompts given: pass at least one prompt")
     for i, row in enumerate(rows):
@@ -105,8 +107,9 @@ def prepare_prompts(
             raise ValueError(
                 f"prompt {i} is empty; every prompt needs at least one token (e.g. a BOS/EOS id)"
             )
-        if row.is_floating_point() or row.dtype == torch.bool:
+        if row.is_floating_point() or row.is_complex() or row.dtype == torch.bool:
             raise ValueError(f"prompt {i} must hold integer token ids, got dtype {row.dtype}")
+        row = rows[i] = row.long()  # also uint16/uint32 shards, which lack min/max kernels
         lo, hi = int(row.min()), int(row.max())
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
@@ -192,6 +195,26 @@ class StopState:
         self.finished = self.finished | is_eos.any(dim=1)
         self.all_finished = bool(self.finished.all())
         return out
+
+
+def make_stop_state(
+    batch_size: int,
+    device: torch.device,
+    *,
+    eos_id: int | None,
+    default_eos_id: int | None,
+    pad_id: int | None,
+    stop_at_eos: bool,
+) -> StopState:
+    """The stop state of one generation call.
+
+    ``eos_id`` None means the model's ``default_eos_id``; ``stop_at_eos=False`` turns stopping
+    off whatever the ids (every row gets all its tokens). After-EOS slots hold ``pad_id`` (or the
+    EOS id itself, or 0, for a model without one).
+    """
+    eos = (eos_id if eos_id is not None else default_eos_id) if stop_at_eos else None
+    fill = pad_id if pad_id is not None else (eos or 0)
+    return StopState(batch_size, eos, fill, device)
 
 
 def sample_from_logits(

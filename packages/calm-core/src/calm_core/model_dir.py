@@ -37,6 +37,7 @@ __all__ = [
     "ModelLoadError",
     "PretrainedMixin",
     "PretrainedModel",
+    "check_device",
     "component_record",
     "ensure_installed",
     "load_pretrained",
@@ -167,14 +168,47 @@ def save_weights(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
     _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`, refused with a clear error when it is not a valid
+    device name or its backend is not available in this process."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(
+            f"'{device}' is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'"
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "meta":
+        raise ModelLoadError("weights cannot be loaded onto the 'meta' device; use 'cpu'")
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if not (callable(available) and available()):
+        raise ModelLoadError(
+            f"device '{device}' is not available in this process (no {dev.type} backend or "
+            "device); use 'cpu'"
+        )
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise ModelLoadError(
+            f"device '{device}' does not exist: {count()} {dev.type} device(s) visible"
+        )
+    return dev
+
+
 def load_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a safetensors file (aliases restored), with errors that name the file."""
+    """Read a safetensors file (aliases restored), with errors that name the file.
+
+    Raises:
+        ModelLoadError: a missing or corrupted file, or a device that is not available.
+    """
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"weights file {p} does not exist")
+    dev = check_device(device)  # before opening: a device error is not a file error
     out: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(p), framework="pt", device=str(device)) as f:  # type: ignore[no-untyped-call]
+        with safe_open(str(p), framework="pt", device=str(dev)) as f:  # type: ignore[no-untyped-call]
             meta = f.metadata() or {}
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 out[name] = f.get_tensor(name)

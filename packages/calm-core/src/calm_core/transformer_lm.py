@@ -22,10 +22,10 @@ from calm_core.config import ConfigModel, validate_config
 from calm_core.generation import (
     PaddingState,
     PromptsLike,
-    StopState,
     check_context,
     check_generation_args,
     collect,
+    make_stop_state,
     prepare_prompts,
     sample_from_logits,
 )
@@ -124,6 +124,7 @@ class TransformerLM(PretrainedMixin, nn.Module):
         *,
         generator: torch.Generator | None = None,
         eos_id: int | None = None,
+        stop_at_eos: bool = True,
     ) -> Iterator[Tensor]:
         """Yield the new tokens ``[B, 1]`` one step at a time (see :meth:`generate`)."""
         check_generation_args(max_new_tokens, temperature)
@@ -136,9 +137,14 @@ class TransformerLM(PretrainedMixin, nn.Module):
         capacity = S0 + max_new_tokens - 1
         cache = StaticKVCache.for_module(self.backbone, B, capacity)
         pad = PaddingState(batch.valid, capacity)
-        eos = eos_id if eos_id is not None else self.config.eos_id
-        fill = self.config.pad_id if self.config.pad_id is not None else (eos or 0)
-        stop = StopState(B, eos, fill, device)
+        stop = make_stop_state(
+            B,
+            device,
+            eos_id=eos_id,
+            default_eos_id=self.config.eos_id,
+            pad_id=self.config.pad_id,
+            stop_at_eos=stop_at_eos,
+        )
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, positions, cache, mask)[:, -1]
         for step in range(max_new_tokens):
@@ -158,6 +164,7 @@ class TransformerLM(PretrainedMixin, nn.Module):
         *,
         generator: torch.Generator | None = None,
         eos_id: int | None = None,
+        stop_at_eos: bool = True,
     ) -> Tensor:
         """Generate continuations of a batch of prompts with a preallocated KV cache.
 
@@ -169,6 +176,8 @@ class TransformerLM(PretrainedMixin, nn.Module):
             generator: random source, for reproducibility.
             eos_id: stop id (default ``config.eos_id``); a row stops after its EOS and later
                 slots hold the pad id. Generation ends early when every row has stopped.
+            stop_at_eos: False turns EOS stopping off (every row gets ``max_new_tokens``), even
+                when the config has an ``eos_id``.
 
         Returns:
             LongTensor ``[B, n]`` of new tokens, ``n <= max_new_tokens``.
@@ -177,7 +186,12 @@ class TransformerLM(PretrainedMixin, nn.Module):
         self.eval()
         try:
             it = self.stream(
-                prompts, max_new_tokens, temperature, generator=generator, eos_id=eos_id
+                prompts,
+                max_new_tokens,
+                temperature,
+                generator=generator,
+                eos_id=eos_id,
+                stop_at_eos=stop_at_eos,
             )
             return collect(it, max_new_tokens)
         finally:

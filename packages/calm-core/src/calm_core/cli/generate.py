@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("the prompt encodes to no tokens; give some text")
     eos = None if args.no_eos_stop else model.config.eos_id
     generator = torch.Generator().manual_seed(args.seed)
-    kwargs: dict[str, Any] = {"generator": generator, "eos_id": eos}
+    kwargs: dict[str, Any] = {"generator": generator, "stop_at_eos": not args.no_eos_stop}
     if isinstance(model, CALM):
         kwargs.update(sampling=args.sampling, num_candidates=args.num_candidates)
     try:
@@ -96,10 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 row = row[: row.index(eos) + 1]
             new.extend(row)
             if not args.json:
-                text = tokenizer.decode(new)
-                sys.stdout.write(text[len(shown) :])
-                sys.stdout.flush()
-                shown = text
+                shown = _write_stable(tokenizer.decode(new), shown)
             if eos is not None and eos in row:
                 break
     except ValueError as exc:
@@ -107,5 +104,18 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"prompt_ids": ids, "new_ids": new, "text": tokenizer.decode(new)})
     else:
-        sys.stdout.write("\n")
+        text = tokenizer.decode(new)  # whatever was held back, even an unfinished character
+        sys.stdout.write(text[len(shown) :] + "\n")
     return 0
+
+
+def _write_stable(text: str, shown: str) -> str:
+    """Print the part of ``text`` past ``shown`` that later tokens cannot change; return what is
+    shown now. A character whose bytes are split across steps decodes to U+FFFD until its last
+    byte arrives, so trailing replacement characters are held back."""
+    stable = text.rstrip("\ufffd")
+    if len(stable) > len(shown):
+        sys.stdout.write(stable[len(shown) :])
+        sys.stdout.flush()
+        return stable
+    return shown
