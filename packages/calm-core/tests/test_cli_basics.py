@@ -136,3 +136,62 @@ def test_partial_utf8_is_held_back_until_its_last_byte(
     for text in ("caf", "caf\ufffd", "café", "café!"):
         shown = _write_stable(text, shown)
     assert capsys.readouterr().out == "café!"
+
+
+# ------------------------------------------------------------------------------- calm train
+@pytest.fixture(scope="module")
+def byte_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_trainer_support import make_data_dir
+
+    return make_data_dir(tmp_path_factory.mktemp("bytes"), docs=12, val_docs=2)
+
+
+def _train_ar(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--model", "ar", "--preset", "transformer-tiny", "--data", str(data),
+                 "--out", str(out), "--batch-size", "2", "--seq-len", "16", "--no-progress",
+                 *extra])  # fmt: skip
+
+
+def test_train_with_the_same_seed_gives_the_same_weights(byte_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    for name in ("a", "b", "c"):
+        torch.rand(3)  # whatever the process's RNG did before, --seed decides the initial weights
+        seed = "1" if name == "c" else "0"
+        assert _train_ar(byte_data, tmp_path / name, "--steps", "1", "--seed", seed) == 0
+    a, b, c = (load_file(tmp_path / n / "model.safetensors") for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_train_errors_on_lengths_the_data_cannot_serve(
+    byte_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the AR model has no K, but the data's blocks are cut on its chunks (K=4)
+    assert _train_ar(byte_data, tmp_path / "a", "--steps", "1", "--seq-len", "18") == 2
+    assert "multiple of the data's chunk size K=4 (e.g. 16)" in capsys.readouterr().err
+    # a validation split shorter than one block: refused before any step, as a usage error
+    from calm_core.data import PackedDataset
+
+    seq = (PackedDataset(byte_data, "val").num_tokens // 4 + 1) * 4
+    assert seq <= min(512, PackedDataset(byte_data).num_tokens)  # the train split has blocks
+    assert _train_ar(byte_data, tmp_path / "b", "--steps", "1", "--seq-len", str(seq)) == 2
+    assert f"fewer than one block of seq_len={seq}" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+
+
+def test_resumed_finished_run_prints_strict_json(
+    byte_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _train_ar(byte_data, tmp_path / "r", "--steps", "2", "--json") == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert _train_ar(byte_data, tmp_path / "r", "--steps", "2", "--json", "--resume") == 0
+    again = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert again["final_loss"] == first["final_loss"] and again["steps"] == 2
+
+
+def test_print_json_writes_non_finite_floats_as_null(capsys: pytest.CaptureFixture[str]) -> None:
+    from calm_core.cli.common import print_json
+
+    print_json({"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf")}})
+    assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1.5, None], "c": {"d": None}}

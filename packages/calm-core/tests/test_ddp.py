@@ -3,6 +3,7 @@ trajectory as one process with the same global batch."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -34,15 +35,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path):
-    data = make_data_dir(tmp_path / "data")
-    config = TrainConfig(
-        steps=6, batch_size=4, seq_len=16, lr=1e-2, log_every=1, checkpoint_every=3
-    )
-    single = tmp_path / "single"
-    Trainer(make_model(), config, PackedDataset(data), single, progress=False).fit()
-
-    run = tmp_path / "ddp"
+def _launch_two_ranks(run: Path, data: Path, config: TrainConfig, *extra: str) -> list[str]:
+    """Run test_trainer_support.py as two gloo ranks (torchrun's env vars); their stdouts."""
     port = _free_port()
     procs = []
     for rank in range(2):
@@ -58,15 +52,28 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
             "CUDA_VISIBLE_DEVICES": "",
         }
         cmd = [sys.executable, str(HERE / "test_trainer_support.py"), str(run), str(data)]
-        cmd += ["--config", config.model_dump_json()]
+        cmd += ["--config", config.model_dump_json(), *extra]
         procs.append(
             subprocess.Popen(
                 cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         )
     outputs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path):
+    data = make_data_dir(tmp_path / "data")
+    config = TrainConfig(
+        steps=6, batch_size=4, seq_len=16, lr=1e-2, log_every=1, checkpoint_every=3
+    )
+    single = tmp_path / "single"
+    Trainer(make_model(), config, PackedDataset(data), single, progress=False).fit()
+
+    run = tmp_path / "ddp"
+    for out in _launch_two_ranks(run, data, config):
         assert '"world_size": 2' in out
 
     one, two = losses(single), losses(run)
@@ -78,3 +85,23 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     step, path = list_checkpoints(run / "checkpoints")[-1]
     assert step == 6
     assert {p.name for p in path.glob("rng-rank*.json")} == {"rng-rank0.json", "rng-rank1.json"}
+
+
+def test_ddp_resume_restores_every_ranks_unflushed_metric_window(tmp_path: Path):
+    # log_every=5 with a stop inside the window: each rank holds the loss sums of its *own* data
+    # since the last line; the logged step-5 line averages both, so a resume must restore each
+    data = make_data_dir(tmp_path / "data")
+    config = TrainConfig(steps=6, batch_size=4, seq_len=16, lr=1e-2, log_every=5)
+    full, part = tmp_path / "full", tmp_path / "part"
+    _launch_two_ranks(full, data, config)
+    # a stop asked for at step 3 is agreed on by the ranks in the next step's all-reduce
+    outs = _launch_two_ranks(part, data, config, "--stop-at", "3")
+    assert all("STOPPED 4" in out for out in outs), outs
+    step, path = list_checkpoints(part / "checkpoints")[-1]
+    assert step == 4
+    windows = [json.loads((path / f"window-rank{r}.json").read_text()) for r in range(2)]
+    assert windows[0]["count"] == windows[1]["count"] == 4
+    assert windows[0]["sums"]["loss"] != windows[1]["sums"]["loss"]  # the ranks saw other data
+    _launch_two_ranks(part, data, config, "--resume")
+    assert sorted(losses(full)) == [5, 6]
+    assert losses(part) == losses(full)  # bit-identical, the step-5 line included

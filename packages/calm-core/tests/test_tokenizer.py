@@ -92,3 +92,24 @@ def test_load_errors_name_the_path(tmp_path: Path):
     bad.write_text("{not json")
     with pytest.raises(TokenizerError, match="is not a `tokenizers` tokenizer.json"):
         Tokenizer.from_file(bad)
+
+
+def test_vocab_size_covers_the_largest_id_of_a_tokenizer_with_gaps(tmp_path: Path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "hello": 1, "world": 7, "</s>": 8, "<pad>": 9}  # ids 2..6 unused
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    assert tok.encode("hello world") == [1, 7] and (tok.eos_id, tok.pad_id) == (8, 9)
+    assert tok.vocab_size == 10  # an embedding of this size holds every id
+
+
+def test_special_token_text_inside_a_document_stays_text():
+    tok = Tokenizer.train_bpe(CORPUS, vocab_size=300)
+    text = "see <|endoftext|> and <|pad|> in a doc"
+    for ids in (tok.encode(text), tok.encode_batch([text])[0]):
+        assert tok.eos_id not in ids and tok.pad_id not in ids
+        assert tok.decode(ids) == text

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from calm_core.data import PackedDataset
+from calm_core.data.packing import DataError
 from calm_core.training import (
     CheckpointError,
     NonFiniteLossError,
@@ -96,6 +97,29 @@ def test_request_stop_then_resume_matches_uninterrupted_run(data_dir: Path, tmp_
     summary = train(data_dir, part, config, model=make_model(seed=123, dropout=0.2), resume=True)
     assert summary["start_step"] == 3 and summary["steps"] == 8
     assert losses(part) == losses(full)  # bit-identical
+
+
+def test_resuming_a_finished_run_changes_nothing(data_dir: Path, tmp_path: Path):
+    config = cfg(steps=8, eval_every=4)
+    val = PackedDataset(data_dir, "val")
+    first = train(data_dir, tmp_path, config, val_data=val)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    again = train(data_dir, tmp_path, config, val_data=val, resume=True)
+    # no second final evaluation, the last loss and evaluation are the run's, not NaN / empty
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    assert [r["step"] for r in read_metrics(tmp_path) if "eval/loss" in r] == [4, 8]
+    assert again["final_loss"] == first["final_loss"] and again["eval"] == first["eval"]
+    assert again["start_step"] == again["steps"] == 8
+
+
+def test_a_validation_split_shorter_than_one_block_fails_before_training(
+    data_dir: Path, tmp_path: Path
+):
+    val = PackedDataset(data_dir, "val")
+    config = cfg(steps=4, seq_len=(val.num_tokens // 4 + 1) * 4)
+    with pytest.raises(DataError, match="fewer than one block of seq_len"):
+        train(data_dir, tmp_path, config, val_data=val)
+    assert not (tmp_path / "metrics.jsonl").exists() or not read_metrics(tmp_path)
 
 
 def test_sigterm_mid_run_saves_checkpoint_and_resume_matches(data_dir: Path, tmp_path: Path):
@@ -189,6 +213,13 @@ def test_train_config_validation_names_the_field():
         TrainConfig(batch_size=6, grad_accum_steps=4)
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig.model_validate({"schedule": "step"})
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adamx'. Did you mean: adamax"):
+        TrainConfig(optimizer="adamx")
+    with pytest.raises(ValueError, match=r"each beta must lie in \[0, 1\), got \[1.5, 0.95\]"):
+        TrainConfig(betas=(1.5, 0.95))
+    with pytest.raises(ValueError, match="seed"):
+        TrainConfig(seed=-1)
+    assert TrainConfig(optimizer="SGD").optimizer == "SGD"
     assert json.loads(TrainConfig().model_dump_json())["betas"] == [0.9, 0.95]
 
 

@@ -84,7 +84,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 def main(argv: list[str]) -> int:
     """Train TinyLM as the subprocess tests ask (also under torchrun-style env vars)."""
     from calm_core.data import PackedDataset
-    from calm_core.training import TrainConfig, Trainer
+    from calm_core.training import TrainConfig, Trainer, TrainingInterrupted
 
     p = argparse.ArgumentParser()
     p.add_argument("run_dir")
@@ -93,6 +93,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep after each step")
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--stop-at", type=int, default=0, help="request a stop after this step")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     config = TrainConfig(**json.loads(args.config))
@@ -100,6 +101,8 @@ def main(argv: list[str]) -> int:
     def slow(trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         print(f"STEP {step}", flush=True)
         time.sleep(args.sleep)
+        if step == args.stop_at:
+            trainer.request_stop()
 
     model = make_model(dropout=args.dropout)
     trainer = Trainer(
@@ -111,7 +114,13 @@ def main(argv: list[str]) -> int:
         callbacks=[slow],
         progress=False,
     )
-    summary: dict[str, Any] = trainer.fit()
+    try:
+        summary: dict[str, Any] = trainer.fit()
+    except TrainingInterrupted as stop:
+        if not args.stop_at:  # a signal: let the caller see the traceback and exit status
+            raise
+        print(f"STOPPED {stop.step}", flush=True)
+        return 0
     print("SUMMARY " + json.dumps(summary), flush=True)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -103,8 +104,19 @@ def print_resolved_config(title: str, config: BaseModel | Mapping[str, Any]) -> 
 
 
 def print_json(obj: Any) -> None:
-    """Print ``obj`` as one line of JSON on stdout (what ``--json`` promises)."""
-    print(json.dumps(obj, indent=None, sort_keys=True, default=str))
+    """Print ``obj`` as one line of JSON on stdout (what ``--json`` promises): strict JSON, so
+    a NaN or infinite float (e.g. the loss of a run that did no step) is written as null."""
+    print(json.dumps(_strict(obj), indent=None, sort_keys=True, default=str, allow_nan=False))
+
+
+def _strict(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 def check_input_path(path: str | Path, what: str) -> Path:

@@ -34,7 +34,7 @@ class TokenizeConfig(ConfigModel):
     vocab_size: int = Field(4096, ge=1, description="BPE vocabulary size, PAD and EOS included.")
     chunk_size: int = Field(4, ge=1, description="K: documents are padded to a multiple of K.")
     val_docs: int = Field(0, ge=0, description="Documents held out for validation.")
-    seed: int = Field(0, description="Seed of the train/validation split.")
+    seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
     tokenizer: str | None = Field(None, description="Existing tokenizer.json (or its directory).")
     byte_level: bool = Field(False, description="Use the dependency-free byte tokenizer.")
     dtype: Literal["auto", "uint16", "uint32"] = Field("auto", description="Token file dtype.")

@@ -147,11 +147,16 @@ def build_model(
         raise CLIError(str(exc)) from None
 
 
-def _check_lengths(config: TrainModelConfig, model: nn.Module) -> None:
+def _check_lengths(config: TrainModelConfig, model: nn.Module, data_chunk: int) -> None:
     seq = config.train.seq_len
     K = int(getattr(model, "chunk_size", 1))
     if seq % K:
         raise CLIError(f"train.seq_len ({seq}) must be a multiple of the chunk size K={K}")
+    if seq % data_chunk:  # the AR model has no K, but its blocks are cut on the data's chunks
+        raise CLIError(
+            f"train.seq_len ({seq}) must be a multiple of the data's chunk size K={data_chunk} "
+            f"(e.g. {max(data_chunk, seq - seq % data_chunk)})"
+        )
     positions = seq // K if config.model == "calm" else seq
     if positions > config.backbone.max_positions:
         raise CLIError(
@@ -170,6 +175,8 @@ def train_model(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train and save the model directory (with tokenizer) into ``out``; return a summary."""
+    import torch
+
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.packing import DataError
     from calm_core.training.trainer import Trainer
@@ -180,8 +187,9 @@ def train_model(
         val = PackedDataset(data_dir, "val") if "val" in splits else None
     except DataError as exc:
         raise CLIError(str(exc)) from None
+    torch.manual_seed(config.train.seed)  # the initial weights follow the run's seed
     model = build_model(config, train, codec_dir)
-    _check_lengths(config, model)
+    _check_lengths(config, model, train.chunk_size)
     out = Path(out)
     trainer = Trainer(
         model,
@@ -192,7 +200,13 @@ def train_model(
         resume=resume,
         progress=progress,
     )
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except DataError as exc:  # e.g. a validation split shorter than one block
+        raise CLIError(str(exc)) from None
+    info = getattr(trainer, "info", None)
+    if info is not None and not info.is_main:  # under torchrun only rank 0 writes
+        return {"out": str(out), "steps": summary["steps"], "rank": info.rank}
     model.eval()
     model.save_pretrained(out)  # type: ignore[operator]
     try:
@@ -261,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
+    if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
+        return 0
     print(f"wrote {config.model} model to {out}", file=sys.stderr)
     if args.json:
         print_json(result)

@@ -184,6 +184,8 @@ def train_codec(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, save the codec model directory into ``out`` and return a summary with the report."""
+    import torch
+
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.packing import DataError
     from calm_core.metrics.reconstruction import reconstruction_report
@@ -196,6 +198,7 @@ def train_codec(
         raise CLIError(str(exc)) from None
     if val is not None and val.num_tokens == 0:  # tokenized without --val-docs
         val = None
+    torch.manual_seed(config.train.seed)  # the initial weights follow the run's seed
     codec = build_codec(config, train)
     out = Path(out)
     evaluate = (
@@ -205,7 +208,10 @@ def train_codec(
         codec, config.train, train_data=train, run_dir=out, evaluate=evaluate, resume=resume,
         progress=progress,
     )  # fmt: skip
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except DataError as exc:
+        raise CLIError(str(exc)) from None
     info = getattr(trainer, "info", None)
     if info is not None and not info.is_main:  # under torchrun only rank 0 writes
         return {"out": str(out), "steps": summary["steps"], "rank": info.rank}
@@ -264,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
     print_resolved_config("calm train-codec config", config)
     out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
     result = train_codec(config, args.data, out, resume=args.resume, progress=not args.no_progress)
+    if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
+        return 0
     print(f"wrote codec to {out}", file=sys.stderr)
     if args.json:
         print_json(result)

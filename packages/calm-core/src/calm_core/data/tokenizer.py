@@ -191,6 +191,12 @@ class BPETokenizer(Tokenizer):
         if pad is None or eos is None:
             raise TokenizerError(f"tokenizer has no id for {pad_token!r} or {eos_token!r}")
         self._pad_id, self._eos_id = int(pad), int(eos)
+        # text is data: a literal "<|endoftext|>" inside a document must not become an EOS id
+        if hasattr(backend, "encode_special_tokens"):
+            backend.encode_special_tokens = True
+        # ids may have gaps (a foreign tokenizer.json): the embedding needs the largest id + 1
+        ids = backend.get_vocab(with_added_tokens=True).values()
+        self._vocab_size = max(ids) + 1 if ids else 0
 
     @property
     def backend(self) -> Any:
@@ -199,7 +205,7 @@ class BPETokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return int(self._tok.get_vocab_size(with_added_tokens=True))
+        return int(self._vocab_size)
 
     @property
     def eos_id(self) -> int:

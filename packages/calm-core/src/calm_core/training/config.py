@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from calm_core.config import ConfigModel
 
@@ -61,13 +61,31 @@ class TrainConfig(ConfigModel):
         0, ge=0, description="Steps between checkpoints; 0 = only at the end (and on signals)."
     )
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept.")
-    seed: int = Field(0, description="Seeds data order and the torch/numpy/python RNGs.")
+    seed: int = Field(0, ge=0, description="Seeds data order and the torch/numpy/python RNGs.")
     num_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads for this process; None leaves it."
     )
     find_unused_parameters: bool = Field(
         False, description="Passed to DDP for models that skip some parameters in a step."
     )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each beta must lie in [0, 1), got {list(betas)}")
+        return betas
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_exists(cls, name: str) -> str:
+        from calm_core.training.optim import OptimizerNotFoundError, get_optimizer_class
+
+        try:
+            get_optimizer_class(name)
+        except OptimizerNotFoundError as exc:  # its message lists the close and available names
+            raise ValueError(str(exc)) from None
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -231,6 +231,9 @@ class Trainer:
             self.train_data, c.seq_len, micro, seed=c.seed, rank=info.rank,
             world_size=info.world_size,
         )  # fmt: skip
+        if self.val_data is not None and self.evaluate_fn is None:
+            # the built-in evaluation needs one block: find out now, not after hours of training
+            self._val_loader()
         optimizer = build_optimizer(model, c)
         schedule = LRSchedule(optimizer, c)
         amp, use_scaler = self._autocast(device)
@@ -245,8 +248,11 @@ class Trainer:
         barrier(info)
         if self.resume:
             latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+        resumed: dict[str, Any] = {}
         if latest is not None:
-            start_step, window = self._load(latest, model, optimizer, schedule, loader, scaler)
+            start_step, window, resumed = self._load(
+                latest, model, optimizer, schedule, loader, scaler
+            )
         else:
             torch.manual_seed(c.seed + info.rank)
             np.random.seed((c.seed + info.rank) % 2**32)
@@ -275,10 +281,19 @@ class Trainer:
         tokens_per_step = c.batch_size * c.seq_len
         fit_start = time.perf_counter()
         train_time = 0.0
-        last_loss = float("nan")
+        # what a resumed run must not forget: the last step's loss and the last evaluation
+        last_loss = float("nan") if resumed.get("last_loss") is None else resumed["last_loss"]
+        evaluated_at = int(resumed.get("evaluated_at", -1))
+        self.last_eval = dict(resumed.get("last_eval") or {})
         last_ckpt: Path | None = latest
         saved_at = start_step if latest is not None else -1
-        evaluated_at = -1
+
+        def progress_state(loss: float, evaluated: int) -> dict[str, Any]:
+            return {
+                "last_loss": loss if math.isfinite(loss) else None,
+                "evaluated_at": evaluated,
+                "last_eval": dict(self.last_eval),
+            }
 
         def summary() -> dict[str, Any]:
             trained = (self.step - start_step) * tokens_per_step
@@ -372,7 +387,10 @@ class Trainer:
                 if stop_votes > 0 and self._stop_reason is None:
                     self._stop_reason = "stop requested on another rank"
                 if (c.checkpoint_every and step_num % c.checkpoint_every == 0) or (stop_votes > 0):
-                    last_ckpt = self._save(model, optimizer, schedule, loader, scaler, window)
+                    last_ckpt = self._save(
+                        model, optimizer, schedule, loader, scaler, window,
+                        progress_state(last_loss, evaluated_at),
+                    )  # fmt: skip
                     saved_at = step_num
                 if stop_votes > 0:
                     progress.message(f"stopped at step {step_num}: checkpoint {last_ckpt}")
@@ -382,8 +400,12 @@ class Trainer:
                     raise stopped
             if evaluated_at != self.step and (self.evaluate_fn or self.val_data):
                 self._run_eval(model, self.step, log, progress, info)
+                evaluated_at = self.step
             if saved_at != self.step:
-                last_ckpt = self._save(model, optimizer, schedule, loader, scaler, window)
+                last_ckpt = self._save(
+                    model, optimizer, schedule, loader, scaler, window,
+                    progress_state(last_loss, evaluated_at),
+                )  # fmt: skip
         finally:
             progress.close()
             if log is not None:
@@ -439,13 +461,17 @@ class Trainer:
         shown = " ".join(f"{k} {v:.4g}" for k, v in results.items())
         progress.message(f"eval at step {step}: {shown}")
 
-    def _default_evaluate(self, model: nn.Module) -> dict[str, float]:
+    def _val_loader(self) -> BlockLoader:
+        """In-order batches of the validation split (raises DataError if it holds no block)."""
         assert self.val_data is not None
         c = self.config
+        micro = max(1, c.batch_size // c.grad_accum_steps)
+        return BlockLoader(self.val_data, c.seq_len, micro, shuffle=False)
+
+    def _default_evaluate(self, model: nn.Module) -> dict[str, float]:
+        c = self.config
         device = next(model.parameters()).device
-        loader = BlockLoader(
-            self.val_data, c.seq_len, max(1, c.batch_size // c.grad_accum_steps), shuffle=False
-        )
+        loader = self._val_loader()
         n = min(c.eval_batches, len(loader))
         sums: dict[str, torch.Tensor] = {}
         for _ in range(n):
@@ -462,6 +488,7 @@ class Trainer:
         loader: BlockLoader,
         scaler: torch.amp.GradScaler | None,
         window: dict[str, Any],
+        run_state: dict[str, Any],
     ) -> Path:
         info = self.info
         root = self.checkpoint_dir
@@ -473,6 +500,8 @@ class Trainer:
             tmp.mkdir()
         barrier(info)
         ckpt.write_json_atomic(tmp / f"rng-rank{info.rank}.json", ckpt.capture_rng_state())
+        # every rank's unflushed metric window (its own sums, reduced at the next flush)
+        ckpt.write_json_atomic(tmp / f"window-rank{info.rank}.json", _window_state(window))
         barrier(info)
         if info.is_main:
             ckpt.save_model_state(model, tmp / ckpt.MODEL_FILE)
@@ -485,11 +514,8 @@ class Trainer:
                 "loader": loader.state_dict(),
                 "optimizer": opt_meta,
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "window": {
-                    "count": window["count"],
-                    "time": window["time"],
-                    "sums": {k: float(v) for k, v in window["sums"].items()},
-                },
+                "window": _window_state(window),
+                **run_state,
             }
             ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, state)
             if final.exists():
@@ -508,7 +534,9 @@ class Trainer:
         schedule: LRSchedule,
         loader: BlockLoader,
         scaler: torch.amp.GradScaler | None,
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        """Restore every state; return the step, this rank's metric window and the run state
+        (``last_loss``, ``evaluated_at``, ``last_eval``)."""
         import json
 
         state = json.loads((path / ckpt.STATE_FILE).read_text())
@@ -530,11 +558,22 @@ class Trainer:
             ckpt.restore_rng_state(json.loads(rng_path.read_text()))
         else:  # resumed with more ranks than saved: deterministic, but not the old stream
             torch.manual_seed(self.config.seed + self.info.rank + state["step"])
-        w = state["window"]
+        window_path = path / f"window-rank{self.info.rank}.json"
+        w = json.loads(window_path.read_text()) if window_path.is_file() else state["window"]
         window = {"count": w["count"], "time": w["time"], "sums": dict(w["sums"])}
         if state.get("world_size") != self.info.world_size:
             window = {"count": 0, "sums": {}, "time": 0.0}
-        return int(state["step"]), window
+        run_state = {k: state[k] for k in ("last_loss", "evaluated_at", "last_eval") if k in state}
+        return int(state["step"]), window, run_state
+
+
+def _window_state(window: dict[str, Any]) -> dict[str, Any]:
+    """A metric window as JSON data (its sums are tensors or floats while training)."""
+    return {
+        "count": window["count"],
+        "time": window["time"],
+        "sums": {k: float(v) for k, v in window["sums"].items()},
+    }
 
 
 def _check_output(out: Any) -> torch.Tensor:
