@@ -361,14 +361,7 @@ class CALM(PretrainedMixin, nn.Module):
         capacity = L0 + steps - 1
         cache = StaticKVCache.for_module(self.backbone, B, capacity)
         pad = PaddingState(chunk_valid, capacity)
-        stop = make_stop_state(
-            B,
-            device,
-            eos_id=eos_id,
-            default_eos_id=self.config.eos_id,
-            pad_id=self.config.pad_id,
-            stop_at_eos=stop_at_eos,
-        )
+        stop = make_stop_state(B, device, self.config, eos_id=eos_id, stop_at_eos=stop_at_eos)
         args = (temperature, sampling, num_candidates, generator, max_draws, on_exhausted)
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, cache, positions=positions, attn_mask=mask)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -197,23 +198,29 @@ class StopState:
         return out
 
 
+class TokenIds(Protocol):
+    """The special ids of a model config (CALMConfig, TransformerLMConfig)."""
+
+    pad_id: int | None
+    eos_id: int | None
+
+
 def make_stop_state(
     batch_size: int,
     device: torch.device,
+    config: TokenIds,
     *,
     eos_id: int | None,
-    default_eos_id: int | None,
-    pad_id: int | None,
     stop_at_eos: bool,
 ) -> StopState:
     """The stop state of one generation call.
 
-    ``eos_id`` None means the model's ``default_eos_id``; ``stop_at_eos=False`` turns stopping
-    off whatever the ids (every row gets all its tokens). After-EOS slots hold ``pad_id`` (or the
-    EOS id itself, or 0, for a model without one).
+    ``eos_id`` None means the config's ``eos_id``; ``stop_at_eos=False`` turns stopping off
+    whatever the ids (every row gets all its tokens). After-EOS slots hold the config's
+    ``pad_id`` (or the EOS id itself, or 0, for a model without one).
     """
-    eos = (eos_id if eos_id is not None else default_eos_id) if stop_at_eos else None
-    fill = pad_id if pad_id is not None else (eos or 0)
+    eos = (eos_id if eos_id is not None else config.eos_id) if stop_at_eos else None
+    fill = config.pad_id if config.pad_id is not None else (eos or 0)
     return StopState(batch_size, eos, fill, device)
 
 

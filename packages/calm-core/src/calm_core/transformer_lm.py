@@ -137,14 +137,7 @@ class TransformerLM(PretrainedMixin, nn.Module):
         capacity = S0 + max_new_tokens - 1
         cache = StaticKVCache.for_module(self.backbone, B, capacity)
         pad = PaddingState(batch.valid, capacity)
-        stop = make_stop_state(
-            B,
-            device,
-            eos_id=eos_id,
-            default_eos_id=self.config.eos_id,
-            pad_id=self.config.pad_id,
-            stop_at_eos=stop_at_eos,
-        )
+        stop = make_stop_state(B, device, self.config, eos_id=eos_id, stop_at_eos=stop_at_eos)
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, positions, cache, mask)[:, -1]
         for step in range(max_new_tokens):
