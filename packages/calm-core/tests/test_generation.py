@@ -104,6 +104,16 @@ def test_codec_stays_float32_and_in_eval_mode() -> None:
     assert out.shape == (1, 4)
 
 
+def test_a_model_built_on_meta_materialises_with_to_empty() -> None:
+    # how a large preset is built without allocating its weights, then loaded
+    with torch.device("meta"):
+        model = make()
+    assert next(model.codec.parameters()).is_meta
+    model.to_empty(device="cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.codec.parameters())
+
+
 def test_codec_whose_vocab_or_k_disagrees_is_refused_naming_both_values() -> None:
     codec = TinyCodec(TinyCodecConfig(vocab_size=V, chunk_size=K))
     with pytest.raises(ConfigError, match=r"vocab_size is 11 .* vocab_size=12"):

@@ -220,9 +220,11 @@ class CALM(PretrainedMixin, nn.Module):
         if codec is not None:
             probe = next(codec.parameters(), None)
             if probe is not None:
-                device = fn(torch.empty(0, device=probe.device)).device
-                if device != probe.device:
-                    codec.to(device=device)
+                moved = fn(torch.empty(0, device=probe.device, dtype=probe.dtype))
+                if moved.dtype == probe.dtype:  # a move (or to_empty from meta): apply it as is
+                    codec._apply(fn, recurse)
+                elif moved.device != probe.device:  # a cast: follow its device only
+                    codec.to(device=moved.device)
         return self
 
     # ----------------------------------------------------------------------------- forward
