@@ -145,3 +145,20 @@ def test_not_a_model_directory(tmp_path: Path) -> None:
 def test_unregistered_component_cannot_be_saved(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="not registered as one of the codecs"):
         save_pretrained(_codec(), tmp_path / "m")
+
+
+def test_files_of_two_saves_are_refused_not_paired(registered: None, tmp_path: Path) -> None:
+    # a crash between the two renames: the new weights land, the old config.json stays
+    save_pretrained(_codec(), tmp_path / "m")
+    old_config = (tmp_path / "m" / "config.json").read_text()
+    save_pretrained(_codec(), tmp_path / "m")
+    assert json.loads(old_config)["save_id"] != read_config(tmp_path / "m")["save_id"]
+    load_pretrained(tmp_path / "m")  # one save: fine
+    (tmp_path / "m" / "config.json").write_text(old_config)
+    with pytest.raises(ModelLoadError, match="come from two different saves"):
+        load_pretrained(tmp_path / "m")
+    # directories written before save ids existed still load
+    record = json.loads(old_config)
+    del record["save_id"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(record))
+    load_pretrained(tmp_path / "m")

@@ -198,3 +198,24 @@ def test_unknown_name_message_says_discovery_is_off_only_when_it_is(
 def test_a_malformed_spec_is_a_config_error_naming_the_field(tiny_head: str) -> None:
     with pytest.raises(ConfigError, match=r"head.cfg: unknown field .*did you mean 'config'"):
         heads.build({"name": tiny_head, "cfg": {}}, hidden_size=3, latent_size=2)
+
+
+def test_register_with_a_config_class_for_a_class_without_one() -> None:
+    class Bare(TinyHead):
+        config_class = None  # type: ignore[assignment]
+
+    heads.register("test.bare", Bare, config=TinyHeadConfig)
+    try:
+        head = heads.build(
+            {"name": "test.bare", "config": {"width": 3}}, hidden_size=4, latent_size=2
+        )
+        assert head.config == TinyHeadConfig(width=3)
+    finally:
+        heads.unregister("test.bare")
+
+    class OtherConfig(TinyHeadConfig):
+        pass
+
+    with pytest.raises(TypeError, match="declares config_class TinyHeadConfig but config=Other"):
+        heads.register("test.clash", TinyHead, config=OtherConfig)
+    assert "test.clash" not in heads.names()

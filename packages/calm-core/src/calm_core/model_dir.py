@@ -3,7 +3,9 @@
 ``config.json`` holds the full validated config, the library version, and for each component its
 registered name and providing distribution, so loading a directory whose component is not installed
 can say which distribution to install. Tied parameters are stored once and restored as aliases.
-Both files are written to temporary names and renamed, so a crash never leaves a torn directory.
+Each file is written to a temporary name and renamed, and both carry the same random ``save_id``
+(``config.json`` and the safetensors metadata): a crash between the two renames leaves files from
+two saves, which loading detects and refuses instead of pairing new weights with an old config.
 
 Two kinds of object are saved here:
 
@@ -19,6 +21,7 @@ import importlib
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
@@ -51,6 +54,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 _ALIASES_KEY = "calm.aliases"
+_SAVE_ID_KEY = "calm.save_id"
 
 #: core model types, imported lazily by ``load_pretrained``: type name -> "module:Class".
 MODEL_TYPES: dict[str, str] = {
@@ -145,8 +149,13 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def save_weights(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Write a state dict to safetensors atomically; tied tensors are stored once."""
+def save_weights(
+    state: Mapping[str, torch.Tensor], path: str | Path, *, save_id: str | None = None
+) -> None:
+    """Write a state dict to safetensors atomically; tied tensors are stored once.
+
+    ``save_id`` goes into the file's metadata, pairing it with the ``config.json`` of one save.
+    """
     canonical: dict[tuple[Any, ...], str] = {}
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
@@ -165,7 +174,20 @@ def save_weights(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
         canonical[key] = name
         tensors[name] = t.contiguous().cpu()
     metadata = {"format": "pt", _ALIASES_KEY: json.dumps(aliases)}
+    if save_id is not None:
+        metadata[_SAVE_ID_KEY] = save_id
     _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _weights_save_id(path: Path) -> str | None:
+    """The ``save_id`` in a safetensors file's metadata (None if absent or unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None  # load_weights reports the file's problem with its own message
+    value = meta.get(_SAVE_ID_KEY)
+    return str(value) if value is not None else None
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -276,7 +298,12 @@ def save_pretrained(model: nn.Module, path: str | Path) -> Path:
 
     d = Path(path)
     d.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"calm_format": FORMAT_VERSION, "library_version": _library_version()}
+    save_id = uuid.uuid4().hex
+    record: dict[str, Any] = {
+        "calm_format": FORMAT_VERSION,
+        "library_version": _library_version(),
+        "save_id": save_id,
+    }
     if isinstance(model, Component):
         record["type"] = model.kind
         record["component"] = component_record(model)
@@ -291,7 +318,7 @@ def save_pretrained(model: nn.Module, path: str | Path) -> Path:
             f"cannot save {type(model).__qualname__}: it is neither a registered component nor a "
             "calm core model"
         )
-    save_weights(model.state_dict(), d / WEIGHTS_NAME)
+    save_weights(model.state_dict(), d / WEIGHTS_NAME, save_id=save_id)
     text = json.dumps(record, indent=2, sort_keys=False) + "\n"
     _atomic_write(d / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return d
@@ -341,6 +368,13 @@ def load_pretrained(path: str | Path, *, map_location: str | torch.device = "cpu
     """Load any model directory written by :func:`save_pretrained` (in eval mode)."""
     d = Path(path)
     record = read_config(d)
+    expected = record.get("save_id")
+    found = _weights_save_id(d / WEIGHTS_NAME)
+    if expected is not None and found is not None and found != expected:
+        raise ModelLoadError(
+            f"{d}: {CONFIG_NAME} and {WEIGHTS_NAME} come from two different saves (a save was "
+            "interrupted between writing them); save the model again"
+        )
     model = build_from_record(record)
     state = load_weights(d / WEIGHTS_NAME, device=map_location)
     load_state_into(model, state, str(d / WEIGHTS_NAME))

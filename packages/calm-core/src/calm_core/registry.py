@@ -27,6 +27,8 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from calm_core.interfaces import Codec, Component, GenerativeHead
 
 __all__ = [
@@ -340,23 +342,51 @@ class Registry(Generic[T]):
 
     # --------------------------------------------------------------------------------- registering
     @overload
-    def register(self, name: str, cls: type[T], *, replace: bool = False) -> type[T]: ...
+    def register(
+        self,
+        name: str,
+        cls: type[T],
+        *,
+        config: type[BaseModel] | None = None,
+        replace: bool = False,
+    ) -> type[T]: ...
 
     @overload
     def register(
-        self, name: str, cls: None = None, *, replace: bool = False
+        self,
+        name: str,
+        cls: None = None,
+        *,
+        config: type[BaseModel] | None = None,
+        replace: bool = False,
     ) -> Callable[[type[T]], type[T]]: ...
 
     def register(
-        self, name: str, cls: type[T] | None = None, *, replace: bool = False
+        self,
+        name: str,
+        cls: type[T] | None = None,
+        *,
+        config: type[BaseModel] | None = None,
+        replace: bool = False,
     ) -> type[T] | Callable[[type[T]], type[T]]:
         """Register a component class in this process (notebooks, tests).
 
         Usable directly (``heads.register("acme.mine", MineHead)``) or as a class decorator.
-        Overriding a name that already exists needs ``replace=True``.
+        ``config`` names the pydantic config class for a class that does not declare
+        ``config_class`` itself (it is set on the class). Overriding a name that already exists
+        needs ``replace=True``.
         """
 
         def _do(c: type[T]) -> type[T]:
+            if config is not None:
+                declared = getattr(c, "config_class", None)
+                if declared is not None and declared is not config:
+                    raise TypeError(
+                        f"cannot register {self.kind[:-1]} '{name}': {c.__qualname__} declares "
+                        f"config_class {declared.__name__} but config={config.__name__} "
+                        "was given; drop one of them"
+                    )
+                setattr(c, "config_class", config)  # noqa: B010 (any class, typed or not)
             problem = self._check_class(c)
             if problem:
                 raise TypeError(f"cannot register {self.kind[:-1]} '{name}': {problem}")

@@ -10,6 +10,7 @@ from calm_core.cli.common import print_json
 __all__ = ["HELP", "add_arguments", "collect", "run"]
 
 HELP = "List installed heads and codecs with their providing distribution and config fields."
+OPTIONS_FROM_CONFIG = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
