@@ -110,3 +110,75 @@ def test_config_file_may_switch_the_head_without_the_flag(
     record = json.loads((out / "config.json").read_text())
     assert record["config"]["head"]["name"] == "flow"
     assert record["components"]["head"]["distribution"] == "calm-heads"
+
+
+def test_unknown_component_names_are_usage_errors(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["train", "--data", str(workdir / "data"), "--codec", str(workdir / "codec"),
+                 "--out", str(workdir / "typo"), "--head", "energyy", "--steps", "1"])  # fmt: skip
+    assert code == 2
+    assert "no head named 'energyy'" in capsys.readouterr().err
+    code = main(["train-codec", "--data", str(workdir / "data"), "--out", str(workdir / "typo2"),
+                 "--codec", "autoencodr", "--steps", "1"])  # fmt: skip
+    assert code == 2
+    assert "Did you mean: 'autoencoder'" in capsys.readouterr().err
+
+
+def test_exhausted_exact_sampler_is_a_usage_error_naming_the_flags(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from calm_core.calm import CALM
+    from calm_core.sampling import TemperatureSamplingError
+
+    if not (workdir / "calm" / "config.json").is_file():
+        pytest.skip(
+            "needs the CALM trained by test_calm_train_then_generate_from_the_directory_alone"
+        )
+
+    def exhausted(*args: object, **kwargs: object) -> object:
+        raise TemperatureSamplingError(
+            "exact temperature sampling at T=0.05 did not accept a sample for 1 of 1 rows; "
+            "raise max_draws or pass on_exhausted='fallback'"
+        )
+
+    monkeypatch.setattr(CALM, "stream", exhausted)
+    code = main(["generate", str(workdir / "calm"), "--prompt", "the cat", "--max-new-tokens",
+                 "4", "--temperature", "0.05"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "did not accept a sample for 1 of 1 rows; use --sampling batch" in err
+    assert "max_draws" not in err  # library arguments are not flags
+
+
+def test_a_fresh_codec_run_removes_an_earlier_report(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from word_corpus import write_word_corpus
+
+    write_word_corpus(workdir / "noval.jsonl", num_docs=12, words_per_doc=50)
+    data = workdir / "noval"  # no --val-docs: a codec trained here writes no report
+    assert main(["tokenize", str(workdir / "noval.jsonl"), "--out", str(data),
+                 "--vocab-size", "300", "--chunk-size", "4"]) == 0  # fmt: skip
+    out = workdir / "codec_noval"
+    out.mkdir()
+    (out / "reconstruction.json").write_text('{"token_accuracy": 0.05}')
+    assert main(["train-codec", "--data", str(data), "--out", str(out), "--config",
+                 str(workdir / "codec.json"), "--steps", "1", "--no-progress",
+                 "--overwrite"]) == 0  # fmt: skip
+    assert not (out / "reconstruction.json").exists()
+
+
+def test_a_codec_with_a_larger_vocabulary_trains_calm_on_its_data(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = json.loads((workdir / "codec.json").read_text())
+    cfg["codec"]["config"]["vocab_size"] = 512  # the data's is 300: train-codec accepts it
+    (workdir / "codec512.json").write_text(json.dumps(cfg))
+    assert main(["train-codec", "--data", str(workdir / "data"), "--out",
+                 str(workdir / "codec512"), "--config", str(workdir / "codec512.json"),
+                 "--steps", "1", "--no-progress"]) == 0  # fmt: skip
+    code = main(["train", "--data", str(workdir / "data"), "--codec", str(workdir / "codec512"),
+                 "--out", str(workdir / "calm512"), "--config", str(workdir / "calm.json"),
+                 "--steps", "1", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err

@@ -138,6 +138,8 @@ def test_convert_calm_energy_parity(tmp_path: Path, name: str, ae_source: str) -
     assert main(argv) == 0
     assert json.loads((dst / "config.json").read_text())["type"] == "calm"
     model = load_pretrained(dst)
+    # the converted model stops where the reference stops
+    assert model.config.eos_id == config["eos_token_id"]  # type: ignore[union-attr]
     with torch.no_grad():
         _check_calm_parity(model, fx)
 

@@ -195,3 +195,56 @@ def test_print_json_writes_non_finite_floats_as_null(capsys: pytest.CaptureFixtu
 
     print_json({"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf")}})
     assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1.5, None], "c": {"d": None}}
+
+
+def test_resume_refuses_a_directory_without_checkpoints(
+    byte_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _train_ar(byte_data, out, "--steps", "1", "--resume") == 2
+    assert "holds no checkpoint to continue from" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_resume_with_other_settings_is_a_usage_error(
+    byte_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _train_ar(byte_data, tmp_path / "r", "--steps", "2") == 0
+    capsys.readouterr()
+    assert _train_ar(byte_data, tmp_path / "r", "--steps", "3", "--seed", "7", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "trained with seed=0, this run has seed=7" in err and "drop --resume" in err
+
+
+def test_only_training_verbs_suggest_resume(
+    byte_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("some text to tokenize\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("")
+    assert main(["tokenize", str(corpus), "--out", str(tmp_path / "out"), "--byte-level"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite" in err and "--resume" not in err
+    assert _train_ar(byte_data, tmp_path / "out", "--steps", "1") == 2
+    assert "(or --resume to continue a run)" in capsys.readouterr().err
+
+
+def test_eval_refuses_data_of_another_tokenizer(
+    byte_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from word_corpus import write_word_corpus
+
+    assert _train_ar(byte_data, tmp_path / "ar", "--steps", "1") == 0
+    write_word_corpus(tmp_path / "words.jsonl", num_docs=20, words_per_doc=40)
+    assert main(["tokenize", str(tmp_path / "words.jsonl"), "--out", str(tmp_path / "bpe"),
+                 "--vocab-size", "270", "--val-docs", "2"]) == 0  # fmt: skip
+    capsys.readouterr()
+    args = ["eval", str(tmp_path / "ar"), "--data", str(tmp_path / "bpe"), "--num-blocks", "1"]
+    assert main([*args, "--block-len", "16"]) == 2
+    assert "was tokenized with another tokenizer" in capsys.readouterr().err
+    # the data the model was trained on is accepted
+    args = ["eval", str(tmp_path / "ar"), "--data", str(byte_data), "--num-blocks", "1"]
+    assert main([*args, "--block-len", "16", "--json"]) == 0

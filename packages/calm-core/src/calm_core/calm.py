@@ -471,7 +471,10 @@ class CALM(PretrainedMixin, nn.Module):
             **fields: further :class:`CALMConfig` fields (``eos_id``, ...).
         """
         from calm_core.registry import codecs, heads
-        from calm_core.transformer_lm import backbone_config_from_reference
+        from calm_core.transformer_lm import (
+            backbone_config_from_reference,
+            special_ids_from_reference,
+        )
 
         if codec is None:
             ae_state = {
@@ -490,13 +493,12 @@ class CALM(PretrainedMixin, nn.Module):
             hidden_size=int(ref_config["hidden_size"]),
             latent_size=codec.latent_size,
         )
-        pad = ref_config.get("pad_token_id")
         data: dict[str, Any] = {
             "backbone": backbone_config_from_reference(ref_config).model_dump(),
             "head": {"name": head, "config": head_module.config.model_dump(mode="json")},
             "vocab_size": int(ref_config["vocab_size"]),
             "chunk_size": int(ref_config["patch_size"]),
-            "pad_id": int(pad) if pad is not None else None,
+            **special_ids_from_reference(ref_config),
         }
         data.update(fields)
         model = cls(data, codec=codec)

@@ -220,6 +220,7 @@ class TransformerLM(PretrainedMixin, nn.Module):
             "backbone": backbone.model_dump(),
             "vocab_size": int(ref_config["vocab_size"]),
             "tie_embeddings": tie,
+            **special_ids_from_reference(ref_config),
         }
         data.update(context)
         model = cls(validate_config(TransformerLMConfig, data))
@@ -237,6 +238,20 @@ class TransformerLM(PretrainedMixin, nn.Module):
             ours["lm_head.weight"] = ours["embed_tokens.weight"]
         _load_strict(model, ours, "reference LlamaForCausalLM state dict")
         return model
+
+
+def special_ids_from_reference(ref_config: Mapping[str, Any]) -> dict[str, int | None]:
+    """``pad_id`` and ``eos_id`` from a Hugging Face config (``pad_token_id``,
+    ``eos_token_id``; a list of EOS ids gives its first), None where absent or outside the
+    vocabulary, so a converted model stops where the reference stops."""
+    vocab = int(ref_config["vocab_size"])
+    out: dict[str, int | None] = {}
+    for ours, theirs in (("pad_id", "pad_token_id"), ("eos_id", "eos_token_id")):
+        value = ref_config.get(theirs)
+        if isinstance(value, list | tuple):
+            value = value[0] if value else None
+        out[ours] = int(value) if value is not None and 0 <= int(value) < vocab else None
+    return out
 
 
 def backbone_config_from_reference(ref_config: Mapping[str, Any]) -> BackboneConfig:

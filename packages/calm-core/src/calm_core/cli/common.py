@@ -119,6 +119,37 @@ def _strict(obj: Any) -> Any:
     return obj
 
 
+def check_same_tokenizer(model_dir: str | Path, data_dir: str | Path, what: str) -> None:
+    """Refuse data tokenized with another tokenizer than the one saved with a model directory.
+
+    Both directories hold the tokenizer they were made with (``calm tokenize`` writes the data's,
+    the trainers copy it into the model directory); when both exist, their kinds, special ids and
+    vocabularies (token -> id) must agree.
+    """
+    from calm_core.data.tokenizer import TOKENIZER_FILE, BPETokenizer, Tokenizer
+
+    if not (
+        (Path(model_dir) / TOKENIZER_FILE).is_file() and (Path(data_dir) / TOKENIZER_FILE).is_file()
+    ):
+        return
+    try:
+        ours, theirs = Tokenizer.load(model_dir), Tokenizer.load(data_dir)
+    except Exception:  # unreadable: the data and model loaders report their own files
+        return
+
+    def identity(tok: Tokenizer) -> tuple[Any, ...]:
+        vocab = (
+            tok.backend.get_vocab(with_added_tokens=True) if isinstance(tok, BPETokenizer) else {}
+        )
+        return (tok.kind, tok.vocab_size, tok.pad_id, tok.eos_id, vocab)
+
+    if identity(ours) != identity(theirs):
+        raise CLIError(
+            f"{data_dir} was tokenized with another tokenizer than the {what} in {model_dir}; "
+            f"re-tokenize the text with `calm tokenize ... --tokenizer {model_dir}`"
+        )
+
+
 def check_input_path(path: str | Path, what: str) -> Path:
     """``path`` as a Path; a :class:`CLIError` naming ``what`` if it does not exist."""
     p = Path(path)
@@ -127,8 +158,15 @@ def check_input_path(path: str | Path, what: str) -> Path:
     return p
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool, resume: bool = False) -> Path:
-    """Create an output directory; refuse a non-empty one unless ``overwrite`` or ``resume``."""
+def prepare_output_dir(
+    path: str | Path, *, overwrite: bool, resume: bool = False, resumable: bool = False
+) -> Path:
+    """Create an output directory; refuse a non-empty one unless ``overwrite`` or ``resume``.
+
+    ``resumable`` verbs (the trainers) mention ``--resume`` in the refusal; ``resume`` into a
+    non-empty directory needs a checkpoint there to continue from, or nothing would be resumed
+    and the directory's files silently replaced.
+    """
     p = Path(path)
     if int(os.environ.get("RANK", "0")) != 0:
         # under torchrun only rank 0 checks: the others would see rank 0's files and probes
@@ -137,10 +175,18 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool, resume: bool = Fals
     if p.exists() and not p.is_dir():
         raise CLIError(f"output path {p} exists and is not a directory")
     if p.is_dir() and any(p.iterdir()) and not (overwrite or resume):
+        hint = " (or --resume to continue a run)" if resumable else ""
         raise CLIError(
-            f"output directory {p} is not empty; pass --overwrite to replace its contents "
-            "(or --resume to continue a run)"
+            f"output directory {p} is not empty; pass --overwrite to replace its contents{hint}"
         )
+    if resume and not overwrite and p.is_dir() and any(p.iterdir()):
+        from calm_core.training.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(p / "checkpoints") is None:
+            raise CLIError(
+                f"--resume: {p} holds no checkpoint to continue from; drop --resume for a new "
+                "run in an empty directory, or pass --overwrite to replace its contents"
+            )
     try:
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".calm-write-test-"):

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, print_json
+from calm_core.cli.common import CLIError, check_input_path, check_same_tokenizer, print_json
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise CLIError(str(exc)) from None
     model = _load(args.model, args.device)
+    check_same_tokenizer(args.model, args.data, "model")
     out: dict[str, Any] = {"model": str(args.model), "split": args.split}
     codec: Codec | None = model if isinstance(model, Codec) else None
     if codec is None:

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, print_json
+from calm_core.cli.common import CLIError, check_input_path, check_same_tokenizer, print_json
 
 __all__ = ["HELP", "add_arguments", "load_codec", "run"]
 
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise CLIError(str(exc)) from None
     codec = load_codec(args.model, args.device)
+    check_same_tokenizer(args.model, args.data, "codec")
     if codec.vocab_size < data.vocab_size:
         raise CLIError(
             f"the codec's vocabulary ({codec.vocab_size}) is smaller than the data's "

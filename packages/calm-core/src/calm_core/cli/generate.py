@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from calm_core.calm import CALM
     from calm_core.data.tokenizer import Tokenizer
     from calm_core.model_dir import ModelLoadError, load_pretrained
+    from calm_core.sampling import TemperatureSamplingError
     from calm_core.transformer_lm import TransformerLM
 
     model_dir = check_input_path(args.model_dir, "model directory")
@@ -101,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
                 break
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    except TemperatureSamplingError as exc:
+        what = str(exc).split(";")[0]  # the rest names library arguments, not flags
+        raise CLIError(f"{what}; use --sampling batch, or a higher --temperature") from None
     if args.json:
         print_json({"prompt_ids": ids, "new_ids": new, "text": tokenizer.decode(new)})
     else:

@@ -25,6 +25,7 @@ from calm_core.cli.common import (
     CLIError,
     add_training_arguments,
     check_input_path,
+    check_same_tokenizer,
     prepare_output_dir,
     print_json,
     print_resolved_config,
@@ -32,6 +33,7 @@ from calm_core.cli.common import (
     training_overrides,
 )
 from calm_core.config import ComponentSpec, ConfigError, ConfigModel
+from calm_core.registry import PluginConflictError, UnknownComponentError
 from calm_core.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -121,14 +123,15 @@ def build_model(
         )
     try:
         codec = load_pretrained(check_input_path(codec_dir, "codec directory"))
-    except ModelLoadError as exc:
+    except (ModelLoadError, UnknownComponentError, PluginConflictError) as exc:
         raise CLIError(str(exc)) from None
     if not isinstance(codec, Codec):
         raise CLIError(f"{codec_dir} holds a {type(codec).__qualname__}, not a codec")
-    if codec.vocab_size != data.vocab_size:
+    check_same_tokenizer(codec_dir, data.data_dir, "codec")
+    if codec.vocab_size < data.vocab_size:  # larger is fine: calm train-codec allows it too
         raise CLIError(
-            f"the codec's vocab_size is {codec.vocab_size} but the data's is {data.vocab_size}; "
-            "train the codec on this data directory"
+            f"the codec's vocab_size is {codec.vocab_size}, smaller than the data's "
+            f"{data.vocab_size}; train the codec on this data directory"
         )
     if data.chunk_size % codec.chunk_size:
         raise CLIError(
@@ -143,7 +146,7 @@ def build_model(
             pad_id=data.pad_id,
             eos_id=data.eos_id,
         )
-    except ConfigError as exc:
+    except (ConfigError, UnknownComponentError, PluginConflictError) as exc:
         raise CLIError(str(exc)) from None
 
 
@@ -179,6 +182,7 @@ def train_model(
 
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.packing import DataError
+    from calm_core.training.checkpoint import CheckpointError
     from calm_core.training.trainer import Trainer
 
     try:
@@ -204,6 +208,8 @@ def train_model(
         summary = trainer.fit()
     except DataError as exc:  # e.g. a validation split shorter than one block
         raise CLIError(str(exc)) from None
+    except CheckpointError as exc:  # --resume into a run made with other settings
+        raise CLIError(f"{exc}; drop --resume, or pass --overwrite to start over") from None
     info = getattr(trainer, "info", None)
     if info is not None and not info.is_main:  # under torchrun only rank 0 writes
         return {"out": str(out), "steps": summary["steps"], "rank": info.rank}
@@ -266,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
             f"--model {args.model} but the config file says model={config.model!r}; make them agree"
         )
     print_resolved_config("calm train config", config)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
+    out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume, resumable=True)
     result = train_model(
         config,
         args.data,

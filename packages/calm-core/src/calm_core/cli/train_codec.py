@@ -136,10 +136,13 @@ def recipe(name: str = DEFAULT_RECIPE, *, steps: int | None = None) -> dict[str,
 
 def build_codec(config: TrainCodecConfig, data: PackedDataset) -> Codec:
     """Build the configured codec, taking vocab and K from the data unless the config sets them."""
-    from calm_core.registry import codecs
+    from calm_core.registry import PluginConflictError, UnknownComponentError, codecs
 
     spec = config.codec.model_dump()
-    cls = codecs.get(spec["name"])
+    try:
+        cls = codecs.get(spec["name"])
+    except (UnknownComponentError, PluginConflictError) as exc:
+        raise CLIError(str(exc)) from None
     fields = getattr(cls.config_class, "model_fields", {})
     cfg = dict(spec["config"])
     for key, value in (("vocab_size", data.vocab_size), ("chunk_size", data.chunk_size)):
@@ -189,6 +192,7 @@ def train_codec(
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.packing import DataError
     from calm_core.metrics.reconstruction import reconstruction_report
+    from calm_core.training.checkpoint import CheckpointError
     from calm_core.training.trainer import Trainer
 
     try:
@@ -208,10 +212,14 @@ def train_codec(
         codec, config.train, train_data=train, run_dir=out, evaluate=evaluate, resume=resume,
         progress=progress,
     )  # fmt: skip
+    if not resume:  # a fresh run: no report of an earlier codec may outlive it
+        (out / REPORT_NAME).unlink(missing_ok=True)
     try:
         summary = trainer.fit()
     except DataError as exc:
         raise CLIError(str(exc)) from None
+    except CheckpointError as exc:  # --resume into a run made with other settings
+        raise CLIError(f"{exc}; drop --resume, or pass --overwrite to start over") from None
     info = getattr(trainer, "info", None)
     if info is not None and not info.is_main:  # under torchrun only rank 0 writes
         return {"out": str(out), "steps": summary["steps"], "rank": info.rank}
@@ -268,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["codec"] = {"name": args.codec}
     config = resolve_config(TrainCodecConfig, args.config, overrides, base=base)
     print_resolved_config("calm train-codec config", config)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume)
+    out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume, resumable=True)
     result = train_codec(config, args.data, out, resume=args.resume, progress=not args.no_progress)
     if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
         return 0
