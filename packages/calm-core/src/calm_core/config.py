@@ -72,7 +72,9 @@ def format_validation_error(
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             detail = (
-                f"unknown field (allowed fields: {', '.join(allowed)}){hint}" if allowed else msg
+                f"unknown field (allowed fields: {', '.join(allowed)}){hint}"
+                if allowed
+                else "unknown field (none are allowed here)"
             )
         elif etype == "missing":
             detail = "field required"
