@@ -131,6 +131,7 @@ def test_demo_corpus_too_small(tmp_path: Path, capsys) -> None:
         ('{"codec": {"stepz": 3}}', ".json", "codec.stepz"),
         ("[lm]\nsteps = 'many'\n", ".toml", "lm.steps"),
         ('{"eval": {"temperatures": [0.5, "hot"]}}', ".json", "eval.temperatures.1"),
+        ('{"seed": -1}', ".json", "seed"),
     ],
 )
 def test_demo_bad_config_names_the_field(tmp_path: Path, capsys, body, suffix, needle) -> None:
@@ -153,3 +154,18 @@ def test_demo_unknown_flag_suggests(capsys) -> None:
         main(["demo", "--quik"])
     assert exc.value.code == 2
     assert "--quick" in capsys.readouterr().err
+
+
+def test_follow_up_commands_quote_paths_with_spaces(tmp_path: Path) -> None:
+    import shlex
+
+    from calm_core.demo import DemoConfig, DemoResult
+    from calm_core.demo_report import next_steps
+
+    out = tmp_path / "my demo"
+    result = DemoResult(out_dir=out, config=DemoConfig(), quick=True, corpus="bundled")
+    for line in next_steps(result).splitlines():
+        argv = shlex.split(line)
+        paths = [a for a in argv if a.startswith(str(out))]
+        assert paths, line  # every command names the demo's directory as one argument
+        assert all(a.startswith(str(out) + "/") for a in paths)

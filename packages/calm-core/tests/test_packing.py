@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from calm_core.cli import main
 from calm_core.data import PackedDataset, Tokenizer, pack_documents
-from calm_core.data.packing import DataError, choose_dtype, split_documents
+from calm_core.data.packing import (
+    DataError,
+    choose_dtype,
+    find_input_files,
+    read_documents,
+    split_documents,
+)
 
 WIKITEXT = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 WIKITEXT_FILE = WIKITEXT / "wikitext103-test-docs.jsonl"
@@ -103,6 +109,8 @@ def test_tokenize_cli_packs_aligned_documents(tmp_path: Path, capsys: pytest.Cap
         ("nofield.jsonl", b'{"text": "a"}\n\n{"body": "b"}\n', r"nofield\.jsonl:3: missing 'text'"),
         ("notjson.jsonl", b'{"text": "a"}\n{oops\n', r"notjson\.jsonl:2: invalid JSON"),
         ("num.jsonl", b'{"text": 5}\n', r"num\.jsonl:1: the 'text' field must be a string"),
+        ("sur.jsonl", b'{"text": "a"}\n{"text": "x\\ud800"}\n', r"sur\.jsonl:2: .*lone surrogate"),
+        ("broken.jsonl.gz", b"not gzip at all", r"broken\.jsonl\.gz: not a readable gzip"),
     ],
 )
 def test_bad_inputs_name_the_file_and_line(
@@ -113,6 +121,39 @@ def test_bad_inputs_name_the_file_and_line(
     rc = main(["tokenize", str(path), "--out", str(tmp_path / "out"), "--byte-level"])
     assert rc == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_documents_index_like_a_sequence(tmp_path: Path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "doc " * (i + 1)}) + "\n" for i in range(4)))
+    assert main(["tokenize", str(corpus), "--out", str(tmp_path / "d"), "--byte-level"]) == 0
+    data = PackedDataset(tmp_path / "d")
+    assert np.array_equal(data.document(-1), data.document(data.num_documents - 1))
+    assert np.array_equal(data.document(-data.num_documents), data.document(0))
+    with pytest.raises(IndexError, match="out of range: the split holds 4 documents"):
+        data.document(4)
+
+
+def test_a_file_named_twice_is_read_once(tmp_path: Path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("a", "b"):
+        (corpus / f"{name}.txt").write_text(f"document {name}")
+    files = find_input_files([corpus, corpus / "a.txt", tmp_path / "corpus" / ".." / "corpus"])
+    assert [f.name for f in files] == ["a.txt", "b.txt"]  # so it cannot land in both splits
+
+
+def test_jsonl_lines_end_at_newlines_only_plain_or_gzipped(tmp_path: Path):
+    import gzip
+
+    texts = ["first\u2028still first", "second \x85 doc", "third"]
+    raw = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode()
+    (tmp_path / "c.jsonl").write_bytes(raw)
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(raw))
+    for name in ("c.jsonl", "c.jsonl.gz"):
+        docs = read_documents(find_input_files([tmp_path / name]))
+        assert [d.text for d in docs] == texts
+    assert {f.name for f in find_input_files([tmp_path])} == {"c.jsonl", "c.jsonl.gz"}
 
 
 def test_other_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -123,7 +123,7 @@ class DemoConfig(ConfigModel):
     vocab_size: int = Field(2048, ge=260, description="BPE vocabulary size.")
     chunk_size: int = Field(4, ge=1, description="K, tokens per chunk.")
     val_docs: int = Field(6, ge=1, description="Held-out documents (never trained on).")
-    seed: int = Field(0, description="Seed of the split, the data order and every model.")
+    seed: int = Field(0, ge=0, description="Seed of the split, the data order and every model.")
     codec: DemoCodecConfig = Field(default_factory=lambda: DemoCodecConfig.model_validate({}))
     lm: DemoLMConfig = Field(default_factory=lambda: DemoLMConfig.model_validate({}))
     eval: DemoEvalConfig = Field(default_factory=lambda: DemoEvalConfig.model_validate({}))

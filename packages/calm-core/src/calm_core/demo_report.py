@@ -10,6 +10,7 @@ dominated by the noise of Brier-4, so Brier-1 and Brier-2 (with standard errors)
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,15 +99,19 @@ def summary_table(result: DemoResult) -> str:
 def next_steps(result: DemoResult) -> str:
     """How to continue from the demo's output directory (shell commands)."""
     out = result.out_dir
-    prompt = "The history of the"
+
+    def at(name: str) -> str:  # quoted for the shell: the output path may hold spaces
+        return shlex.quote(str(out / name))
+
+    prompt = shlex.quote("The history of the")
     return "\n".join(
         [
-            f'calm generate {out / "calm"} --prompt "{prompt}" --max-new-tokens 64 '
+            f"calm generate {at('calm')} --prompt {prompt} --max-new-tokens 64 "
             "--temperature 0.5 --sampling batch",
-            f'calm generate {out / "ar"} --prompt "{prompt}" --max-new-tokens 64',
-            f"calm eval {out / 'calm'} --data {out / 'data'} --split val --json",
-            f"calm eval {out / 'codec'} --data {out / 'data'} --split val",
-            f"calm train --data {out / 'data'} --codec {out / 'codec'} --out runs/calm-longer "
+            f"calm generate {at('ar')} --prompt {prompt} --max-new-tokens 64",
+            f"calm eval {at('calm')} --data {at('data')} --split val --json",
+            f"calm eval {at('codec')} --data {at('data')} --split val",
+            f"calm train --data {at('data')} --codec {at('codec')} --out runs/calm-longer "
             "--steps 20000",
         ]
     )

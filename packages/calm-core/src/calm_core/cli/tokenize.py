@@ -43,7 +43,7 @@ class TokenizeConfig(ConfigModel):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help=".txt/.md files (one document each), .jsonl "
-        "files (one document per line, in a 'text' field), or directories of them"
+        "or .jsonl.gz files (one document per line, in a 'text' field), or directories of them"
     )  # fmt: skip
     parser.add_argument("--out", required=True, metavar="DATA_DIR", help="output data directory")
     parser.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 4096)")

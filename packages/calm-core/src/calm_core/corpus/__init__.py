@@ -5,7 +5,7 @@ What is unusual: the data file is gzip-compressed package data (``wikitext103-te
 download. The text is CC BY-SA 3.0 (see ``LICENSE`` and ``README.md`` next to it); the code is MIT.
 
 :func:`load_corpus` is what ``calm demo --corpus`` uses: no path gives the bundled articles, a path
-(files or directories of ``.txt``/``.md``/``.jsonl``, or one ``.jsonl.gz``) gives the user's.
+(files or directories of ``.txt``/``.md``/``.jsonl``/``.jsonl.gz``) gives the user's.
 """
 
 from __future__ import annotations
@@ -63,37 +63,11 @@ def bundled_corpus_bytes() -> bytes:
 def load_bundled_corpus() -> list[Document]:
     """The 62 WikiText-103 test articles as documents (``source`` is ``name:line``)."""
     docs = []
-    for lineno, line in enumerate(bundled_corpus_bytes().decode("utf-8").splitlines(), start=1):
+    # split at "\n" only, as every JSONL reader here does (str.splitlines also breaks at U+2028)
+    for lineno, line in enumerate(bundled_corpus_bytes().split(b"\n"), start=1):
         if line.strip():
-            docs.append(Document(json.loads(line)["text"], f"{BUNDLED_CORPUS}:{lineno}"))
-    return docs
-
-
-def _read_jsonl_gz(path: Path) -> list[Document]:
-    # Decompress to the same per-line rules the packer applies to plain .jsonl files.
-    try:
-        lines = gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DataError(
-            f"{path}: not a readable gzip-compressed UTF-8 JSONL file ({exc})"
-        ) from None
-    docs = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(
-                f'{path}:{lineno}: every line must be an object like {{"text": "..."}} '
-                "with a string 'text' field"
-            )
-        if record["text"].strip():
-            docs.append(Document(record["text"], f"{path}:{lineno}"))
-    if not docs:
-        raise DataError(f"{path}: empty input: no non-blank documents in the file")
+            text = json.loads(line.decode("utf-8"))["text"]
+            docs.append(Document(text, f"{BUNDLED_CORPUS}:{lineno}"))
     return docs
 
 
@@ -102,7 +76,7 @@ def load_corpus(path: str | Path | None = None) -> list[Document]:
 
     Args:
         path: None for the bundled WikiText-103 test articles; otherwise a file or directory
-            (``.txt``, ``.md``, ``.jsonl``; a single ``.jsonl.gz`` is also accepted).
+            (``.txt``, ``.md``, ``.jsonl``, ``.jsonl.gz``).
 
     Raises:
         DataError: the path does not exist, holds no usable text, or is malformed.
@@ -112,6 +86,4 @@ def load_corpus(path: str | Path | None = None) -> list[Document]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"corpus {p} does not exist; pass a .txt/.md/.jsonl file or a directory")
-    if p.is_file() and p.name.endswith(".jsonl.gz"):
-        return _read_jsonl_gz(p)
     return read_documents(find_input_files([p]))

@@ -87,8 +87,12 @@ class PackedDataset:
         return Tokenizer.load(self.data_dir)
 
     def document(self, i: int) -> np.ndarray:
-        """Tokens of document ``i``, including its EOS and padding."""
-        end = self.doc_offsets[i + 1] if i + 1 < self.num_documents else self.num_tokens
+        """Tokens of document ``i`` (negative counts from the end), with its EOS and padding."""
+        n = self.num_documents
+        if not -n <= i < n:
+            raise IndexError(f"document {i} out of range: the split holds {n} documents")
+        i %= n
+        end = self.doc_offsets[i + 1] if i + 1 < n else self.num_tokens
         return np.asarray(self.tokens[self.doc_offsets[i] : end])
 
     def __len__(self) -> int:

@@ -14,6 +14,7 @@ vocab that does not fit the dtype) name the file and line.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "find_input_files",
     "pack_documents",
     "read_documents",
+    "read_jsonl",
     "split_documents",
     "write_data_dir",
 ]
@@ -67,7 +69,11 @@ class PackedSplit:
 
 
 def find_input_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand directories (recursively, sorted) to their ``.txt``/``.md``/``.jsonl`` files."""
+    """Expand directories (recursively, sorted) to their ``.txt``/``.md``/``.jsonl`` files.
+
+    A file named twice (or inside a directory also named) is read once: a repeated document could
+    otherwise land in both the training and the validation split.
+    """
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -75,11 +81,12 @@ def find_input_files(inputs: Sequence[str | Path]) -> list[Path]:
             found = sorted(
                 f
                 for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
+                if f.is_file() and (f.suffix.lower() in TEXT_SUFFIXES or _is_jsonl(f))
             )
             if not found:
                 raise DataError(
-                    f"{p}: empty input: the directory holds no .txt, .text, .md or .jsonl files"
+                    f"{p}: empty input: the directory holds no .txt, .text, .md, .jsonl or "
+                    ".jsonl.gz files"
                 )
             files.extend(found)
         elif p.is_file():
@@ -88,7 +95,19 @@ def find_input_files(inputs: Sequence[str | Path]) -> list[Path]:
             raise DataError(f"{p}: input does not exist")
     if not files:
         raise DataError("empty input: no input files given")
-    return files
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _is_jsonl(path: Path) -> bool:
+    name = path.name.lower()
+    return path.suffix.lower() in JSONL_SUFFIXES or name.endswith(".jsonl.gz")
 
 
 def _decode(raw: bytes, path: Path, line_offset: int = 0) -> str:
@@ -103,8 +122,18 @@ def _decode(raw: bytes, path: Path, line_offset: int = 0) -> str:
         ) from None
 
 
-def _read_jsonl(path: Path) -> Iterator[Document]:
-    with path.open("rb") as fh:
+def read_jsonl(path: Path) -> Iterator[Document]:
+    """Documents of a ``.jsonl`` file (or a gzip-compressed ``.jsonl.gz``), one per line.
+
+    Lines are split at ``\\n`` only: JSON strings may hold U+2028 and other characters that
+    :meth:`str.splitlines` would break at.
+
+    Raises:
+        DataError: naming the file and line, for bad UTF-8 or JSON, a missing or non-string
+            ``text`` field, or text that cannot be written as UTF-8 (lone surrogate escapes).
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = _decode(raw, path, lineno - 1).strip()
             if not line:
@@ -124,6 +153,14 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
                 raise DataError(
                     f"{path}:{lineno}: the 'text' field must be a string, got {type(text).__name__}"
                 )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # e.g. "\ud800": valid JSON, not valid text
+                raise DataError(
+                    f"{path}:{lineno}: the 'text' field holds {text[exc.start]!r} at character "
+                    f"{exc.start}, which is not valid Unicode text (a lone surrogate escape); "
+                    "fix the line"
+                ) from None
             yield Document(text, f"{path}:{lineno}")
 
 
@@ -137,8 +174,11 @@ def read_documents(files: Sequence[Path]) -> list[Document]:
     for path in files:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty input: the file is empty")
-        if path.suffix.lower() in JSONL_SUFFIXES:
-            found = [d for d in _read_jsonl(path) if d.text.strip()]
+        if _is_jsonl(path):
+            try:
+                found = [d for d in read_jsonl(path) if d.text.strip()]
+            except (OSError, EOFError) as exc:  # a damaged or mislabelled .gz
+                raise DataError(f"{path}: not a readable gzip-compressed file ({exc})") from None
         else:
             text = _decode(path.read_bytes(), path)
             found = [Document(text, str(path))] if text.strip() else []

@@ -74,7 +74,8 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
-        """Text of ``ids``; PAD and EOS are dropped unless ``skip_special=False``."""
+        """Text of ``ids``; PAD and EOS are dropped unless ``skip_special=False``, and ids
+        outside the vocabulary (a model may have more) are skipped."""
 
     @abstractmethod
     def _save_files(self, directory: Path) -> None: ...
@@ -164,6 +165,8 @@ class ByteTokenizer(Tokenizer):
         pieces: list[str] = []
         for i in ids:
             i = int(i)
+            if i >= self.vocab_size:  # e.g. from a model with a larger vocabulary: no byte
+                continue
             if i >= self._OFFSET:
                 out.append(i - self._OFFSET)
             elif not skip_special:
