@@ -21,6 +21,7 @@ What is unusual:
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 import traceback
@@ -271,8 +272,7 @@ def _median_of(rep: Callable[[], float], settings: Settings) -> Measurement:
     for _ in range(settings.warmup):
         rep()
     values = [rep() for _ in range(max(3, settings.reps))]
-    values_sorted = sorted(values)
-    return Measurement(values_sorted[len(values) // 2], values, settings.warmup)
+    return Measurement(statistics.median(values), values, settings.warmup)
 
 
 def _context(run: SpeedRun, settings: Settings) -> None:

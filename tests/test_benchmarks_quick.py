@@ -292,3 +292,31 @@ def test_quality_targets_judge_the_final_snapshot_and_show_the_best() -> None:
     )
     assert f"| {name} BrierLM vs reference AR 0.24 | 0.238 | 0.238 (645) | **not met** |" in text
     assert "CALM" not in text  # no CALM curve, no CALM rows
+
+
+def test_check_on_a_full_run_compares_with_the_committed_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import benchmarks.run as R
+    import benchmarks.speed as S
+
+    def regressed(settings: object, gemm: float, only: object = None) -> S.SpeedRun:
+        run = S.SpeedRun()  # CALM generation 10x slower than the AR, training MFU 1%
+        run.results = {
+            "gen_tok_s": {"calm_t1_b1": 20.0, "calm_t1_b8": 80.0, "calm_t05batch_b1": 1.0,
+                          "calm_t05batch_b8": 1.0, "calm_t05exact_b1": 1.0, "ar_b1": 200.0,
+                          "ar_b8": 800.0},
+            "train_tok_s": {"codec": 10.0, "calm_energy": 10.0, "calm_diffusion": 10.0,
+                            "calm_flow": 10.0, "ar": 1000.0},
+            "eval_s": {"calm_brier": 1.0, "ar_brier": 1.0},
+            "gen_token_s_ctx": {"100": 1.0, "1500": 1.0},
+            "mfu": {"calm": 0.01, "ar": 0.01},
+        }  # fmt: skip
+        return run
+
+    monkeypatch.setattr(S, "run_speed", regressed)
+    monkeypatch.setattr(R, "matmul_gflops", lambda *a, **k: (146.5, Measurement(1.0, [1.0] * 3)))
+    for argv in (["--check"], ["--quick"]):
+        assert R.main(argv) == 1, argv  # a full run's own floors must not excuse a regression
+    assert "CALM/AR" in capsys.readouterr().out
+    assert R.main([]) == 0  # without --check a full run only reports
