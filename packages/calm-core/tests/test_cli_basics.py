@@ -248,3 +248,22 @@ def test_eval_refuses_data_of_another_tokenizer(
     # the data the model was trained on is accepted
     args = ["eval", str(tmp_path / "ar"), "--data", str(byte_data), "--num-blocks", "1"]
     assert main([*args, "--block-len", "16", "--json"]) == 0
+
+
+def test_resume_and_overwrite_together_are_refused(
+    byte_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _train_ar(byte_data, tmp_path / "r", "--steps", "1", "--resume", "--overwrite") == 2
+    assert "pass one of them" in capsys.readouterr().err
+
+
+def test_overwrite_removes_the_old_model_before_training(tmp_path: Path) -> None:
+    from calm_core.cli.common import prepare_output_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors", "reconstruction.json", "notes.txt"):
+        (out / name).write_text("old")
+    # a run cut short after this must not leave the old model loadable as if it were the new one
+    prepare_output_dir(out, overwrite=True, resumable=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

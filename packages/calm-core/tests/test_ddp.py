@@ -105,3 +105,22 @@ def test_ddp_resume_restores_every_ranks_unflushed_metric_window(tmp_path: Path)
     _launch_two_ranks(part, data, config, "--resume")
     assert sorted(losses(full)) == [5, 6]
     assert losses(part) == losses(full)  # bit-identical, the step-5 line included
+
+
+def test_resume_on_another_number_of_processes_keeps_the_logged_means(tmp_path: Path):
+    # stopped inside a logging window on 2 ranks, resumed alone: the step-5 line must still be
+    # the mean over the whole window (the saved per-rank windows are merged)
+    data = make_data_dir(tmp_path / "data")
+    config = TrainConfig(steps=6, batch_size=4, seq_len=16, lr=1e-2, log_every=5)
+    full, part = tmp_path / "full", tmp_path / "part"
+    _launch_two_ranks(full, data, config)
+    assert all(
+        "STOPPED 4" in out for out in _launch_two_ranks(part, data, config, "--stop-at", "3")
+    )
+    Trainer(
+        make_model(seed=5), config, PackedDataset(data), part, resume=True, progress=False
+    ).fit()
+    one, two = losses(full), losses(part)
+    assert sorted(two) == [5, 6]
+    for step in one:  # other reduction order: equal up to float rounding
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)

@@ -162,3 +162,21 @@ def test_files_of_two_saves_are_refused_not_paired(registered: None, tmp_path: P
     del record["save_id"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(record))
     load_pretrained(tmp_path / "m")
+
+
+def test_saved_files_follow_the_umask_and_leave_no_temporaries(
+    registered: None, tmp_path: Path
+) -> None:
+    import os
+    import stat
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / ".model.safetensors.tmp").write_bytes(b"left by a killed save")
+    old = os.umask(0o022)
+    try:
+        save_pretrained(_codec(), d)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in d.iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}

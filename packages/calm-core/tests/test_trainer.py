@@ -17,6 +17,7 @@ from calm_core.data import PackedDataset
 from calm_core.data.packing import DataError
 from calm_core.training import (
     CheckpointError,
+    CheckpointWriteError,
     NonFiniteLossError,
     TrainConfig,
     Trainer,
@@ -99,17 +100,84 @@ def test_request_stop_then_resume_matches_uninterrupted_run(data_dir: Path, tmp_
     assert losses(part) == losses(full)  # bit-identical
 
 
-def test_resuming_a_finished_run_changes_nothing(data_dir: Path, tmp_path: Path):
-    config = cfg(steps=8, eval_every=4)
+@pytest.mark.parametrize(
+    ("eval_every", "checkpoint_every", "evals"), [(4, 0, [4, 8]), (0, 4, [8]), (3, 8, [3, 6, 8])]
+)
+def test_resuming_a_finished_run_changes_nothing(
+    data_dir: Path, tmp_path: Path, eval_every: int, checkpoint_every: int, evals: list[int]
+):
+    # also when the last checkpoint is written inside the loop, before the final evaluation
+    config = cfg(steps=8, eval_every=eval_every, checkpoint_every=checkpoint_every)
     val = PackedDataset(data_dir, "val")
     first = train(data_dir, tmp_path, config, val_data=val)
     before = (tmp_path / "metrics.jsonl").read_text()
     again = train(data_dir, tmp_path, config, val_data=val, resume=True)
     # no second final evaluation, the last loss and evaluation are the run's, not NaN / empty
     assert (tmp_path / "metrics.jsonl").read_text() == before
-    assert [r["step"] for r in read_metrics(tmp_path) if "eval/loss" in r] == [4, 8]
+    assert [r["step"] for r in read_metrics(tmp_path) if "eval/loss" in r] == evals
     assert again["final_loss"] == first["final_loss"] and again["eval"] == first["eval"]
     assert again["start_step"] == again["steps"] == 8
+
+
+def test_resume_applies_changed_optimizer_settings_and_refuses_another_optimizer(
+    data_dir: Path, tmp_path: Path
+):
+    def stop_at_3(trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        if step == 3:
+            trainer.request_stop()
+
+    seen: list[list[tuple[object, ...]]] = []
+
+    def record(trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        assert trainer.optimizer is not None
+        groups = trainer.optimizer.param_groups
+        seen.append([(g["weight_decay"], tuple(g["betas"]), g["eps"]) for g in groups])
+
+    with pytest.raises(TrainingInterrupted):
+        train(data_dir, tmp_path, cfg(steps=6), callbacks=[stop_at_3])
+    changed = cfg(steps=6, weight_decay=0.5, betas=(0.5, 0.6), eps=1e-3)
+    train(data_dir, tmp_path, changed, callbacks=[record], resume=True)
+    # the matrices' group decays at the new rate, the others not at all; betas and eps are new
+    assert seen[0] == [(0.5, (0.5, 0.6), 1e-3), (0.0, (0.5, 0.6), 1e-3)]
+    with pytest.raises(CheckpointError, match="trained with optimizer='adamw', this run has"):
+        train(data_dir, tmp_path, cfg(steps=8, optimizer="sgd"), resume=True)
+
+
+def test_a_failed_checkpoint_write_names_the_last_good_one(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import calm_core.training.checkpoint as ckpt_module
+
+    train(data_dir, tmp_path, cfg(steps=2, checkpoint_every=2))
+    real = ckpt_module.save_model_state
+
+    def disk_full(model: torch.nn.Module, path: Path) -> None:
+        real(model, path)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module, "save_model_state", disk_full)
+    with pytest.raises(CheckpointWriteError, match=r"step 4 .*No space left.*step-00000002"):
+        train(data_dir, tmp_path, cfg(steps=4, checkpoint_every=2), resume=True)
+    names = [p.name for p in (tmp_path / "checkpoints").iterdir()]
+    assert names == ["step-00000002"]  # the half-written one is gone, the good one kept
+    monkeypatch.undo()
+    # a torn last line of metrics.jsonl (a full disk) does not block the resume
+    with (tmp_path / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 3, "lo')
+    assert train(data_dir, tmp_path, cfg(steps=4), resume=True)["steps"] == 4
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_half_deleted_checkpoints_are_never_resumed_from(data_dir: Path, tmp_path: Path):
+    train(data_dir, tmp_path, cfg(steps=4, checkpoint_every=2, keep_checkpoints=2))
+    root = tmp_path / "checkpoints"
+    # a kill inside rmtree of the newest one: its weights are gone, its state file is not
+    (root / "step-00000004" / "model.safetensors").unlink()
+    (root / ".tmp-del-step-00000000").mkdir()  # and a cut delete from an earlier prune
+    assert [s for s, _ in list_checkpoints(root)] == [2]
+    summary = train(data_dir, tmp_path, cfg(steps=4, checkpoint_every=2), resume=True)
+    assert summary["start_step"] == 2
+    assert not (root / ".tmp-del-step-00000000").exists()
 
 
 def test_a_validation_split_shorter_than_one_block_fails_before_training(

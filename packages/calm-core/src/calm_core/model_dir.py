@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -137,11 +136,17 @@ def ensure_installed(record: Mapping[str, str]) -> None:
 
 # ------------------------------------------------------------------------------------------ weights
 def _atomic_write(path: Path, write: Any) -> None:
+    # One fixed temporary name per file: a save killed midway leaves one file that the next save
+    # replaces (not a new one each time).
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(path.with_name(f".{path.name}.tmp"))
     try:
         write(tmp)
+        # safetensors creates its files owner-only (0600); a model directory is meant to be
+        # shared like any other file the user writes: the umask decides
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -174,6 +174,11 @@ def prepare_output_dir(
         return p
     if p.exists() and not p.is_dir():
         raise CLIError(f"output path {p} exists and is not a directory")
+    if overwrite and resume:
+        raise CLIError(
+            "--resume continues the run in the output directory and --overwrite starts it over; "
+            "pass one of them"
+        )
     if p.is_dir() and any(p.iterdir()) and not (overwrite or resume):
         hint = " (or --resume to continue a run)" if resumable else ""
         raise CLIError(
@@ -191,9 +196,16 @@ def prepare_output_dir(
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".calm-write-test-"):
             pass
+        if overwrite and resumable:  # a run cut short must not leave the old model loadable
+            for name in _RUN_OUTPUTS:
+                (p / name).unlink(missing_ok=True)
     except OSError as exc:
         raise CLIError(f"output directory {p} is not writable: {exc.strerror or exc}") from None
     return p
+
+
+#: what a training run writes at its end (its checkpoints are replaced by the trainer itself)
+_RUN_OUTPUTS = ("config.json", "model.safetensors", "reconstruction.json")
 
 
 def options_model(parser: argparse.ArgumentParser) -> type[BaseModel]:

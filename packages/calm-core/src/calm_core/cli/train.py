@@ -182,7 +182,7 @@ def train_model(
 
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.packing import DataError
-    from calm_core.training.checkpoint import CheckpointError
+    from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
     from calm_core.training.trainer import Trainer
 
     try:
@@ -207,6 +207,8 @@ def train_model(
     try:
         summary = trainer.fit()
     except DataError as exc:  # e.g. a validation split shorter than one block
+        raise CLIError(str(exc)) from None
+    except CheckpointWriteError as exc:  # disk full, permissions: the message says what to do
         raise CLIError(str(exc)) from None
     except CheckpointError as exc:  # --resume into a run made with other settings
         raise CLIError(f"{exc}; drop --resume, or pass --overwrite to start over") from None

@@ -192,7 +192,7 @@ def train_codec(
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.packing import DataError
     from calm_core.metrics.reconstruction import reconstruction_report
-    from calm_core.training.checkpoint import CheckpointError
+    from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
     from calm_core.training.trainer import Trainer
 
     try:
@@ -217,6 +217,8 @@ def train_codec(
     try:
         summary = trainer.fit()
     except DataError as exc:
+        raise CLIError(str(exc)) from None
+    except CheckpointWriteError as exc:  # disk full, permissions: the message says what to do
         raise CLIError(str(exc)) from None
     except CheckpointError as exc:  # --resume into a run made with other settings
         raise CLIError(f"{exc}; drop --resume, or pass --overwrite to start over") from None

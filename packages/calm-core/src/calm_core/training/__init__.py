@@ -3,7 +3,12 @@ name, atomic checkpoints with exact resume, metrics logging, and DDP."""
 
 from __future__ import annotations
 
-from calm_core.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
+from calm_core.training.checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    latest_checkpoint,
+    list_checkpoints,
+)
 from calm_core.training.config import TrainConfig
 from calm_core.training.logging import METRICS_FILE, read_metrics
 from calm_core.training.optim import (
@@ -24,6 +29,7 @@ from calm_core.training.trainer import (
 __all__ = [
     "METRICS_FILE",
     "CheckpointError",
+    "CheckpointWriteError",
     "Evaluator",
     "LRSchedule",
     "NonFiniteLossError",

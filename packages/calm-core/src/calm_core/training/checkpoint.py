@@ -8,9 +8,10 @@ A checkpoint is a directory ``checkpoints/step-00001234/`` holding
   non-tensor state, the logging window, the config it was made with,
 - ``rng-rank<r>.json``: each rank's torch (CPU and CUDA), numpy and python RNG states.
 
-What is unusual: it is written into ``.tmp-step-...`` and renamed only when complete, so a crash
-never leaves a torn checkpoint under a real name; stale temporaries are swept on resume. Nothing
-is pickled: tensors go to safetensors, everything else to JSON.
+What is unusual: it is written into ``.tmp-step-...`` and renamed only when complete, and deleted
+by first renaming it to ``.tmp-del-step-...``, so a crash never leaves a torn checkpoint under a
+real name; stale temporaries are swept on resume. Nothing is pickled: tensors go to safetensors,
+everything else to JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "capture_rng_state",
     "checkpoint_name",
     "fsync_dir",
@@ -38,6 +40,7 @@ __all__ = [
     "load_model_state",
     "load_optimizer_state",
     "prune_checkpoints",
+    "remove_checkpoint",
     "restore_rng_state",
     "save_model_state",
     "save_optimizer_state",
@@ -55,6 +58,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or read back; the message names the path."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (disk full, permissions); earlier checkpoints are intact."""
+
+
 def checkpoint_name(step: int) -> str:
     """Directory name of the checkpoint taken after ``step`` (zero-padded, so names sort)."""
     return f"step-{step:08d}"
@@ -67,7 +74,7 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.iterdir():
         m = _NAME.match(p.name)
-        if m and p.is_dir() and (p / STATE_FILE).is_file():
+        if m and p.is_dir() and (p / STATE_FILE).is_file() and (p / MODEL_FILE).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -78,10 +85,22 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint directory without ever exposing a half-deleted one: it is renamed to
+    a ``.tmp-del-`` temporary first (which :func:`sweep_temporaries` removes if this is cut)."""
+    doomed = path.with_name(f".tmp-del-{path.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    try:
+        path.rename(doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def prune_checkpoints(root: Path, keep: int) -> None:
     """Delete all but the ``keep`` most recent checkpoints."""
     for _, path in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_checkpoint(path)
 
 
 def sweep_temporaries(root: Path) -> None:

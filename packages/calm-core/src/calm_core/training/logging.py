@@ -9,6 +9,7 @@ lines go to stderr at each logged step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -29,6 +30,19 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _parsable(path: Path) -> list[dict[str, Any]]:
+    """The lines of ``path`` that parse (a crash or a full disk can leave a torn last line)."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
 def _clean(value: Any) -> Any:
     # JSON has no NaN/inf; write them as strings so the file stays parseable
     if isinstance(value, float) and not math.isfinite(value):
@@ -42,7 +56,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, *, resume_step: int | None = None) -> None:
         self.path = run_dir / METRICS_FILE
         if resume_step is not None and self.path.is_file():
-            kept = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= resume_step]
+            kept = [r for r in _parsable(self.path) if int(r.get("step", 0)) <= resume_step]
             tmp = self.path.with_name(f".{METRICS_FILE}.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             tmp.replace(self.path)
@@ -54,10 +68,13 @@ class MetricsLog:
         if self._fh is not None:
             self._fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
 
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+    def close(self, *, quiet: bool = False) -> None:
+        """Close the file; ``quiet`` drops an error while flushing (used while another error,
+        e.g. a full disk, is already on its way up: that one is the one to report)."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError) if quiet else contextlib.nullcontext():
+                fh.close()
 
 
 class Progress:

@@ -27,6 +27,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -131,6 +132,8 @@ class Trainer:
         self.show_progress = progress
         self.step = 0
         self.last_eval: dict[str, float] = {}
+        #: the optimizer being stepped, set when fit() starts (callbacks may read its groups)
+        self.optimizer: torch.optim.Optimizer | None = None
         self._stop_reason: str | None = None
 
     # ------------------------------------------------------------------ public helpers
@@ -235,6 +238,7 @@ class Trainer:
             # the built-in evaluation needs one block: find out now, not after hours of training
             self._val_loader()
         optimizer = build_optimizer(model, c)
+        self.optimizer = optimizer  # for callbacks (its param groups, the current lr)
         schedule = LRSchedule(optimizer, c)
         amp, use_scaler = self._autocast(device)
         scaler = torch.amp.GradScaler(device.type) if use_scaler else None
@@ -259,7 +263,7 @@ class Trainer:
             random.seed(c.seed + info.rank)
             if info.is_main and self.checkpoint_dir.is_dir():
                 for _, old in ckpt.list_checkpoints(self.checkpoint_dir):
-                    shutil.rmtree(old, ignore_errors=True)
+                    ckpt.remove_checkpoint(old)
         self.step = start_step
         barrier(info)
 
@@ -401,6 +405,10 @@ class Trainer:
             if evaluated_at != self.step and (self.evaluate_fn or self.val_data):
                 self._run_eval(model, self.step, log, progress, info)
                 evaluated_at = self.step
+                if saved_at == self.step and last_ckpt is not None and info.is_main:
+                    # saved inside the loop before this evaluation: record it, or resuming the
+                    # finished run would evaluate (and log) again
+                    _update_run_state(last_ckpt, progress_state(last_loss, evaluated_at))
             if saved_at != self.step:
                 last_ckpt = self._save(
                     model, optimizer, schedule, loader, scaler, window,
@@ -409,7 +417,7 @@ class Trainer:
         finally:
             progress.close()
             if log is not None:
-                log.close()
+                log.close(quiet=sys.exc_info()[0] is not None)
         return summary()
 
     # ------------------------------------------------------------------ pieces of a step
@@ -490,6 +498,30 @@ class Trainer:
         window: dict[str, Any],
         run_state: dict[str, Any],
     ) -> Path:
+        try:
+            return self._write_checkpoint(
+                model, optimizer, schedule, loader, scaler, window, run_state
+            )
+        except OSError as exc:  # disk full, permissions: say where, and what is still good
+            tmp = self.checkpoint_dir / f".tmp-{ckpt.checkpoint_name(self.step)}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            good = ckpt.latest_checkpoint(self.checkpoint_dir)
+            raise ckpt.CheckpointWriteError(
+                f"could not write the checkpoint of step {self.step} under "
+                f"{self.checkpoint_dir}: {exc}; the last good checkpoint is {good or 'none'} "
+                "(free space or fix permissions, then resume from it)"
+            ) from exc
+
+    def _write_checkpoint(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: LRSchedule,
+        loader: BlockLoader,
+        scaler: torch.amp.GradScaler | None,
+        window: dict[str, Any],
+        run_state: dict[str, Any],
+    ) -> Path:
         info = self.info
         root = self.checkpoint_dir
         name = ckpt.checkpoint_name(self.step)
@@ -519,7 +551,7 @@ class Trainer:
             }
             ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, state)
             if final.exists():
-                shutil.rmtree(final)
+                ckpt.remove_checkpoint(final)
             tmp.replace(final)
             ckpt.fsync_dir(root)
             ckpt.prune_checkpoints(root, self.config.keep_checkpoints)
@@ -547,8 +579,21 @@ class Trainer:
                     f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, "
                     f"this run has {key}={getattr(self.config, key)!r}"
                 )
+        if str(saved.get("optimizer", "adamw")).lower() != self.config.optimizer.lower():
+            raise ckpt.CheckpointError(
+                f"cannot resume from {path}: it was trained with optimizer="
+                f"{saved.get('optimizer')!r}, this run has optimizer={self.config.optimizer!r} "
+                "(the optimizer state does not carry over)"
+            )
         ckpt.load_model_state(model, path / ckpt.MODEL_FILE)
+        # the config's hyper-parameters win over the saved ones, as lr and steps do
+        configured = [
+            {k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+            for g in optimizer.param_groups
+        ]
         ckpt.load_optimizer_state(optimizer, path / ckpt.OPTIMIZER_FILE, state["optimizer"])
+        for group, settings in zip(optimizer.param_groups, configured, strict=True):
+            group.update(settings)
         schedule.load_state_dict(state["schedule"])
         loader.load_state_dict(state["loader"])
         if scaler is not None and state.get("scaler"):
@@ -558,13 +603,45 @@ class Trainer:
             ckpt.restore_rng_state(json.loads(rng_path.read_text()))
         else:  # resumed with more ranks than saved: deterministic, but not the old stream
             torch.manual_seed(self.config.seed + self.info.rank + state["step"])
-        window_path = path / f"window-rank{self.info.rank}.json"
-        w = json.loads(window_path.read_text()) if window_path.is_file() else state["window"]
-        window = {"count": w["count"], "time": w["time"], "sums": dict(w["sums"])}
-        if state.get("world_size") != self.info.world_size:
-            window = {"count": 0, "sums": {}, "time": 0.0}
+        window = _resumed_window(path, state, self.info)
         run_state = {k: state[k] for k in ("last_loss", "evaluated_at", "last_eval") if k in state}
         return int(state["step"]), window, run_state
+
+
+def _update_run_state(path: Path, run_state: dict[str, Any]) -> None:
+    """Rewrite a checkpoint's run state (last loss, evaluation) in place, atomically."""
+    import json
+
+    state = json.loads((path / ckpt.STATE_FILE).read_text())
+    state.update(run_state)
+    ckpt.write_json_atomic(path / ckpt.STATE_FILE, state)
+
+
+def _resumed_window(path: Path, state: dict[str, Any], info: DistInfo) -> dict[str, Any]:
+    """This rank's unflushed metric window from a checkpoint.
+
+    With the saved number of processes each rank takes its own window back. With another number
+    the saved windows are merged onto rank 0, scaled so that the next logged line (the sum over
+    ranks divided by ``count * world_size``) is the mean it would have been.
+    """
+    import json
+
+    saved_world = int(state.get("world_size") or 1)
+    files = sorted(path.glob("window-rank*.json"))
+    if saved_world == info.world_size or not files:
+        own = path / f"window-rank{info.rank}.json"
+        w = json.loads(own.read_text()) if own.is_file() else state["window"]
+        if saved_world != info.world_size:  # an old checkpoint without per-rank windows
+            return {"count": 0, "sums": {}, "time": 0.0}
+        return {"count": w["count"], "time": w["time"], "sums": dict(w["sums"])}
+    windows = [json.loads(f.read_text()) for f in files]
+    count, seconds = windows[0]["count"], windows[0]["time"]
+    scale = info.world_size / saved_world if info.rank == 0 else 0.0  # same keys on every rank
+    sums: dict[str, float] = {}
+    for w in windows:
+        for k, v in w["sums"].items():
+            sums[k] = sums.get(k, 0.0) + scale * float(v)
+    return {"count": count, "time": seconds, "sums": sums}
 
 
 def _window_state(window: dict[str, Any]) -> dict[str, Any]:
