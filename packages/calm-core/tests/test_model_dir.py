@@ -78,6 +78,23 @@ def test_missing_provider_names_distribution(registered: None, tmp_path: Path) -
     assert "codec 'acme.codec'" in msg and "pip install 'acme-calm-codecs==2.0.1'" in msg
 
 
+def test_every_missing_component_is_named_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from calm_core.model_dir import ensure_installed
+
+    head = {"group": "calm.heads", "name": "acme.head", "distribution": "acme-h", "version": "1"}
+    codec = {"group": "calm.codecs", "name": "acme.codec", "distribution": "acme-c", "version": ""}
+    with pytest.raises(ComponentNotInstalledError) as err:
+        ensure_installed(head, codec)
+    msg = str(err.value)
+    assert "pip install 'acme-h==1'" in msg and "pip install 'acme-c'" in msg
+    assert "discovery is off" not in msg
+    monkeypatch.setenv("CALM_DISABLE_PLUGINS", "1")
+    with pytest.raises(ComponentNotInstalledError, match="Third-party discovery is off"):
+        ensure_installed(head)
+
+
 def test_truncated_weights(registered: None, tmp_path: Path) -> None:
     save_pretrained(_codec(), tmp_path / "m")
     w = tmp_path / "m" / "model.safetensors"

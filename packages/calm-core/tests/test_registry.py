@@ -219,3 +219,16 @@ def test_register_with_a_config_class_for_a_class_without_one() -> None:
     with pytest.raises(TypeError, match="declares config_class TinyHeadConfig but config=Other"):
         heads.register("test.clash", TinyHead, config=OtherConfig)
     assert "test.clash" not in heads.names()
+
+
+def test_a_config_class_that_accepts_unknown_fields_is_refused() -> None:
+    from pydantic import BaseModel
+
+    class Loose(BaseModel):
+        width: int = 8
+
+    class LooseHead(TinyHead):
+        config_class = Loose  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="accepts unknown fields .*derive it from .*ConfigModel"):
+        heads.register("test.loose", LooseHead)

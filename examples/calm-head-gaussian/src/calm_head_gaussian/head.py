@@ -128,15 +128,18 @@ class GaussianEnergyHead(GenerativeHead):
                 f"hidden {tuple(hidden.shape)}, got {tuple(target.mean.shape)}"
             )
         weights, mean, std = self.distribution(hidden)
-        targets = target.sample(self.config.num_target_samples).to(mean.dtype)
-        return mixture_energy_loss(
-            weights,
-            mean,
-            std,
+        # distances in at least float32: bf16/fp16 lose them, and CPU cdist has no bf16 kernel
+        work = torch.promote_types(mean.dtype, torch.float32)
+        targets = target.sample(self.config.num_target_samples).to(work)
+        loss = mixture_energy_loss(
+            weights.to(work),
+            mean.to(work),
+            std.to(work),
             targets,
             num_samples=self.config.num_samples,
             alpha=self.config.alpha,
         )
+        return loss.to(mean.dtype)
 
     def sample(
         self, hidden: Tensor, num_samples: int = 1, generator: torch.Generator | None = None

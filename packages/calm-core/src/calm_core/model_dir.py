@@ -112,26 +112,40 @@ def component_record(component: nn.Module) -> dict[str, str]:
     }
 
 
-def ensure_installed(record: Mapping[str, str]) -> None:
-    """Raise :class:`ComponentNotInstalledError` if the component of a record is not available."""
-    from calm_core.registry import registry_for
+def ensure_installed(*records: Mapping[str, str]) -> None:
+    """Raise :class:`ComponentNotInstalledError` naming every component of ``records`` that is
+    not available (all of them at once, with the distribution to install for each)."""
+    from calm_core.registry import DISABLE_ENV, _discovery_disabled, registry_for
 
-    group = record["group"]
-    kind = group.split(".", 1)[-1]
-    registry = registry_for(kind)
-    if record["name"] not in registry:
+    problems = []
+    for record in records:
+        group = record["group"]
+        kind = group.split(".", 1)[-1]
+        registry = registry_for(kind)
+        if record["name"] in registry:
+            continue
         dist = record.get("distribution", "?")
         version = record.get("version", "")
-        hint = (
-            "it was registered in-process when saved; register it again before loading"
-            if dist.startswith("<")
-            else f"install it with: pip install '{dist}{'==' + version if version else ''}'"
+        what = f"the {kind[:-1]} '{record['name']}' (entry-point group '{group}')"
+        if dist.startswith("<"):
+            problems.append(
+                f"{what} was registered in-process when saved; register it again before loading"
+            )
+        else:
+            pin = f"{dist}=={version}" if version else dist
+            problems.append(
+                f"{what} from the distribution '{dist}' {version}, which is not installed: "
+                f"pip install '{pin}' (installed {kind}: {', '.join(registry.names()) or 'none'})"
+            )
+    if not problems:
+        return
+    text = "this model needs " + "; and ".join(problems)
+    if _discovery_disabled():
+        text += (
+            f". Third-party discovery is off ({DISABLE_ENV} is set): a plugin that is installed "
+            "is not seen; unset it"
         )
-        raise ComponentNotInstalledError(
-            f"this model needs the {kind[:-1]} '{record['name']}' (entry-point group '{group}') "
-            f"from the distribution '{dist}' {version}, which is not installed; {hint}. "
-            f"Installed {kind}: {', '.join(registry.names()) or 'none'}."
-        )
+    raise ComponentNotInstalledError(text + ".")
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -342,8 +356,7 @@ def build_from_record(record: Mapping[str, Any]) -> nn.Module:
         config = validate_component_config(cls, record["config"], path=kind)
         return cls(config, **record.get("context", {}))  # type: ignore[no-any-return]
     if kind in MODEL_TYPES:
-        for comp in record.get("components", {}).values():
-            ensure_installed(comp)
+        ensure_installed(*record.get("components", {}).values())
         module_name, _, attr = MODEL_TYPES[kind].partition(":")
         cls = getattr(importlib.import_module(module_name), attr)
         return cls.from_config_dict(record["config"])  # type: ignore[no-any-return]

@@ -63,7 +63,7 @@ def _backbone(d: int, layers: int, ffn: int, heads: int, ctx: int = 2048) -> dic
         "intermediate_size": ffn,
         "num_layers": layers,
         "num_heads": heads,
-        "num_kv_heads": heads,
+        "num_kv_heads": None,  # = num_heads, also when a config file changes num_heads
         "rope_theta": 10000.0,
         "rms_norm_eps": 1e-6,
         "max_positions": ctx,

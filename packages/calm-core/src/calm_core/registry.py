@@ -295,6 +295,12 @@ class Registry(Generic[T]):
 
         if not (isinstance(config_class, type) and issubclass(config_class, BaseModel)):
             return f"{obj.__qualname__} has no pydantic 'config_class'"
+        if config_class.model_config.get("extra") != "forbid":
+            return (
+                f"{obj.__qualname__}.config_class {config_class.__name__} accepts unknown fields "
+                "(a misspelt key would be dropped silently); derive it from "
+                "calm_core.config.ConfigModel"
+            )
         return None
 
     def load_all(self) -> dict[str, type[T]]:

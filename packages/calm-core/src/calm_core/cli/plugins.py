@@ -56,13 +56,14 @@ def collect() -> dict[str, Any]:
 
 def _fields(schema: dict[str, Any] | None) -> str:
     if schema is None:
-        return "(schema unavailable; see the errors below)"
+        return " (schema unavailable; see the errors below)"
     props = schema.get("properties", {})
     parts = []
     for name, prop in props.items():
         default = f"={prop['default']!r}" if "default" in prop else ""
-        parts.append(f"{name}{default}")
-    return ", ".join(parts) or "(no fields)"
+        about = f"  {prop['description']}" if prop.get("description") else ""
+        parts.append(f"\n        {name}{default}{about}")
+    return "".join(parts) or " (no fields)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  (no {key} installed; pip install {hint})")
         for name, row in table.items():
             print(f"  {name}  [{row['distribution']} {row['version']}]  {row['class']}")
-            print(f"      config: {_fields(row['config_schema'])}")
+            print(f"      config:{_fields(row['config_schema'])}")
     if data["errors"]:
         print("plugins that failed to load:")
         for e in data["errors"]:

@@ -153,9 +153,15 @@ def build_codec(config: TrainCodecConfig, data: PackedDataset) -> Codec:
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     if codec.vocab_size < data.vocab_size:
+        fix = (
+            "remove codec.config.vocab_size to take it from the data"
+            if "vocab_size" in fields
+            else f"{spec['name']}'s config has no 'vocab_size' field for calm to fill from the "
+            "data: set its vocabulary to at least the data's in the codec config"
+        )
         raise CLIError(
             f"the codec's vocab_size {codec.vocab_size} is smaller than the data's "
-            f"{data.vocab_size}; remove codec.config.vocab_size to take it from the data"
+            f"{data.vocab_size}; {fix}"
         )
     if data.chunk_size % codec.chunk_size:
         raise CLIError(

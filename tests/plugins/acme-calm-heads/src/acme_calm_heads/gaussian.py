@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 class DiagonalGaussianConfig(ConfigModel):
     width: int = Field(32, gt=0, description="hidden width of the MLP")
-    min_std: float = Field(1e-3, gt=0)
+    min_std: float = Field(1e-3, gt=0, description="floor of the predicted standard deviation")
 
 
 class DiagonalGaussianHead(GenerativeHead):
@@ -34,6 +34,7 @@ class DiagonalGaussianHead(GenerativeHead):
         return mean, nn.functional.softplus(raw) + self.config.min_std
 
     def loss(self, hidden: Tensor, target: LatentPosterior) -> Tensor:
+        self.check_hidden(hidden)
         mean, std = self._params(hidden)
         z = (target.mean - mean) / std
         return (0.5 * z.pow(2) + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -41,6 +42,7 @@ class DiagonalGaussianHead(GenerativeHead):
     def sample(
         self, hidden: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
+        self.check_hidden(hidden)
         mean, std = self._params(hidden)
         eps = torch.randn(
             (num_samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device
