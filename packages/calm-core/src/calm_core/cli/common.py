@@ -150,6 +150,22 @@ def check_same_tokenizer(model_dir: str | Path, data_dir: str | Path, what: str)
         )
 
 
+def fit_trainer(trainer: Any) -> dict[str, Any]:
+    """``trainer.fit()``, with data and checkpoint problems turned into usage errors."""
+    from calm_core.data.packing import DataError
+    from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
+
+    try:
+        summary: dict[str, Any] = trainer.fit()
+    except DataError as exc:  # e.g. a validation split shorter than one block
+        raise CLIError(str(exc)) from None
+    except CheckpointWriteError as exc:  # disk full, permissions: the message says what to do
+        raise CLIError(str(exc)) from None
+    except CheckpointError as exc:  # --resume into a run made with other settings
+        raise CLIError(f"{exc}; drop --resume, or pass --overwrite to start over") from None
+    return summary
+
+
 def check_input_path(path: str | Path, what: str) -> Path:
     """``path`` as a Path; a :class:`CLIError` naming ``what`` if it does not exist."""
     p = Path(path)

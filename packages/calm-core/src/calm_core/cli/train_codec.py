@@ -26,6 +26,7 @@ from calm_core.cli.common import (
     CLIError,
     add_training_arguments,
     check_input_path,
+    fit_trainer,
     prepare_output_dir,
     print_json,
     print_resolved_config,
@@ -198,7 +199,6 @@ def train_codec(
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.packing import DataError
     from calm_core.metrics.reconstruction import reconstruction_report
-    from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
     from calm_core.training.trainer import Trainer
 
     try:
@@ -220,14 +220,7 @@ def train_codec(
     )  # fmt: skip
     if not resume:  # a fresh run: no report of an earlier codec may outlive it
         (out / REPORT_NAME).unlink(missing_ok=True)
-    try:
-        summary = trainer.fit()
-    except DataError as exc:
-        raise CLIError(str(exc)) from None
-    except CheckpointWriteError as exc:  # disk full, permissions: the message says what to do
-        raise CLIError(str(exc)) from None
-    except CheckpointError as exc:  # --resume into a run made with other settings
-        raise CLIError(f"{exc}; drop --resume, or pass --overwrite to start over") from None
+    summary = fit_trainer(trainer)
     info = getattr(trainer, "info", None)
     if info is not None and not info.is_main:  # under torchrun only rank 0 writes
         return {"out": str(out), "steps": summary["steps"], "rank": info.rank}

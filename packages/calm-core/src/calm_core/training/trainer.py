@@ -499,9 +499,41 @@ class Trainer:
         run_state: dict[str, Any],
     ) -> Path:
         try:
-            return self._write_checkpoint(
-                model, optimizer, schedule, loader, scaler, window, run_state
-            )
+            info = self.info
+            root = self.checkpoint_dir
+            name = ckpt.checkpoint_name(self.step)
+            tmp, final = root / f".tmp-{name}", root / name
+            if info.is_main:
+                root.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+            barrier(info)
+            ckpt.write_json_atomic(tmp / f"rng-rank{info.rank}.json", ckpt.capture_rng_state())
+            # every rank's unflushed metric window (its own sums, reduced at the next flush)
+            ckpt.write_json_atomic(tmp / f"window-rank{info.rank}.json", _window_state(window))
+            barrier(info)
+            if info.is_main:
+                ckpt.save_model_state(model, tmp / ckpt.MODEL_FILE)
+                opt_meta = ckpt.save_optimizer_state(optimizer, tmp / ckpt.OPTIMIZER_FILE)
+                state = {
+                    "step": self.step,
+                    "config": self.config.model_dump(mode="json"),
+                    "world_size": info.world_size,
+                    "schedule": schedule.state_dict(),
+                    "loader": loader.state_dict(),
+                    "optimizer": opt_meta,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "window": _window_state(window),
+                    **run_state,
+                }
+                ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, state)
+                if final.exists():
+                    ckpt.remove_checkpoint(final)
+                tmp.replace(final)
+                ckpt.fsync_dir(root)
+                ckpt.prune_checkpoints(root, self.config.keep_checkpoints)
+            barrier(info)
+            return final
         except OSError as exc:  # disk full, permissions: say where, and what is still good
             tmp = self.checkpoint_dir / f".tmp-{ckpt.checkpoint_name(self.step)}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -511,52 +543,6 @@ class Trainer:
                 f"{self.checkpoint_dir}: {exc}; the last good checkpoint is {good or 'none'} "
                 "(free space or fix permissions, then resume from it)"
             ) from exc
-
-    def _write_checkpoint(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        schedule: LRSchedule,
-        loader: BlockLoader,
-        scaler: torch.amp.GradScaler | None,
-        window: dict[str, Any],
-        run_state: dict[str, Any],
-    ) -> Path:
-        info = self.info
-        root = self.checkpoint_dir
-        name = ckpt.checkpoint_name(self.step)
-        tmp, final = root / f".tmp-{name}", root / name
-        if info.is_main:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-        barrier(info)
-        ckpt.write_json_atomic(tmp / f"rng-rank{info.rank}.json", ckpt.capture_rng_state())
-        # every rank's unflushed metric window (its own sums, reduced at the next flush)
-        ckpt.write_json_atomic(tmp / f"window-rank{info.rank}.json", _window_state(window))
-        barrier(info)
-        if info.is_main:
-            ckpt.save_model_state(model, tmp / ckpt.MODEL_FILE)
-            opt_meta = ckpt.save_optimizer_state(optimizer, tmp / ckpt.OPTIMIZER_FILE)
-            state = {
-                "step": self.step,
-                "config": self.config.model_dump(mode="json"),
-                "world_size": info.world_size,
-                "schedule": schedule.state_dict(),
-                "loader": loader.state_dict(),
-                "optimizer": opt_meta,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "window": _window_state(window),
-                **run_state,
-            }
-            ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, state)
-            if final.exists():
-                ckpt.remove_checkpoint(final)
-            tmp.replace(final)
-            ckpt.fsync_dir(root)
-            ckpt.prune_checkpoints(root, self.config.keep_checkpoints)
-        barrier(info)
-        return final
 
     def _load(
         self,
