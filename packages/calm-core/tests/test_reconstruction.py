@@ -121,6 +121,9 @@ def test_training_mode_is_restored_and_errors_are_clear() -> None:
         reconstruction_report(codec, torch.zeros(4, dtype=torch.long), ignore_id=0)
     with pytest.raises(TypeError, match="integer ids"):
         reconstruction_report(codec, torch.zeros(4), noise_stds=[])
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="noise stds must be finite and >= 0"):
+            reconstruction_report(codec, _tokens(4), noise_stds=[0.1, bad])
     report = reconstruction_report(codec, _tokens(3), noise_stds=[0.3])
     d = report.to_dict()
     assert d["noisy_token_accuracy"] == {"0.3": report.noisy_token_accuracy[0.3]}

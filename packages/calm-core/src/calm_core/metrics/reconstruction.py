@@ -12,6 +12,7 @@ made only of padding is skipped entirely.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,8 +146,12 @@ def reconstruction_report(
         seed: seed of the latent noise.
 
     Raises:
-        ValueError: no chunk to score, or a length that is not a multiple of K.
+        ValueError: no chunk to score, a length that is not a multiple of K, or a noise level
+            that is negative or not finite.
     """
+    bad = [s for s in noise_stds if not (math.isfinite(float(s)) and float(s) >= 0)]
+    if bad:
+        raise ValueError(f"noise stds must be finite and >= 0, got {bad}")
     K = codec.chunk_size
     chunks = _as_chunks(tokens, K)
     if max_chunks is not None:
