@@ -169,3 +169,16 @@ def test_follow_up_commands_quote_paths_with_spaces(tmp_path: Path) -> None:
         paths = [a for a in argv if a.startswith(str(out))]
         assert paths, line  # every command names the demo's directory as one argument
         assert all(a.startswith(str(out) + "/") for a in paths)
+
+
+def test_demo_names_missing_components_before_any_work(tmp_path: Path, capsys) -> None:
+    from calm_core.registry import heads
+
+    heads.unregister("energy")  # as if calm-heads were not installed
+    try:
+        assert main(["demo", "--quick", "--out", str(tmp_path / "o")]) == 2
+    finally:
+        heads.refresh()
+    err = capsys.readouterr().err
+    assert "pip install calm-heads" in err and "calm-codecs" not in err.split("pip install")[-1]
+    assert not (tmp_path / "o").exists()

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.corpus is not None:
         check_input_path(args.corpus, "corpus")
+    _check_components()
     base: dict[str, Any] = merge_overrides({}, QUICK_OVERRIDES) if args.quick else {}
     overrides = {"seed": args.seed, "vocab_size": args.vocab_size, "val_docs": args.val_docs}
     cfg = resolve_config(DemoConfig, args.config, overrides, base=base)
@@ -84,3 +85,17 @@ def run(args: argparse.Namespace) -> int:
     print(next_steps(result))
     sys.stdout.flush()
     return 0
+
+
+def _check_components() -> None:
+    """The demo trains the ``energy`` head and the ``autoencoder`` codec: say what to install
+    before minutes of tokenizing, not after."""
+    from calm_core.registry import codecs, heads
+
+    needed = ((heads, "energy", "calm-heads"), (codecs, "autoencoder", "calm-codecs"))
+    missing = [dist for registry, name, dist in needed if name not in registry]
+    if missing:
+        raise CLIError(
+            "calm demo trains the 'energy' head and the 'autoencoder' codec; install them: "
+            f"pip install {' '.join(missing)}"
+        )
