@@ -232,3 +232,12 @@ def test_a_config_class_that_accepts_unknown_fields_is_refused() -> None:
 
     with pytest.raises(TypeError, match="accepts unknown fields .*derive it from .*ConfigModel"):
         heads.register("test.loose", LooseHead)
+
+
+def test_a_refused_registration_leaves_the_class_as_it_was(tiny_head: str) -> None:
+    class Bare(TinyHead):
+        config_class = None  # type: ignore[assignment]
+
+    with pytest.raises(ValueError, match="already registered"):
+        heads.register(tiny_head, Bare, config=TinyHeadConfig)
+    assert Bare.config_class is None

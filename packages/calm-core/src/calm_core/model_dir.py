@@ -115,7 +115,7 @@ def component_record(component: nn.Module) -> dict[str, str]:
 def ensure_installed(*records: Mapping[str, str]) -> None:
     """Raise :class:`ComponentNotInstalledError` naming every component of ``records`` that is
     not available (all of them at once, with the distribution to install for each)."""
-    from calm_core.registry import DISABLE_ENV, _discovery_disabled, registry_for
+    from calm_core.registry import DISABLE_ENV, discovery_disabled, registry_for
 
     problems = []
     for record in records:
@@ -140,7 +140,7 @@ def ensure_installed(*records: Mapping[str, str]) -> None:
     if not problems:
         return
     text = "this model needs " + "; and ".join(problems)
-    if _discovery_disabled():
+    if discovery_disabled():
         text += (
             f". Third-party discovery is off ({DISABLE_ENV} is set): a plugin that is installed "
             "is not seen; unset it"

@@ -39,6 +39,7 @@ __all__ = [
     "Registry",
     "UnknownComponentError",
     "codecs",
+    "discovery_disabled",
     "heads",
     "registry_for",
 ]
@@ -133,7 +134,7 @@ class Registry(Generic[T]):
             if self._entries is not None:
                 return self._entries
             entries: dict[str, _Entry] = {}
-            disabled = _discovery_disabled()
+            disabled = discovery_disabled()
             seen: set[tuple[str, str]] = set()
             for ep in metadata.entry_points(group=self.group):
                 dist = ep.dist
@@ -237,7 +238,7 @@ class Registry(Generic[T]):
         else:
             hint = {"heads": "calm-heads", "codecs": "calm-codecs"}.get(self.kind, "a plugin")
             lines.append(f"No {self.kind} are installed: pip install {hint}.")
-        if _discovery_disabled():
+        if discovery_disabled():
             lines.append(
                 f"Third-party discovery is off ({DISABLE_ENV}={os.environ.get(DISABLE_ENV)!r})."
             )
@@ -384,8 +385,8 @@ class Registry(Generic[T]):
         """
 
         def _do(c: type[T]) -> type[T]:
+            declared = getattr(c, "config_class", None)
             if config is not None:
-                declared = getattr(c, "config_class", None)
                 if declared is not None and declared is not config:
                     raise TypeError(
                         f"cannot register {self.kind[:-1]} '{name}': {c.__qualname__} declares "
@@ -395,10 +396,14 @@ class Registry(Generic[T]):
                 setattr(c, "config_class", config)  # noqa: B010 (any class, typed or not)
             problem = self._check_class(c)
             if problem:
+                if config is not None:  # a refused registration leaves the class as it was
+                    setattr(c, "config_class", declared)  # noqa: B010
                 raise TypeError(f"cannot register {self.kind[:-1]} '{name}': {problem}")
             with self._lock:
                 entries = self._discover()
                 if name in entries and not replace:
+                    if config is not None:
+                        setattr(c, "config_class", declared)  # noqa: B010
                     old = entries[name].info
                     raise ValueError(
                         f"{self.kind[:-1]} '{name}' is already registered by {old.distribution} "
@@ -443,7 +448,7 @@ class Registry(Generic[T]):
         return cls(config, **context)
 
 
-def _discovery_disabled() -> bool:
+def discovery_disabled() -> bool:
     """Whether ``CALM_DISABLE_PLUGINS`` turns third-party discovery off ("1", "true", ...)."""
     return os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 

@@ -195,12 +195,13 @@ def prepare_output_dir(
             "--resume continues the run in the output directory and --overwrite starts it over; "
             "pass one of them"
         )
-    if p.is_dir() and any(p.iterdir()) and not (overwrite or resume):
+    occupied = p.is_dir() and any(p.iterdir())
+    if occupied and not (overwrite or resume):
         hint = " (or --resume to continue a run)" if resumable else ""
         raise CLIError(
             f"output directory {p} is not empty; pass --overwrite to replace its contents{hint}"
         )
-    if resume and not overwrite and p.is_dir() and any(p.iterdir()):
+    if resume and occupied:  # (with overwrite it was refused above)
         from calm_core.training.checkpoint import latest_checkpoint
 
         if latest_checkpoint(p / "checkpoints") is None:

@@ -22,6 +22,7 @@ What is unusual:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -555,8 +556,6 @@ class Trainer:
     ) -> tuple[int, dict[str, Any], dict[str, Any]]:
         """Restore every state; return the step, this rank's metric window and the run state
         (``last_loss``, ``evaluated_at``, ``last_eval``)."""
-        import json
-
         state = json.loads((path / ckpt.STATE_FILE).read_text())
         saved = state["config"]
         for key in ("seq_len", "seed"):
@@ -596,8 +595,6 @@ class Trainer:
 
 def _update_run_state(path: Path, run_state: dict[str, Any]) -> None:
     """Rewrite a checkpoint's run state (last loss, evaluation) in place, atomically."""
-    import json
-
     state = json.loads((path / ckpt.STATE_FILE).read_text())
     state.update(run_state)
     ckpt.write_json_atomic(path / ckpt.STATE_FILE, state)
@@ -610,8 +607,6 @@ def _resumed_window(path: Path, state: dict[str, Any], info: DistInfo) -> dict[s
     the saved windows are merged onto rank 0, scaled so that the next logged line (the sum over
     ranks divided by ``count * world_size``) is the mean it would have been.
     """
-    import json
-
     saved_world = int(state.get("world_size") or 1)
     files = sorted(path.glob("window-rank*.json"))
     if saved_world == info.world_size or not files:
