@@ -1,4 +1,5 @@
-"""Token data: tokenizers, packing into K-aligned shards, the packed dataset and its loader.
+"""Token data: sources, tokenizers, streaming packing into K-aligned shards, the packed dataset
+and its loader.
 
 Names are imported on first use, so ``calm tokenize`` (which needs no torch) starts fast.
 """
@@ -11,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.loader import BlockLoader
-    from calm_core.data.packing import (
+    from calm_core.data.packing import pack_documents, val_indices, write_data_dir
+    from calm_core.data.sources import (
         DataError,
         Document,
         find_input_files,
-        pack_documents,
+        hf_documents,
+        iter_documents,
         read_documents,
-        write_data_dir,
     )
     from calm_core.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, TokenizerError
 
@@ -25,14 +27,17 @@ _LAZY: dict[str, str] = {
     "BPETokenizer": "calm_core.data.tokenizer",
     "BlockLoader": "calm_core.data.loader",
     "ByteTokenizer": "calm_core.data.tokenizer",
-    "DataError": "calm_core.data.packing",
-    "Document": "calm_core.data.packing",
+    "DataError": "calm_core.data.sources",
+    "Document": "calm_core.data.sources",
     "PackedDataset": "calm_core.data.dataset",
     "Tokenizer": "calm_core.data.tokenizer",
     "TokenizerError": "calm_core.data.tokenizer",
-    "find_input_files": "calm_core.data.packing",
+    "find_input_files": "calm_core.data.sources",
+    "hf_documents": "calm_core.data.sources",
+    "iter_documents": "calm_core.data.sources",
     "pack_documents": "calm_core.data.packing",
-    "read_documents": "calm_core.data.packing",
+    "read_documents": "calm_core.data.sources",
+    "val_indices": "calm_core.data.packing",
     "write_data_dir": "calm_core.data.packing",
 }
 
@@ -46,8 +51,11 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "find_input_files",
+    "hf_documents",
+    "iter_documents",
     "pack_documents",
     "read_documents",
+    "val_indices",
     "write_data_dir",
 ]
 

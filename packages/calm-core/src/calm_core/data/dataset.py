@@ -1,7 +1,9 @@
 """``PackedDataset``: one split of a data directory written by ``calm tokenize``, memory-mapped.
 
-Opening a dataset reads only ``index.json``; the token file is a read-only numpy memmap, so many
-processes (DDP ranks, loader workers) share the page cache instead of copying the corpus.
+Opening a dataset reads only ``index.json``; token shards and document offsets are read-only numpy
+memmaps, so many processes (DDP ranks, loader workers) share the page cache instead of copying the
+corpus. :meth:`PackedDataset.read` takes any range of the split's token stream, across shard
+boundaries. Data directories of format 1 (one ``train.bin``, offsets in ``index.json``) load too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from calm_core.data.packing import DATA_FORMAT, INDEX_FILE, DataError
+from calm_core.data.shards import DATA_FORMAT, INDEX_FILE, LEGACY_FORMAT
+from calm_core.data.sources import DataError
 from calm_core.data.tokenizer import Tokenizer
 
 __all__ = ["PackedDataset"]
@@ -23,10 +26,11 @@ class PackedDataset:
     """Packed token ids of one split (``"train"`` or ``"val"``) of a data directory.
 
     Attributes:
-        tokens: 1-D read-only memmap of token ids (``uint16``/``uint32``); each document ends with
-            EOS and is PAD-padded to a multiple of ``chunk_size``.
+        tokens: 1-D token ids (``uint16``/``uint32``); each document ends with EOS and is
+            PAD-padded to a multiple of ``chunk_size`` (see :attr:`tokens` and :meth:`read`).
+        shards: the split's token files, each a read-only memmap.
         vocab_size, chunk_size, eos_id, pad_id, num_documents, num_tokens: from the index.
-        doc_offsets: start offset of every document in ``tokens``.
+        doc_offsets: start offset of every document in ``tokens`` (``int64`` array).
     """
 
     def __init__(self, data_dir: str | Path, split: str = "train") -> None:
@@ -43,7 +47,7 @@ class PackedDataset:
         except json.JSONDecodeError as exc:
             msg = f"{index_path}: invalid JSON ({exc.msg}); re-run `calm tokenize`"
             raise DataError(msg) from None
-        if index.get("format") != DATA_FORMAT:
+        if index.get("format") not in (DATA_FORMAT, LEGACY_FORMAT):
             raise DataError(
                 f"{index_path}: unknown data format {index.get('format')!r} (expected "
                 f"{DATA_FORMAT!r}); re-run `calm tokenize`"
@@ -64,22 +68,82 @@ class PackedDataset:
         self.pad_id: int = int(index["pad_id"])
         self.num_documents: int = int(info["num_documents"])
         self.num_tokens: int = int(info["num_tokens"])
-        self.doc_offsets: list[int] = [int(o) for o in info["doc_offsets"]]
         if self.num_tokens == 0:
             hint = " with --val-docs N" if split == "val" else ""
             raise DataError(
                 f"split {split!r} of {self.data_dir} is empty; re-run `calm tokenize`{hint}"
             )
-        path = self.data_dir / info["file"]
         dtype = np.dtype(index["dtype"])
-        expected = self.num_tokens * dtype.itemsize
+        legacy = index["format"] == LEGACY_FORMAT
+        files = [(info["file"], self.num_tokens)] if legacy else [
+            (s["file"], int(s["num_tokens"])) for s in info["shards"]
+        ]  # fmt: skip
+        self.shards: list[np.ndarray] = [self._map(name, n, dtype) for name, n in files]
+        self._starts = np.cumsum([0] + [len(s) for s in self.shards])
+        if self._starts[-1] != self.num_tokens:
+            raise DataError(
+                f"{index_path}: the shards of split {split!r} hold {self._starts[-1]} tokens, not "
+                f"{self.num_tokens}; the data directory is corrupt, re-run `calm tokenize`"
+            )
+        self.doc_offsets: np.ndarray = (
+            np.asarray(info["doc_offsets"], dtype=np.int64) if legacy else self._offsets(info)
+        )
+        if len(self.doc_offsets) != self.num_documents:
+            raise DataError(
+                f"{self.data_dir / str(info.get('offsets'))}: holds {len(self.doc_offsets)} "
+                f"document offsets, expected {self.num_documents}; re-run `calm tokenize`"
+            )
+
+    def _map(self, name: str, num_tokens: int, dtype: np.dtype[Any]) -> np.ndarray:
+        path = self.data_dir / name
+        expected = num_tokens * dtype.itemsize
         if not path.is_file() or path.stat().st_size != expected:
             size = path.stat().st_size if path.is_file() else "missing"
             raise DataError(
                 f"{path}: token file is {size} bytes, expected {expected} from {INDEX_FILE}; the "
                 "data directory is incomplete or corrupt, re-run `calm tokenize`"
             )
-        self.tokens: np.ndarray = np.memmap(path, dtype=dtype, mode="r", shape=(self.num_tokens,))
+        return np.memmap(path, dtype=dtype, mode="r", shape=(num_tokens,))
+
+    def _offsets(self, info: dict[str, Any]) -> np.ndarray:
+        path = self.data_dir / info["offsets"]
+        try:
+            offsets: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+            return offsets
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"{path}: unreadable document offsets ({exc}); re-run `calm tokenize`"
+            ) from None
+
+    @cached_property
+    def tokens(self) -> np.ndarray:
+        """The split's whole token stream as one 1-D array.
+
+        A memmap when the split is one shard (the usual case below 2**27 tokens); a split of
+        several shards is copied into memory here, so large ones are better read with
+        :meth:`read` (as :class:`~calm_core.data.BlockLoader` does).
+        """
+        if len(self.shards) == 1:
+            return self.shards[0]
+        return self.read(0, self.num_tokens)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens ``[start, stop)`` of the split's stream (a view when inside one shard)."""
+        start, stop = max(0, start), min(stop, self.num_tokens)
+        if stop <= start:
+            return self.shards[0][:0]
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        base = int(self._starts[first])
+        if stop - base <= len(self.shards[first]):
+            return self.shards[first][start - base : stop - base]
+        parts = []
+        pos, shard = start, first
+        while pos < stop:
+            base = int(self._starts[shard])
+            end = min(stop, base + len(self.shards[shard]))
+            parts.append(self.shards[shard][pos - base : end - base])
+            pos, shard = end, shard + 1
+        return np.concatenate(parts)
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
@@ -92,8 +156,8 @@ class PackedDataset:
         if not -n <= i < n:
             raise IndexError(f"document {i} out of range: the split holds {n} documents")
         i %= n
-        end = self.doc_offsets[i + 1] if i + 1 < n else self.num_tokens
-        return np.asarray(self.tokens[self.doc_offsets[i] : end])
+        end = int(self.doc_offsets[i + 1]) if i + 1 < n else self.num_tokens
+        return np.asarray(self.read(int(self.doc_offsets[i]), end))
 
     def __len__(self) -> int:
         return self.num_tokens

@@ -1,8 +1,9 @@
 """``BlockLoader``: an endless, seeded, resumable stream of fixed-length token blocks.
 
-The split's tokens are cut into non-overlapping blocks of ``seq_len`` tokens (a multiple of K, so
-every block starts on a chunk boundary; the tail shorter than a block is not used). Each epoch
-visits every block once in an order given by a permutation seeded with ``(seed, epoch)``.
+The split's token stream (one or many shards) is cut into non-overlapping blocks of ``seq_len``
+tokens (a multiple of K, so every block starts on a chunk boundary; the tail shorter than a block
+is not used). Each epoch visits every block once in an order given by a permutation seeded with
+``(seed, epoch)``.
 
 What is unusual: the position is a single counter of blocks consumed globally, across every rank.
 A step takes ``batch_size * world_size`` consecutive blocks of the stream and rank ``r`` keeps
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from calm_core.data.dataset import PackedDataset
-from calm_core.data.packing import DataError
+from calm_core.data.sources import DataError
 
 __all__ = ["BlockLoader"]
 
@@ -113,8 +114,8 @@ class BlockLoader:
         start = self.position + self.rank * self.batch_size
         blocks = self._blocks(start, self.batch_size)
         self.position += self.global_batch_size
-        tokens = self.dataset.tokens
-        arr = np.stack([tokens[b * self.seq_len : (b + 1) * self.seq_len] for b in blocks])
+        n = self.seq_len
+        arr = np.stack([self.dataset.read(b * n, (b + 1) * n) for b in blocks])
         return torch.from_numpy(arr.astype(np.int64))
 
     def __iter__(self) -> Iterator[torch.Tensor]:

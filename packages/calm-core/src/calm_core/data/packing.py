@@ -1,29 +1,50 @@
-"""Reading text corpora and packing them into K-aligned token shards (what ``calm tokenize`` does).
+"""The streaming tokenize-and-pack pipeline (what ``calm tokenize`` runs): documents in, token
+shards out, in memory that does not grow with the corpus.
 
-On disk a data directory holds, per split, one raw token file (``train.bin``, ``val.bin``; a
-numpy memmap of ``uint16`` when the vocab fits, else ``uint32``), the tokenizer
-(``tokenizer.json`` + ``tokenizer_config.json``) and ``index.json``: tokenizer metadata, chunk
-size K, dtype, counts, and each document's start offset.
+Documents are read lazily, grouped into batches of about a MiB of text, tokenized and packed
+(EOS, PAD to a multiple of K) on ``workers`` processes that each load the tokenizer once, and
+appended in corpus order to the split's fixed-size shards (:mod:`calm_core.data.shards`). At most
+two batches per worker are in flight, so a slow disk or a fast reader cannot pile up text.
 
-What is unusual: every document ends with EOS and is then padded with PAD up to a multiple of K,
-so a K-token chunk never spans two documents and every block of a multiple of K tokens starts on
-a chunk boundary. The train/validation split is by whole documents, chosen by a seeded
-permutation. Input errors (empty input, undecodable bytes, bad JSON, a missing ``text`` field, a
-vocab that does not fit the dtype) name the file and line.
+What is unusual: the train/validation split is by whole documents and chosen without shuffling
+the corpus: document ``i`` gets the key ``splitmix64(i ^ mix(seed))`` and the ``val_docs``
+documents with the smallest keys are held out. Choosing them needs only the number of documents
+(one counting pass, made only when ``val_docs > 0``) and memory for ``val_docs`` indices, and the
+result depends on nothing but the inputs and the seed, so any worker count writes the same bytes.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from multiprocessing import get_context
+from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from calm_core.data.tokenizer import Tokenizer
+from calm_core.data.shards import (
+    DATA_FORMAT,
+    DEFAULT_SHARD_TOKENS,
+    INDEX_FILE,
+    PackedSplit,
+    ShardWriter,
+    choose_dtype,
+    pack_documents,
+    remove_split_files,
+)
+from calm_core.data.sources import (
+    TEXT_SUFFIXES,
+    DataError,
+    Document,
+    find_input_files,
+    read_documents,
+    read_jsonl,
+)
+from calm_core.data.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
 __all__ = [
     "DATA_FORMAT",
@@ -31,202 +52,48 @@ __all__ = [
     "TEXT_SUFFIXES",
     "DataError",
     "Document",
+    "DocumentSource",
     "PackedSplit",
     "choose_dtype",
+    "count_documents",
     "find_input_files",
     "pack_documents",
     "read_documents",
     "read_jsonl",
     "split_documents",
+    "tokenizer_sample",
+    "val_indices",
     "write_data_dir",
 ]
 
-INDEX_FILE = "index.json"
-DATA_FORMAT = "calm-packed-tokens/1"
-TEXT_SUFFIXES = (".txt", ".text", ".md")
-JSONL_SUFFIXES = (".jsonl",)
+#: documents, re-readable: a sequence, or a function returning a fresh iterable on every call
+DocumentSource = Sequence[Document] | Callable[[], Iterable[Document]]
+
+_BATCH_CHARS = 1 << 20  # text per task: big enough to amortise the hand-off, small in memory
+_BATCH_DOCS = 4096
+_KEY_BLOCK = 1 << 20  # document indices hashed at a time when choosing the validation set
+_M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), 0x9E3779B97F4A7C15
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file (and line) and what to do."""
+def _open(source: DocumentSource) -> Iterable[Document]:
+    return source() if callable(source) else source
 
 
-@dataclass(frozen=True)
-class Document:
-    """One document's text and where it came from (``file`` or ``file:line``)."""
-
-    text: str
-    source: str
-
-
-@dataclass
-class PackedSplit:
-    """Packed tokens of one split and each document's start offset within them."""
-
-    tokens: np.ndarray
-    doc_offsets: list[int]
-    content_tokens: int
+def _mix(z: np.ndarray) -> np.ndarray:
+    # splitmix64's finaliser: a bijection of uint64 that scatters neighbouring indices
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        out: np.ndarray = z ^ (z >> np.uint64(31))
+        return out
 
 
-def find_input_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand directories (recursively, sorted) to their ``.txt``/``.md``/``.jsonl`` files.
-
-    A file named twice (or inside a directory also named) is read once: a repeated document could
-    otherwise land in both the training and the validation split.
-    """
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and (f.suffix.lower() in TEXT_SUFFIXES or _is_jsonl(f))
-            )
-            if not found:
-                raise DataError(
-                    f"{p}: empty input: the directory holds no .txt, .text, .md, .jsonl or "
-                    ".jsonl.gz files"
-                )
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"{p}: input does not exist")
-    if not files:
-        raise DataError("empty input: no input files given")
-    seen: set[Path] = set()
-    unique = []
-    for f in files:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
-
-
-def _is_jsonl(path: Path) -> bool:
-    name = path.name.lower()
-    return path.suffix.lower() in JSONL_SUFFIXES or name.endswith(".jsonl.gz")
-
-
-def _decode(raw: bytes, path: Path, line_offset: int = 0) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = line_offset + raw.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(
-            f"{path}:{line}: undecodable bytes: byte 0x{raw[exc.start]:02x} at column {col} is "
-            "not valid UTF-8; re-encode the file as UTF-8"
-        ) from None
-
-
-def read_jsonl(path: Path) -> Iterator[Document]:
-    """Documents of a ``.jsonl`` file (or a gzip-compressed ``.jsonl.gz``), one per line.
-
-    Lines are split at ``\\n`` only: JSON strings may hold U+2028 and other characters that
-    :meth:`str.splitlines` would break at.
+def val_indices(num_docs: int, val_docs: int, seed: int) -> np.ndarray:
+    """Sorted indices of the ``val_docs`` documents held out for validation (seeded).
 
     Raises:
-        DataError: naming the file and line, for bad UTF-8 or JSON, a missing or non-string
-            ``text`` field, or text that cannot be written as UTF-8 (lone surrogate escapes).
+        DataError: ``val_docs`` is negative or leaves no training documents.
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = _decode(raw, path, lineno - 1).strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
-            if not isinstance(record, dict) or "text" not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise DataError(
-                    f"{path}:{lineno}: missing 'text' field (found {keys}); every line of a "
-                    '.jsonl input must be an object like {"text": "..."}'
-                )
-            text = record["text"]
-            if not isinstance(text, str):
-                raise DataError(
-                    f"{path}:{lineno}: the 'text' field must be a string, got {type(text).__name__}"
-                )
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:  # e.g. "\ud800": valid JSON, not valid text
-                raise DataError(
-                    f"{path}:{lineno}: the 'text' field holds {text[exc.start]!r} at character "
-                    f"{exc.start}, which is not valid Unicode text (a lone surrogate escape); "
-                    "fix the line"
-                ) from None
-            yield Document(text, f"{path}:{lineno}")
-
-
-def read_documents(files: Sequence[Path]) -> list[Document]:
-    """Documents of every file: one per ``.jsonl`` line, one per text file; blank ones dropped.
-
-    Raises:
-        DataError: an empty file or input, undecodable bytes, bad JSON, or a missing ``text``.
-    """
-    docs: list[Document] = []
-    for path in files:
-        if path.stat().st_size == 0:
-            raise DataError(f"{path}: empty input: the file is empty")
-        if _is_jsonl(path):
-            try:
-                found = [d for d in read_jsonl(path) if d.text.strip()]
-            except (OSError, EOFError) as exc:  # a damaged or mislabelled .gz
-                raise DataError(f"{path}: not a readable gzip-compressed file ({exc})") from None
-        else:
-            text = _decode(path.read_bytes(), path)
-            found = [Document(text, str(path))] if text.strip() else []
-        if not found:
-            raise DataError(f"{path}: empty input: no non-blank documents in the file")
-        docs.extend(found)
-    return docs
-
-
-def choose_dtype(vocab_size: int, dtype: str = "auto") -> np.dtype[Any]:
-    """``uint16`` when every id fits (vocab <= 65536), else ``uint32``; a forced one is checked."""
-    limits = {"uint16": 2**16, "uint32": 2**32}
-    if dtype == "auto":
-        dtype = "uint16" if vocab_size <= limits["uint16"] else "uint32"
-    if dtype not in limits:
-        raise DataError(f"unknown token dtype {dtype!r}; choose auto, uint16 or uint32")
-    if vocab_size > limits[dtype]:
-        raise DataError(
-            f"vocab size {vocab_size} does not fit {dtype} (at most {limits[dtype]} ids); "
-            "use dtype uint32 or auto"
-        )
-    return np.dtype(dtype)
-
-
-def pack_documents(
-    token_lists: Sequence[Sequence[int]],
-    *,
-    chunk_size: int,
-    eos_id: int,
-    pad_id: int,
-    dtype: np.dtype[Any],
-) -> PackedSplit:
-    """Append EOS to each document, pad it with PAD to a multiple of K, and concatenate."""
-    if chunk_size < 1:
-        raise DataError(f"chunk size must be >= 1, got {chunk_size}")
-    lengths = np.array([len(t) + 1 for t in token_lists], dtype=np.int64)
-    padded = -(-lengths // chunk_size) * chunk_size
-    offsets = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
-    out = np.full(int(offsets[-1]), pad_id, dtype=dtype)
-    for i, ids in enumerate(token_lists):
-        start = int(offsets[i])
-        out[start : start + len(ids)] = ids
-        out[start + len(ids)] = eos_id
-    return PackedSplit(out, [int(o) for o in offsets[:-1]], int(lengths.sum()))
-
-
-def split_documents(num_docs: int, val_docs: int, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of train and validation documents (each kept in corpus order), seeded."""
     if val_docs < 0:
         raise DataError(f"--val-docs must be >= 0, got {val_docs}")
     if val_docs >= num_docs:
@@ -234,30 +101,188 @@ def split_documents(num_docs: int, val_docs: int, seed: int) -> tuple[list[int],
             f"--val-docs {val_docs} leaves no training documents (the input has {num_docs}); "
             "use a smaller --val-docs"
         )
-    perm = np.random.default_rng(seed).permutation(num_docs)
-    val = sorted(int(i) for i in perm[:val_docs])
+    if val_docs == 0:
+        return np.zeros(0, dtype=np.int64)
+    salt = _mix(np.array([seed + _GOLDEN], dtype=np.uint64))[0]
+    best_keys = np.zeros(0, dtype=np.uint64)
+    best_idx = np.zeros(0, dtype=np.int64)
+    for start in range(0, num_docs, _KEY_BLOCK):
+        idx = np.arange(start, min(num_docs, start + _KEY_BLOCK), dtype=np.int64)
+        keys = np.concatenate([best_keys, _mix(idx.astype(np.uint64) ^ salt)])
+        idx = np.concatenate([best_idx, idx])
+        order = np.lexsort((idx, keys))[:val_docs]  # ties (never seen) broken by index
+        best_keys, best_idx = keys[order], idx[order]
+    return np.sort(best_idx)
+
+
+def split_documents(num_docs: int, val_docs: int, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of train and validation documents (each in corpus order), seeded.
+
+    Lists of every index: for corpora that fit in memory; the pipeline uses :func:`val_indices`.
+    """
+    val = val_indices(num_docs, val_docs, seed).tolist()
     held = set(val)
     return [i for i in range(num_docs) if i not in held], val
 
 
+def count_documents(source: DocumentSource) -> int:
+    """Number of documents in ``source`` (reads it once, keeping nothing)."""
+    if isinstance(source, Sequence):
+        return len(source)
+    return sum(1 for _ in _open(source))
+
+
+def tokenizer_sample(source: DocumentSource, val: np.ndarray, max_bytes: int) -> Iterator[str]:
+    """Texts of the first training documents, up to ``max_bytes`` of UTF-8 (at least one).
+
+    What a BPE is trained on: validation documents never influence the tokenizer.
+    """
+    held = set(val.tolist())
+    total = 0
+    for i, doc in enumerate(_open(source)):
+        if i in held:
+            continue
+        size = len(doc.text.encode("utf-8"))
+        if total and total + size > max_bytes:
+            return
+        total += size
+        yield doc.text
+
+
+Packed = tuple[np.ndarray, np.ndarray, int]
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _encode_pack(
+    tokenizer: Tokenizer, texts: list[str], is_val: list[bool], k: int, dtype: np.dtype[Any]
+) -> tuple[Packed | None, Packed | None]:
+    ids = tokenizer.encode_batch(texts)
+    out: list[Packed | None] = []
+    for want in (False, True):
+        mine = [t for t, v in zip(ids, is_val, strict=True) if v is want]
+        if not mine:
+            out.append(None)
+            continue
+        packed = pack_documents(
+            mine, chunk_size=k, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, dtype=dtype
+        )
+        lengths = np.diff(np.append(packed.doc_offsets, len(packed.tokens)))
+        out.append((packed.tokens, lengths, packed.content_tokens))
+    return out[0], out[1]
+
+
+def _worker_init(tokenizer_dir: str) -> None:
+    # each worker is one core: the tokenizers library's own thread pool would oversubscribe
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    global _worker_tokenizer
+    _worker_tokenizer = Tokenizer.load(tokenizer_dir)
+
+
+def _worker_task(
+    texts: list[str], is_val: list[bool], k: int, dtype: str
+) -> tuple[Packed | None, Packed | None]:
+    assert _worker_tokenizer is not None, "worker started without its tokenizer"
+    return _encode_pack(_worker_tokenizer, texts, is_val, k, np.dtype(dtype))
+
+
+def _batches(
+    source: DocumentSource, val: np.ndarray, val_sources: list[str]
+) -> Iterator[tuple[list[str], list[bool]]]:
+    held = val.tolist()
+    next_val = 0  # position in the sorted held-out indices: a set would be as big, no faster
+    texts: list[str] = []
+    flags: list[bool] = []
+    chars = 0
+    for i, doc in enumerate(_open(source)):
+        is_val = next_val < len(held) and held[next_val] == i
+        if is_val:
+            next_val += 1
+            val_sources.append(doc.source)
+        texts.append(doc.text)
+        flags.append(is_val)
+        chars += len(doc.text)
+        if chars >= _BATCH_CHARS or len(texts) >= _BATCH_DOCS:
+            yield texts, flags
+            texts, flags, chars = [], [], 0
+    if texts:
+        yield texts, flags
+
+
 def write_data_dir(
     out_dir: Path,
-    docs: Sequence[Document],
+    docs: DocumentSource,
     tokenizer: Tokenizer,
     *,
     chunk_size: int,
     val_docs: int,
     seed: int,
     dtype: str = "auto",
-    sources: Sequence[Path] = (),
+    sources: Sequence[str | Path] = (),
+    workers: int = 1,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    val: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Tokenize, split and pack ``docs`` into ``out_dir``; returns the index written."""
-    if not docs:
-        raise DataError("empty input: no documents to tokenize")
+    """Tokenize, split and pack ``docs`` into shards in ``out_dir``; returns the index written.
+
+    Args:
+        docs: the documents; a function returning a fresh iterable is read lazily (twice when
+            ``val_docs > 0``: once to count).
+        workers: processes that tokenize (1: in this process; more need a tokenizer that
+            :meth:`Tokenizer.load` can read back from ``out_dir``, i.e. a built-in one).
+        shard_tokens: tokens per shard file.
+        val: the held-out indices, when already chosen with :func:`val_indices`.
+        progress: called with the number of documents of every batch written.
+    """
+    if chunk_size < 1:
+        raise DataError(f"chunk size must be >= 1, got {chunk_size}")
+    if workers < 1:
+        raise DataError(f"--workers must be >= 1, got {workers}")
     np_dtype = choose_dtype(tokenizer.vocab_size, dtype)
-    token_lists = tokenizer.encode_batch([d.text for d in docs])
-    train_idx, val_idx = split_documents(len(docs), val_docs, seed)
+    if val is None:
+        val = val_indices(count_documents(docs), val_docs, seed) if val_docs else np.zeros(0)
+    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out_dir)
+    writers = {s: ShardWriter(out_dir, s, np_dtype, shard_tokens) for s in ("train", "val")}
+    val_sources: list[str] = []
+    pool: Pool | None = None
+    try:
+        if workers > 1:
+            pool = get_context("spawn").Pool(workers, _worker_init, (str(out_dir),))
+
+        def consume(result: tuple[Packed | None, Packed | None]) -> None:
+            for split, packed in zip(("train", "val"), result, strict=True):
+                if packed is not None:
+                    writers[split].add(*packed)
+            if progress is not None:
+                progress(sum(len(p[1]) for p in result if p is not None))
+
+        pending: deque[AsyncResult[tuple[Packed | None, Packed | None]]] = deque()
+        for texts, flags in _batches(docs, val, val_sources):
+            if pool is None:
+                consume(_encode_pack(tokenizer, texts, flags, chunk_size, np_dtype))
+                continue
+            args = (texts, flags, chunk_size, np_dtype.name)
+            pending.append(pool.apply_async(_worker_task, args))
+            if len(pending) >= 2 * workers:
+                consume(pending.popleft().get())
+        while pending:
+            consume(pending.popleft().get())
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        if not (out_dir / INDEX_FILE).exists():  # a new directory is left as it was: empty
+            for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    if writers["train"].num_documents == 0 and writers["val"].num_documents == 0:
+        for w in writers.values():
+            w.abort()
+        raise DataError("empty input: no documents to tokenize")
     index: dict[str, Any] = {
         "format": DATA_FORMAT,
         "tokenizer": tokenizer.config(),
@@ -267,33 +292,18 @@ def write_data_dir(
         "chunk_size": chunk_size,
         "dtype": np_dtype.name,
         "seed": seed,
+        "shard_tokens": shard_tokens,
         "sources": [str(s) for s in sources],
         "splits": {},
     }
-    # a split without documents is left out of the index (and gets no file)
-    for split, idx in (("train", train_idx), ("val", val_idx)):
-        if not idx:
-            (out_dir / f"{split}.bin").unlink(missing_ok=True)  # stale, from an overwritten run
-            continue
-        packed = pack_documents(
-            [token_lists[i] for i in idx],
-            chunk_size=chunk_size,
-            eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id,
-            dtype=np_dtype,
-        )
-        filename = f"{split}.bin"
-        tmp = out_dir / f".{filename}.tmp"
-        packed.tokens.tofile(tmp)
-        tmp.replace(out_dir / filename)
-        index["splits"][split] = {
-            "file": filename,
-            "num_documents": len(idx),
-            "num_tokens": len(packed.tokens),
-            "content_tokens": packed.content_tokens,
-            "doc_offsets": packed.doc_offsets,
-            "doc_sources": [docs[i].source for i in idx],
-        }
+    # a split without documents is left out of the index (and gets no files)
+    for split, writer in writers.items():
+        remove_split_files(out_dir, split)  # stale, from an overwritten run
+        info = writer.close()
+        if info is not None:
+            index["splits"][split] = info
+    if "val" in index["splits"]:  # bounded by --val-docs: names the held-out documents
+        index["splits"]["val"]["doc_sources"] = val_sources
     tmp_index = out_dir / f".{INDEX_FILE}.tmp"
     tmp_index.write_text(json.dumps(index, indent=1) + "\n")
     tmp_index.replace(out_dir / INDEX_FILE)
