@@ -19,7 +19,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,22 @@ def _worker_task(
     return _encode_pack(_worker_tokenizer, texts, is_val, k, np.dtype(dtype))
 
 
+def _start_pool(workers: int, tokenizer_dir: Path) -> Pool:
+    # fork where there is one: spawn would re-run a caller's script that lacks a __main__ guard.
+    # The workers never touch torch or the parent's tokenizer, only the copy they load; the env
+    # variable keeps `tokenizers` from warning about its thread pool in the forked children.
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return get_context(method).Pool(workers, _worker_init, (str(tokenizer_dir),))
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
 def _batches(
     source: DocumentSource, val: np.ndarray, val_sources: list[str]
 ) -> Iterator[tuple[list[str], list[bool]]]:
@@ -248,7 +264,7 @@ def write_data_dir(
     pool: Pool | None = None
     try:
         if workers > 1:
-            pool = get_context("spawn").Pool(workers, _worker_init, (str(out_dir),))
+            pool = _start_pool(workers, out_dir)
 
         def consume(result: tuple[Packed | None, Packed | None]) -> None:
             for split, packed in zip(("train", "val"), result, strict=True):
