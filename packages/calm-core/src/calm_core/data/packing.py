@@ -71,7 +71,7 @@ DocumentSource = Sequence[Document] | Callable[[], Iterable[Document]]
 
 _BATCH_CHARS = 1 << 20  # text per task: big enough to amortise the hand-off, small in memory
 _BATCH_DOCS = 4096
-_KEY_BLOCK = 1 << 20  # document indices hashed at a time when choosing the validation set
+_KEY_BLOCK = 1 << 15  # document indices hashed at a time when choosing the validation set
 _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), 0x9E3779B97F4A7C15
 
 
