@@ -43,6 +43,10 @@ def tests(session: nox.Session) -> None:
         "pytest>=8",
         "pytest-timeout",
         "torch-optimizer>=0.3",
+        # calm-core's data extras ([datasets], [parquet], [zstd]): their sources are tested
+        "datasets>=2.14",
+        "pyarrow>=12",
+        "zstandard>=0.21",
         *TEST_PLUGINS,
         EXAMPLE_PLUGIN,
     )

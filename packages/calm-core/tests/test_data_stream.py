@@ -167,10 +167,9 @@ def test_a_data_directory_of_format_1_still_loads(tmp_path: Path):
 
 
 def test_parquet_zst_gzip_and_globs_give_the_same_documents(tmp_path: Path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import zstandard
-
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    zstandard = pytest.importorskip("zstandard")
     texts = _texts(40, seed=2)
     raw = "".join(json.dumps({"body": t}) + "\n" for t in texts).encode()
     (tmp_path / "a.jsonl").write_bytes(raw)
@@ -195,9 +194,9 @@ def test_parquet_zst_gzip_and_globs_give_the_same_documents(tmp_path: Path):
 def test_hugging_face_datasets_stream_local_json_and_parquet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))

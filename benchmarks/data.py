@@ -1,0 +1,172 @@
+"""Data benchmark: ``calm tokenize`` on a synthetic corpus of >= 1 GB against a bare loop over
+``tokenizers``' ``encode_batch``, both on the same text and cores in one run.
+
+Targets (issue 22): pipeline throughput >= 0.9x the bare loop's (overhead <= 10%); peak RSS of
+the whole ``calm tokenize`` command (its worker processes included) < 1 GB, and within 10% of
+its value at 1/10 of the corpus size.
+
+The corpus is the bundled WikiText-103 articles, repeated (each copy's documents get a numbered
+first line, so no two documents are equal) into a ``.jsonl`` file in a temporary directory. The
+tokenizer is fixed: a byte-level BPE of 4096 ids trained on the bundled articles. Each side runs
+as its own process; peak RSS is the largest sum, over the process tree, of each process's
+proportional resident memory (PSS), sampled every 50 ms.
+
+Usage:
+    python benchmarks/data.py                       # 1 GiB corpus, all cores
+    python benchmarks/data.py --size-mb 64 --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from calm_core.corpus import load_bundled_corpus
+from calm_core.data import Tokenizer
+
+VOCAB = 4096
+SAMPLE_S = 0.05
+
+# the baseline: read the same file, batch the same way, encode_batch on every core, keep nothing
+BARE_LOOP = """
+import json, sys
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+batch, chars, tokens = [], 0, 0
+def flush():
+    global batch, chars, tokens
+    tokens += sum(len(e.ids) for e in tok.encode_batch(batch, add_special_tokens=False))
+    batch, chars = [], 0
+with open(sys.argv[2], "rb") as fh:
+    for line in fh:
+        text = json.loads(line)["text"]
+        batch.append(text)
+        chars += len(text)
+        if chars >= 1 << 20 or len(batch) >= 4096:
+            flush()
+if batch:
+    flush()
+print(tokens)
+"""
+
+
+def write_corpus(path: Path, size_bytes: int) -> int:
+    """Repeat the bundled articles into ``path`` until it holds ``size_bytes``; documents."""
+    articles = [d.text for d in load_bundled_corpus()]
+    written = docs = copy = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        while written < size_bytes:
+            for i, text in enumerate(articles):
+                line = json.dumps({"text": f" = Copy {copy} of article {i} = \n{text}"}) + "\n"
+                fh.write(line)
+                written += len(line.encode("utf-8"))
+                docs += 1
+                if written >= size_bytes:
+                    break
+            copy += 1
+    return docs
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (0 once it has exited).
+
+    Each process counts its proportional share (PSS) of pages it shares with others: forked
+    workers share the parent's imports, and the sum of plain RSS would count those once per
+    process, more than the machine ever holds.
+    """
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1]) * 1024
+        todo.extend(int(c) for c in children)
+    return total
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Wall seconds and peak process-tree RSS of ``cmd`` (which must succeed)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(SAMPLE_S)
+    seconds = time.perf_counter() - t0
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()[-3000:]}")
+    return {"seconds": seconds, "peak_rss_bytes": peak, "stdout": out.decode().strip()}
+
+
+def tokenize_cmd(corpus: Path, tokenizer: Path, out: Path, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "calm_core.cli", "tokenize", str(corpus), "--out", str(out),
+        "--tokenizer", str(tokenizer), "--workers", str(workers), "--overwrite", "--json",
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=float, default=1024, help="corpus size in MiB (1024)")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="calm-bench-data-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        tok_dir = work / "tokenizer"
+        Tokenizer.train_bpe((d.text for d in load_bundled_corpus()), VOCAB).save(tok_dir)
+        size = int(args.size_mb * 2**20)
+        full, tenth = work / "corpus.jsonl", work / "corpus-tenth.jsonl"
+        docs = write_corpus(full, size)
+        mib = full.stat().st_size / 2**20
+        write_corpus(tenth, size // 10)
+        print(f"corpus: {mib:.0f} MiB, {docs} documents", file=sys.stderr)
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "true"}
+        bare_cmd = [sys.executable, "-c", BARE_LOOP, str(tok_dir / "tokenizer.json"), str(full)]
+        bare = run_measured(bare_cmd, env)
+        print(f"bare encode_batch loop: {bare['seconds']:.1f} s", file=sys.stderr)
+        pipe = run_measured(tokenize_cmd(full, tok_dir, work / "data", args.workers))
+        print(f"calm tokenize: {pipe['seconds']:.1f} s", file=sys.stderr)
+        small = run_measured(tokenize_cmd(tenth, tok_dir, work / "data-tenth", args.workers))
+    result = {
+        "corpus_mib": round(mib, 1),
+        "documents": docs,
+        "workers": args.workers,
+        "bare_seconds": round(bare["seconds"], 2),
+        "pipeline_seconds": round(pipe["seconds"], 2),
+        "bare_mib_s": round(mib / bare["seconds"], 3),
+        "pipeline_mib_s": round(mib / pipe["seconds"], 3),
+        "throughput_ratio": round(bare["seconds"] / pipe["seconds"], 3),
+        "peak_rss_mib": round(pipe["peak_rss_bytes"] / 2**20, 1),
+        "peak_rss_tenth_mib": round(small["peak_rss_bytes"] / 2**20, 1),
+        "rss_ratio_full_to_tenth": round(pipe["peak_rss_bytes"] / small["peak_rss_bytes"], 3),
+        "tokens": json.loads(pipe["stdout"])["train_tokens"],
+    }
+    result["targets_met"] = {
+        "throughput_ratio>=0.9": result["throughput_ratio"] >= 0.9,
+        "peak_rss<1GB": pipe["peak_rss_bytes"] < 1e9,
+        "rss_within_10%_of_tenth": abs(result["rss_ratio_full_to_tenth"] - 1) <= 0.1,
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if all(result["targets_met"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
