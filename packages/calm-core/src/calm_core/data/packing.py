@@ -19,8 +19,9 @@ import json
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import get_all_start_methods, get_context
-from multiprocessing.pool import AsyncResult, Pool
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
@@ -244,8 +245,9 @@ def write_data_dir(
     Args:
         docs: the documents; a function returning a fresh iterable is read lazily (twice when
             ``val_docs > 0``: once to count).
-        workers: processes that tokenize (1: in this process; more need a tokenizer that
-            :meth:`Tokenizer.load` can read back from ``out_dir``, i.e. a built-in one).
+        workers: processes that tokenize (1: a thread of this process, which any tokenizer
+            allows; more need one that :meth:`Tokenizer.load` reads back from ``out_dir``,
+            i.e. a built-in one).
         shard_tokens: tokens per shard file.
         val: the held-out indices, when already chosen with :func:`val_indices`.
         progress: called with the number of documents of every batch written.
@@ -262,6 +264,9 @@ def write_data_dir(
     writers = {s: ShardWriter(out_dir, s, np_dtype, shard_tokens) for s in ("train", "val")}
     val_sources: list[str] = []
     pool: Pool | None = None
+    # one worker: a thread encodes (the tokenizers library releases the GIL and may use several
+    # cores itself) while this thread reads the next batch and writes the previous one
+    thread = ThreadPoolExecutor(1) if workers == 1 else None
     try:
         if workers > 1:
             pool = _start_pool(workers, out_dir)
@@ -273,17 +278,19 @@ def write_data_dir(
             if progress is not None:
                 progress(sum(len(p[1]) for p in result if p is not None))
 
-        pending: deque[AsyncResult[tuple[Packed | None, Packed | None]]] = deque()
+        pending: deque[Callable[[], tuple[Packed | None, Packed | None]]] = deque()
         for texts, flags in _batches(docs, val, val_sources):
-            if pool is None:
-                consume(_encode_pack(tokenizer, texts, flags, chunk_size, np_dtype))
-                continue
-            args = (texts, flags, chunk_size, np_dtype.name)
-            pending.append(pool.apply_async(_worker_task, args))
+            if thread is not None:
+                job = (tokenizer, texts, flags, chunk_size, np_dtype)
+                pending.append(thread.submit(_encode_pack, *job).result)
+            else:
+                assert pool is not None
+                args = (texts, flags, chunk_size, np_dtype.name)
+                pending.append(pool.apply_async(_worker_task, args).get)
             if len(pending) >= 2 * workers:
-                consume(pending.popleft().get())
+                consume(pending.popleft()())
         while pending:
-            consume(pending.popleft().get())
+            consume(pending.popleft()())
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -295,6 +302,8 @@ def write_data_dir(
         if pool is not None:
             pool.terminate()
             pool.join()
+        if thread is not None:
+            thread.shutdown(cancel_futures=True)
     if writers["train"].num_documents == 0 and writers["val"].num_documents == 0:
         for w in writers.values():
             w.abort()
