@@ -119,6 +119,14 @@ def _peak_traced(num_docs: int, out: Path) -> int:
         tracemalloc.stop()
 
 
+def test_several_workers_refuse_a_tokenizer_they_cannot_load(tmp_path: Path):
+    docs = [Document("abcdefgh", "a")]
+    with pytest.raises(DataError, match="not _CheapTokenizer; use workers=1"):
+        write_data_dir(
+            tmp_path, docs, _CheapTokenizer(), chunk_size=4, val_docs=0, seed=0, workers=2
+        )
+
+
 def test_peak_memory_stays_flat_for_a_ten_times_larger_corpus(tmp_path: Path):
     small = _peak_traced(4_000, tmp_path / "small")
     large = _peak_traced(40_000, tmp_path / "large")

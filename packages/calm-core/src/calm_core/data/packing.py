@@ -261,6 +261,12 @@ def write_data_dir(
         val = val_indices(count_documents(docs), val_docs, seed) if val_docs else np.zeros(0)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out_dir)
+    if workers > 1 and type(Tokenizer.load(out_dir)) is not type(tokenizer):
+        # the workers load what was saved: a subclass would come back as its base class
+        raise DataError(
+            f"workers={workers} needs a tokenizer that loads back from its files (BPETokenizer "
+            f"or ByteTokenizer), not {type(tokenizer).__name__}; use workers=1"
+        )
     writers = {s: ShardWriter(out_dir, s, np_dtype, shard_tokens) for s in ("train", "val")}
     val_sources: list[str] = []
     pool: Pool | None = None
