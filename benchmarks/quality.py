@@ -321,9 +321,9 @@ def _codec(state: State, chunk: int) -> Any:
 def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
     """The bench-shape codec trained with the library's default recipe (``calm train-codec``):
     its codec options and schedule, stopped early only if ``minutes`` run out."""
-    from calm_core.cli.train_codec import recipe
+    from calm_core.recipes import codec_recipe
 
-    default = recipe("default")
+    default = codec_recipe("default")
     train, val = _datasets(state, chunk)
     codec = M.build_codec(chunk=chunk, **default["codec"]["config"]).eval()
     plan_owned = ("eval_every", "checkpoint_every", "log_every", "batch_size", "seq_len")

@@ -49,7 +49,7 @@ class AutoencoderConfig(ConfigModel):
     """Shape and training objective of :class:`ChunkAutoencoder`.
 
     The defaults are the benchmark ("bench") shape of BENCHMARKS.md with the paper's objective;
-    the tuned training recipe lives in ``calm_core.cli.train_codec.RECIPES``.
+    the tuned training recipe lives in ``calm_core.recipes.RECIPES``.
     """
 
     vocab_size: int = Field(4096, ge=2, description="V, token vocabulary size.")

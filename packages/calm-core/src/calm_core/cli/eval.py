@@ -14,7 +14,16 @@ import sys
 import time
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, check_same_tokenizer, print_json
+import torch
+
+from calm_core.cli.common import (
+    CLIError,
+    add_device_argument,
+    check_input_path,
+    check_same_tokenizer,
+    print_json,
+    resolved_device,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -46,12 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-chunks", type=int, metavar="N", help="reconstruction: score only the first N chunks"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, help="torch threads for this process")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _load(path: str, device: str) -> Any:
+def _load(path: str, device: torch.device) -> Any:
     from calm_core.model_dir import ModelLoadError, load_pretrained
 
     try:
@@ -79,8 +88,6 @@ def _format(out: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.packing import DataError
     from calm_core.interfaces import Codec
@@ -98,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         data = PackedDataset(args.data, args.split)
     except DataError as exc:
         raise CLIError(str(exc)) from None
-    model = _load(args.model, args.device)
+    model = _load(args.model, resolved_device(args.device))
     check_same_tokenizer(args.model, args.data, "model")
     out: dict[str, Any] = {"model": str(args.model), "split": args.split}
     codec: Codec | None = model if isinstance(model, Codec) else None

@@ -13,7 +13,16 @@ import sys
 import time
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, check_same_tokenizer, print_json
+import torch
+
+from calm_core.cli.common import (
+    CLIError,
+    add_device_argument,
+    check_input_path,
+    check_same_tokenizer,
+    print_json,
+    resolved_device,
+)
 
 __all__ = ["HELP", "add_arguments", "load_codec", "run"]
 
@@ -22,7 +31,7 @@ OPTIONS_FROM_CONFIG = True
 HELP = "Report a codec's reconstruction accuracy (clean and under latent noise) on a packed split."
 
 
-def load_codec(path: str, device: str = "cpu") -> Any:
+def load_codec(path: str, device: str | torch.device = "cpu") -> Any:
     """Load a codec directory, or the codec inside a CALM directory; CLIError otherwise."""
     from calm_core.interfaces import Codec
     from calm_core.model_dir import ModelLoadError, load_pretrained
@@ -52,14 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--max-chunks", type=int, help="score only the first N chunks")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, help="torch threads for this process")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from calm_core.data.dataset import PackedDataset
     from calm_core.data.packing import DataError
     from calm_core.metrics.reconstruction import reconstruction_report
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         data = PackedDataset(args.data, args.split)
     except DataError as exc:
         raise CLIError(str(exc)) from None
-    codec = load_codec(args.model, args.device)
+    codec = load_codec(args.model, resolved_device(args.device))
     check_same_tokenizer(args.model, args.data, "codec")
     if codec.vocab_size < data.vocab_size:
         raise CLIError(

@@ -11,7 +11,13 @@ import argparse
 import sys
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, print_json
+from calm_core.cli.common import (
+    CLIError,
+    add_device_argument,
+    check_input_path,
+    print_json,
+    resolved_device,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -46,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-eos-stop", action="store_true", help="keep generating after the EOS token"
     )
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -61,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     model_dir = check_input_path(args.model_dir, "model directory")
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    device = resolved_device(args.device)
     try:
-        model = load_pretrained(model_dir)
+        model = load_pretrained(model_dir, map_location=device)
     except ModelLoadError as exc:
         raise CLIError(str(exc)) from None
     if not isinstance(model, CALM | TransformerLM):
@@ -81,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if not ids:
         raise CLIError("the prompt encodes to no tokens; give some text")
     eos = None if args.no_eos_stop else model.config.eos_id
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     kwargs: dict[str, Any] = {"generator": generator, "stop_at_eos": not args.no_eos_stop}
     if isinstance(model, CALM):
         kwargs.update(sampling=args.sampling, num_candidates=args.num_candidates)

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from calm_core.config import ConfigModel
+from calm_core.runtime import DEVICE_PATTERN
 
 __all__ = ["TrainConfig"]
 
@@ -51,6 +52,12 @@ class TrainConfig(ConfigModel):
     grad_accum_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
     autocast: Literal["auto", "none", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision: auto = bf16 on GPU, none (fp32) on CPU."
+    )
+    device: str = Field(
+        "auto",
+        pattern=DEVICE_PATTERN,
+        description="Where to train: auto (the local rank's GPU under torchrun, else cuda:0, "
+        "else mps, else cpu), cpu, cuda, cuda:N or mps; see calm_core.runtime.resolve_device.",
     )
     log_every: int = Field(10, ge=1, description="Steps between metric lines.")
     eval_every: int = Field(0, ge=0, description="Steps between evaluations; 0 = only at the end.")
