@@ -25,7 +25,14 @@ import torch
 
 from calm_core.config import ConfigError
 
-__all__ = ["DEVICE_PATTERN", "DeviceError", "available_devices", "resolve_device", "tune_malloc"]
+__all__ = [
+    "DEVICE_PATTERN",
+    "DeviceError",
+    "available_devices",
+    "check_device_spec",
+    "resolve_device",
+    "tune_malloc",
+]
 
 #: the device specs calm accepts (``TrainConfig.device``, ``--device``)
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
@@ -45,6 +52,19 @@ def available_devices() -> list[str]:
     return found
 
 
+def check_device_spec(spec: str | torch.device) -> str:
+    """``spec`` normalised (``" CUDA:1"`` -> ``"cuda:1"``), or a :class:`DeviceError` when it is
+    not one of auto, cpu, cuda, cuda:N, mps; whether the device exists is checked by
+    :func:`resolve_device`."""
+    text = str(spec).strip().lower()
+    if not re.match(DEVICE_PATTERN, text):
+        raise DeviceError(
+            f"unknown device {str(spec)!r}; use auto, cpu, cuda, cuda:N or mps "
+            f"(available here: {', '.join(available_devices())})"
+        )
+    return text
+
+
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """The ``torch.device`` that ``spec`` names on this machine.
 
@@ -53,12 +73,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     device that is not available (``"cuda"`` without CUDA, ``"cuda:N"`` past the last GPU,
     ``"mps"`` off Apple silicon) raises :class:`DeviceError` listing what is available.
     """
-    text = str(spec).strip().lower()
-    if not re.match(DEVICE_PATTERN, text):
-        raise DeviceError(
-            f"unknown device {str(spec)!r}; use auto, cpu, cuda, cuda:N or mps "
-            f"(available here: {', '.join(available_devices())})"
-        )
+    text = check_device_spec(spec)
     if text == "auto":
         if torch.cuda.is_available():
             return _cuda(None, text)
@@ -100,6 +115,7 @@ def _cuda(index: int | None, spec: str) -> torch.device:
 def _mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
+
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from calm_core.config import ConfigModel
-from calm_core.runtime import DEVICE_PATTERN
+from calm_core.runtime import DEVICE_PATTERN, check_device_spec
 
 __all__ = ["QUICK_OVERRIDES", "DemoCodecConfig", "DemoConfig", "DemoEvalConfig", "DemoLMConfig"]
 
@@ -91,12 +91,17 @@ class DemoConfig(ConfigModel):
     seed: int = Field(0, ge=0, description="Seed of the split, the data order and every model.")
     device: str = Field(
         "auto",
-        pattern=DEVICE_PATTERN,
+        json_schema_extra={"pattern": DEVICE_PATTERN},
         description="Where the models train and generate: auto, cpu, cuda, cuda:N or mps.",
     )
     codec: DemoCodecConfig = Field(default_factory=lambda: DemoCodecConfig.model_validate({}))
     lm: DemoLMConfig = Field(default_factory=lambda: DemoLMConfig.model_validate({}))
     eval: DemoEvalConfig = Field(default_factory=lambda: DemoEvalConfig.model_validate({}))
+
+    @field_validator("device")
+    @classmethod
+    def _device_spec(cls, spec: str) -> str:
+        return check_device_spec(spec)  # whether it exists here is checked when it is resolved
 
 
 #: what ``--quick`` changes (a smoke test of the whole pipeline, about a minute on 2 cores)

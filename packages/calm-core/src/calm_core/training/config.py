@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from calm_core.config import ConfigModel
-from calm_core.runtime import DEVICE_PATTERN
+from calm_core.runtime import DEVICE_PATTERN, check_device_spec
 
 __all__ = ["TrainConfig"]
 
@@ -55,7 +55,7 @@ class TrainConfig(ConfigModel):
     )
     device: str = Field(
         "auto",
-        pattern=DEVICE_PATTERN,
+        json_schema_extra={"pattern": DEVICE_PATTERN},
         description="Where to train: auto (the local rank's GPU under torchrun, else cuda:0, "
         "else mps, else cpu), cpu, cuda, cuda:N or mps; see calm_core.runtime.resolve_device.",
     )
@@ -82,6 +82,11 @@ class TrainConfig(ConfigModel):
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"each beta must lie in [0, 1), got {list(betas)}")
         return betas
+
+    @field_validator("device")
+    @classmethod
+    def _device_spec(cls, spec: str) -> str:
+        return check_device_spec(spec)  # whether it exists here is checked when it is resolved
 
     @field_validator("optimizer")
     @classmethod
