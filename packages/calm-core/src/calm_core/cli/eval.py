@@ -24,6 +24,12 @@ from calm_core.cli.common import (
     print_json,
     resolved_device,
 )
+from calm_core.data.dataset import PackedDataset
+from calm_core.data.packing import DataError
+from calm_core.interfaces import Codec
+from calm_core.metrics.brier_eval import evaluate_brier, model_kind
+from calm_core.metrics.reconstruction import reconstruction_report
+from calm_core.model_dir import ModelLoadError, load_pretrained
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -61,8 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str, device: torch.device) -> Any:
-    from calm_core.model_dir import ModelLoadError, load_pretrained
-
     try:
         return load_pretrained(path, map_location=device)
     except (ModelLoadError, ValueError) as exc:
@@ -88,11 +92,6 @@ def _format(out: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calm_core.data.dataset import PackedDataset
-    from calm_core.data.packing import DataError
-    from calm_core.interfaces import Codec
-    from calm_core.metrics.brier_eval import evaluate_brier, model_kind
-
     check_input_path(args.model, "model directory")
     check_input_path(args.data, "data directory")
     for flag in ("block_len", "batch_size", "num_blocks", "max_chunks"):
@@ -145,8 +144,6 @@ def run(args: argparse.Namespace) -> int:
         out["model_type"] = "codec"
         out["brier"] = None
     if codec is not None and not args.no_reconstruction:
-        from calm_core.metrics.reconstruction import reconstruction_report
-
         try:
             report = reconstruction_report(
                 codec, data.tokens, noise_stds=args.noise, ignore_id=data.pad_id,

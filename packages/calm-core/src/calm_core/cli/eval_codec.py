@@ -23,6 +23,11 @@ from calm_core.cli.common import (
     print_json,
     resolved_device,
 )
+from calm_core.data.dataset import PackedDataset
+from calm_core.data.packing import DataError
+from calm_core.interfaces import Codec
+from calm_core.metrics.reconstruction import reconstruction_report
+from calm_core.model_dir import ModelLoadError, load_pretrained
 
 __all__ = ["HELP", "add_arguments", "load_codec", "run"]
 
@@ -33,9 +38,6 @@ HELP = "Report a codec's reconstruction accuracy (clean and under latent noise) 
 
 def load_codec(path: str, device: str | torch.device = "cpu") -> Any:
     """Load a codec directory, or the codec inside a CALM directory; CLIError otherwise."""
-    from calm_core.interfaces import Codec
-    from calm_core.model_dir import ModelLoadError, load_pretrained
-
     try:
         model = load_pretrained(path, map_location=device)
     except ModelLoadError as exc:
@@ -67,10 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calm_core.data.dataset import PackedDataset
-    from calm_core.data.packing import DataError
-    from calm_core.metrics.reconstruction import reconstruction_report
-
     check_input_path(args.model, "model directory")
     check_input_path(args.data, "data directory")
     if args.threads is not None:
