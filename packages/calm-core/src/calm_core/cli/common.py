@@ -26,6 +26,7 @@ __all__ = [
     "print_json",
     "print_resolved_config",
     "resolve_config",
+    "resolve_model_arg",
     "training_overrides",
 ]
 
@@ -172,6 +173,19 @@ def check_input_path(path: str | Path, what: str) -> Path:
     if not p.exists():
         raise CLIError(f"{what} {p} does not exist")
     return p
+
+
+def resolve_model_arg(ref: str | Path, what: str, *, revision: str | None = None) -> Path:
+    """A model directory named on the command line: a local directory, or a Hugging Face Hub id
+    (``org/name``, fetched into or read from the Hugging Face cache); a :class:`CLIError` naming
+    ``what`` when it is neither."""
+    from calm_core.hub import HubError, resolve_model_dir
+
+    try:
+        path = resolve_model_dir(ref, revision=revision)
+    except HubError as exc:
+        raise CLIError(str(exc)) from None
+    return check_input_path(path, what)
 
 
 def prepare_output_dir(

@@ -14,7 +14,13 @@ import sys
 import time
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, check_same_tokenizer, print_json
+from calm_core.cli.common import (
+    CLIError,
+    check_input_path,
+    check_same_tokenizer,
+    print_json,
+    resolve_model_arg,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -24,7 +30,12 @@ HELP = "BrierLM (Brier-1..4 with standard errors) of a CALM or AR model, plus co
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_DIR", help="CALM, AR (or codec) model directory")
+    parser.add_argument(
+        "model", metavar="MODEL_DIR", help="CALM, AR (or codec) model directory, or Hub id"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument(
@@ -86,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from calm_core.interfaces import Codec
     from calm_core.metrics.brier_eval import evaluate_brier, model_kind
 
-    check_input_path(args.model, "model directory")
+    model_dir = resolve_model_arg(args.model, "model directory", revision=args.revision)
     check_input_path(args.data, "data directory")
     for flag in ("block_len", "batch_size", "num_blocks", "max_chunks"):
         value = getattr(args, flag)
@@ -98,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
         data = PackedDataset(args.data, args.split)
     except DataError as exc:
         raise CLIError(str(exc)) from None
-    model = _load(args.model, args.device)
-    check_same_tokenizer(args.model, args.data, "model")
+    model = _load(str(model_dir), args.device)
+    check_same_tokenizer(model_dir, args.data, "model")
     out: dict[str, Any] = {"model": str(args.model), "split": args.split}
     codec: Codec | None = model if isinstance(model, Codec) else None
     if codec is None:

@@ -13,7 +13,13 @@ import sys
 import time
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, check_same_tokenizer, print_json
+from calm_core.cli.common import (
+    CLIError,
+    check_input_path,
+    check_same_tokenizer,
+    print_json,
+    resolve_model_arg,
+)
 
 __all__ = ["HELP", "add_arguments", "load_codec", "run"]
 
@@ -43,7 +49,12 @@ def load_codec(path: str, device: str = "cpu") -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_DIR", help="codec (or CALM) model directory")
+    parser.add_argument(
+        "model", metavar="MODEL_DIR", help="codec (or CALM) model directory, or Hub id"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument(
@@ -64,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from calm_core.data.packing import DataError
     from calm_core.metrics.reconstruction import reconstruction_report
 
-    check_input_path(args.model, "model directory")
+    model_dir = resolve_model_arg(args.model, "model directory", revision=args.revision)
     check_input_path(args.data, "data directory")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -74,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         data = PackedDataset(args.data, args.split)
     except DataError as exc:
         raise CLIError(str(exc)) from None
-    codec = load_codec(args.model, args.device)
-    check_same_tokenizer(args.model, args.data, "codec")
+    codec = load_codec(str(model_dir), args.device)
+    check_same_tokenizer(model_dir, args.data, "codec")
     if codec.vocab_size < data.vocab_size:
         raise CLIError(
             f"the codec's vocabulary ({codec.vocab_size}) is smaller than the data's "

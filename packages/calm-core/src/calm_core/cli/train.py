@@ -31,6 +31,7 @@ from calm_core.cli.common import (
     print_json,
     print_resolved_config,
     resolve_config,
+    resolve_model_arg,
     training_overrides,
 )
 from calm_core.config import ComponentSpec, ConfigError, ConfigModel
@@ -122,8 +123,9 @@ def build_model(
         raise CLIError(
             "--codec MODEL_DIR is required for --model calm (train one: calm train-codec)"
         )
+    codec_dir = resolve_model_arg(codec_dir, "codec directory")
     try:
-        codec = load_pretrained(check_input_path(codec_dir, "codec directory"))
+        codec = load_pretrained(codec_dir)
     except (ModelLoadError, UnknownComponentError, PluginConflictError) as exc:
         raise CLIError(str(exc)) from None
     if not isinstance(codec, Codec):
@@ -229,7 +231,9 @@ def train_model(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
     parser.add_argument(
-        "--codec", metavar="MODEL_DIR", help="trained codec directory (required for CALM)"
+        "--codec",
+        metavar="MODEL_DIR",
+        help="trained codec directory or Hub id org/name (required for CALM)",
     )
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory")
     parser.add_argument(
