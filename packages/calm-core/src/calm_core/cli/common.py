@@ -296,6 +296,26 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps_help: str) 
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.add_argument(
+        "--logger",
+        action="append",
+        metavar="NAME",
+        help="experiment tracker, repeatable: jsonl (metrics.jsonl, always on), tensorboard, "
+        "wandb, mlflow (each an extra: pip install 'calm-core[NAME]')",
+    )
+
+
+def open_loggers_arg(names: list[str] | None, out: Path, config: BaseModel) -> Any:
+    """The ``--logger`` trackers as a :class:`~calm_core.training.loggers.LoggerGroup` (a
+    ``with`` block yields the callbacks); an unknown name or a missing extra is a CLIError."""
+    from calm_core.training.loggers import LoggerNotInstalledError, open_loggers
+
+    try:
+        return open_loggers(
+            names or [], run_name=out.resolve().name, config=config.model_dump(mode="json")
+        )
+    except (ValueError, LoggerNotInstalledError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 def training_overrides(args: argparse.Namespace) -> dict[str, Any]:

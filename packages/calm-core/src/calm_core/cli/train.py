@@ -27,6 +27,7 @@ from calm_core.cli.common import (
     check_input_path,
     check_same_tokenizer,
     fit_trainer,
+    open_loggers_arg,
     prepare_output_dir,
     print_json,
     print_resolved_config,
@@ -39,9 +40,12 @@ from calm_core.registry import PluginConflictError, UnknownComponentError
 from calm_core.training.config import TrainConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from torch import nn
 
     from calm_core.data.dataset import PackedDataset
+    from calm_core.training.trainer import StepCallback
 
 __all__ = ["HELP", "TrainModelConfig", "add_arguments", "build_model", "run", "train_model"]
 
@@ -179,6 +183,7 @@ def train_model(
     codec_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    callbacks: Sequence[StepCallback] = (),
 ) -> dict[str, Any]:
     """Train and save the model directory (with tokenizer) into ``out``; return a summary."""
     import torch
@@ -205,6 +210,7 @@ def train_model(
         val_data=val,
         resume=resume,
         progress=progress,
+        callbacks=callbacks,
     )
     summary = fit_trainer(trainer)
     info = getattr(trainer, "info", None)
@@ -271,15 +277,18 @@ def run(args: argparse.Namespace) -> int:
             f"--model {args.model} but the config file says model={config.model!r}; make them agree"
         )
     print_resolved_config("calm train config", config)
+    loggers = open_loggers_arg(args.logger, Path(args.out), config)  # a missing extra: now
     out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume, resumable=True)
-    result = train_model(
-        config,
-        args.data,
-        out,
-        codec_dir=args.codec,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
+    with loggers as callbacks:
+        result = train_model(
+            config,
+            args.data,
+            out,
+            codec_dir=args.codec,
+            resume=args.resume,
+            progress=not args.no_progress,
+            callbacks=callbacks,
+        )
     if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
         return 0
     print(f"wrote {config.model} model to {out}", file=sys.stderr)

@@ -27,6 +27,7 @@ from calm_core.cli.common import (
     add_training_arguments,
     check_input_path,
     fit_trainer,
+    open_loggers_arg,
     prepare_output_dir,
     print_json,
     print_resolved_config,
@@ -37,8 +38,11 @@ from calm_core.config import ComponentSpec, ConfigError, ConfigModel
 from calm_core.training.config import TrainConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from calm_core.data.dataset import PackedDataset
     from calm_core.interfaces import Codec
+    from calm_core.training.trainer import StepCallback
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -192,6 +196,7 @@ def train_codec(
     *,
     resume: bool = False,
     progress: bool = True,
+    callbacks: Sequence[StepCallback] = (),
 ) -> dict[str, Any]:
     """Train, save the codec model directory into ``out`` and return a summary with the report."""
     import torch
@@ -216,7 +221,7 @@ def train_codec(
     )
     trainer = Trainer(
         codec, config.train, train_data=train, run_dir=out, evaluate=evaluate, resume=resume,
-        progress=progress,
+        progress=progress, callbacks=callbacks,
     )  # fmt: skip
     if not resume:  # a fresh run: no report of an earlier codec may outlive it
         (out / REPORT_NAME).unlink(missing_ok=True)
@@ -277,8 +282,17 @@ def run(args: argparse.Namespace) -> int:
         overrides["codec"] = {"name": args.codec}
     config = resolve_config(TrainCodecConfig, args.config, overrides, base=base)
     print_resolved_config("calm train-codec config", config)
+    loggers = open_loggers_arg(args.logger, Path(args.out), config)  # a missing extra: now
     out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume, resumable=True)
-    result = train_codec(config, args.data, out, resume=args.resume, progress=not args.no_progress)
+    with loggers as callbacks:
+        result = train_codec(
+            config,
+            args.data,
+            out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            callbacks=callbacks,
+        )
     if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
         return 0
     print(f"wrote codec to {out}", file=sys.stderr)
