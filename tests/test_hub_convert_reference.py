@@ -36,6 +36,7 @@ def _snapshot(cache: Path, repo: str, rev: str, config: dict, state: dict) -> Pa
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    pytest.importorskip("huggingface_hub")  # calm-core[hub]
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return tmp_path / "hf"

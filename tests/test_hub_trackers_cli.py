@@ -30,6 +30,7 @@ def test_train_codec_logger_then_the_codec_by_hub_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("calm_codecs")
+    pytest.importorskip("huggingface_hub")  # calm-core[hub] and [tensorboard]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     corpus = tmp_path / "corpus.jsonl"

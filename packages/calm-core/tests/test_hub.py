@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import huggingface_hub
 import pytest
 import torch
 from calm_core.backbone import BackboneConfig
@@ -43,6 +42,12 @@ def _model(seed: int) -> TransformerLM:
 
 
 @pytest.fixture
+def hf() -> Any:
+    """huggingface_hub (calm-core[hub]); the tests that need it skip without it."""
+    return pytest.importorskip("huggingface_hub")
+
+
+@pytest.fixture
 def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``org/tiny`` in a Hugging Face cache: main -> seed 0, tag v1 -> seed 1; offline."""
     cache = tmp_path / "hf-cache"
@@ -70,7 +75,7 @@ def test_hub_ids_are_told_apart_from_paths() -> None:
         assert not is_hub_id(not_an_id), not_an_id
 
 
-def test_from_pretrained_by_id_reads_the_cache_at_each_revision(hub_cache: Path) -> None:
+def test_from_pretrained_by_id_reads_the_cache_at_each_revision(hf: Any, hub_cache: Path) -> None:
     main_model = TransformerLM.from_pretrained("org/tiny")
     assert _same_weights(main_model, _model(0))
     assert not main_model.training
@@ -81,7 +86,7 @@ def test_from_pretrained_by_id_reads_the_cache_at_each_revision(hub_cache: Path)
 
 
 def test_explicit_cache_dir_and_local_files_only(
-    hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+    hf: Any, hub_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -89,7 +94,7 @@ def test_explicit_cache_dir_and_local_files_only(
     assert _same_weights(model, _model(1))
 
 
-def test_offline_misses_name_the_id_the_revision_and_what_to_do(hub_cache: Path) -> None:
+def test_offline_misses_name_the_id_the_revision_and_what_to_do(hf: Any, hub_cache: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"'org/absent' is not in the Hugging Face cache"):
         load_pretrained("org/absent")
     with pytest.raises(HubError, match=r"revision 'v9'.*HF_HUB_OFFLINE is set"):
@@ -120,7 +125,7 @@ def test_without_the_extra_a_hub_id_says_what_to_install(
 
 
 def test_cli_generate_takes_a_hub_id_and_revision(
-    hub_cache: Path, capsys: pytest.CaptureFixture[str]
+    hf: Any, hub_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def generate(*model: str) -> list[int]:
         args = ["generate", *model, "--prompt", "the", "--max-new-tokens", "6", "--json"]
@@ -136,6 +141,7 @@ def test_cli_generate_takes_a_hub_id_and_revision(
 @pytest.mark.parametrize("verb", ["generate", "eval", "eval-codec"])
 def test_cli_hub_errors_are_one_line_usage_errors(
     verb: str,
+    hf: Any,
     hub_cache: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -170,9 +176,9 @@ class _FakeApi:
 
 
 @pytest.fixture
-def fake_api(monkeypatch: pytest.MonkeyPatch) -> type[_FakeApi]:
+def fake_api(hf: Any, monkeypatch: pytest.MonkeyPatch) -> type[_FakeApi]:
     _FakeApi.calls = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeApi)
+    monkeypatch.setattr(hf, "HfApi", _FakeApi)
     return _FakeApi
 
 

@@ -47,6 +47,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_data_dir(tmp_path_factory.mktemp("data"))
 
 
+def needs(*modules: str) -> None:
+    """Skip without a tracker's extra (the nox tests session installs them all)."""
+    for module in modules:
+        pytest.importorskip(module)
+
+
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     before = torch.get_num_threads()
@@ -142,6 +148,7 @@ def _train(data: Path, run: Path, callbacks: list[Any], **kw: Any) -> None:
 
 
 def test_tensorboard_event_files_hold_the_metrics_jsonl_rows(data_dir: Path, tmp_path: Path):
+    needs("tensorboard")
     run = tmp_path / "run"
     with TensorBoardLogger() as tb:
         _train(data_dir, run, [tb])
@@ -156,6 +163,7 @@ def test_tensorboard_event_files_hold_the_metrics_jsonl_rows(data_dir: Path, tmp
 def test_mlflow_file_store_holds_the_metrics_jsonl_rows(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    needs("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps file stores opt-in
     uri = (tmp_path / "mlruns").as_uri()
     logger = MLflowLogger(tracking_uri=uri, experiment="tiny", run_name="r1")
@@ -173,6 +181,7 @@ def test_mlflow_file_store_holds_the_metrics_jsonl_rows(
 def test_wandb_offline_run_holds_the_metrics_jsonl_rows(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    needs("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
@@ -182,6 +191,7 @@ def test_wandb_offline_run_holds_the_metrics_jsonl_rows(
 
 
 def test_a_resumed_run_sends_only_its_new_rows(data_dir: Path, tmp_path: Path) -> None:
+    needs("tensorboard")
     run = tmp_path / "run"
 
     def stop_at_4(trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
@@ -203,6 +213,7 @@ def test_a_resumed_run_sends_only_its_new_rows(data_dir: Path, tmp_path: Path) -
 
 
 def test_names_and_missing_extras_are_refused_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    needs("tensorboard", "mlflow")
     assert make_loggers(["jsonl"]) == []
     kinds = [type(x) for x in make_loggers(["tensorboard", "jsonl", "tensorboard", "mlflow"])]
     assert kinds == [TensorBoardLogger, MLflowLogger]
@@ -245,6 +256,7 @@ def _ar_config(path: Path) -> Path:
 def test_calm_train_logger_flag(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
+    needs("tensorboard", "mlflow")
     cfg = _ar_config(tmp_path / "ar.json")
     out = tmp_path / "ar"
     argv = ["train", "--model", "ar", "--data", str(data_dir), "--out", str(out), "--config"]
@@ -278,6 +290,7 @@ def _free_port() -> int:
 
 @pytest.mark.ddp
 def test_two_gloo_processes_log_once(data_dir: Path, tmp_path: Path) -> None:
+    needs("tensorboard", "mlflow")
     run, port, procs = tmp_path / "ddp", _free_port(), []
     for rank in range(2):
         env = {
