@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         out.update(result.to_dict())
         out["brier_seconds"] = time.perf_counter() - t0
         out["block_len"] = args.block_len
+        out["seed"] = args.seed  # part of the protocol a BrierLM is reported with
         total = len(data.tokens) // args.block_len
         out["num_blocks"] = total if args.num_blocks is None else min(args.num_blocks, total)
     else:
