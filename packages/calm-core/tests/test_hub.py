@@ -201,6 +201,9 @@ def _run_dir(path: Path) -> Path:
     (path / "checkpoints" / "step-20").mkdir(parents=True)
     (path / "checkpoints" / "step-20" / "optimizer.safetensors").write_bytes(b"x")
     (path / ".calm-write-test-x").write_bytes(b"")
+    (path / "mlflow.db").write_bytes(b"x")  # a tracker's files are not part of the model
+    (path / "tensorboard").mkdir()
+    (path / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")
     return path
 
 

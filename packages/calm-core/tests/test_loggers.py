@@ -175,7 +175,9 @@ def test_mlflow_file_store_holds_the_metrics_jsonl_rows(
 
     run = MlflowClient(tracking_uri=uri).get_run(logger.run_id)
     assert run.info.run_name == "r1" and run.info.status == "FINISHED"
-    assert run.data.params["lr"] == "0.01" and run.data.params["log_every"] == "2"
+    params = run.data.params
+    assert params["lr"] == "0.01" and params["log_every"] == "2"
+    assert params["schedule"] == "constant" and params["betas"] == "[0.9, 0.95]"
 
 
 def test_wandb_offline_run_holds_the_metrics_jsonl_rows(

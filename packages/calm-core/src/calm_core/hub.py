@@ -53,7 +53,7 @@ HUB_INSTALL = "pip install 'calm-core[hub]'"
 #: ``calm eval MODEL --json > MODEL/eval.json`` puts the evaluation numbers into the model card
 EVAL_FILE = "eval.json"
 #: what a run directory holds that is not part of a published model
-UPLOAD_EXCLUDE = ("checkpoints/", "tensorboard/", "mlruns/", "wandb/")
+UPLOAD_EXCLUDE = ("checkpoints/", "tensorboard/", "mlruns/", "mlartifacts/", "mlflow.db", "wandb/")
 # the Hub's own rule for repository ids: namespace/name, letters, digits, "-", "_", "."
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 _TRUE = {"1", "true", "yes", "on"}

@@ -232,7 +232,10 @@ class MLflowLogger(TrackerCallback):
         self._client, self.run_id = client, run.info.run_id
         Param = self._mlflow.entities.Param
         # MLflow caps a parameter value's length; nested settings are written as JSON
-        params = [Param(k, json.dumps(v)[:500]) for k, v in _flatten(config).items()]
+        params = [
+            Param(k, (v if isinstance(v, str) else json.dumps(v))[:500])
+            for k, v in _flatten(config).items()
+        ]
         for i in range(0, len(params), 100):  # and the number per call
             client.log_batch(self.run_id, params=params[i : i + 100])
 
