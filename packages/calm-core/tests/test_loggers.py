@@ -292,7 +292,7 @@ def _free_port() -> int:
 
 @pytest.mark.ddp
 def test_two_gloo_processes_log_once(data_dir: Path, tmp_path: Path) -> None:
-    needs("tensorboard", "mlflow")
+    needs("tensorboard", "mlflow", "wandb")
     run, port, procs = tmp_path / "ddp", _free_port(), []
     for rank in range(2):
         env = {
@@ -300,9 +300,9 @@ def test_two_gloo_processes_log_once(data_dir: Path, tmp_path: Path) -> None:
             "PYTHONPATH": f"{HERE.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
             "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
             "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "CUDA_VISIBLE_DEVICES": "",
+            "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
         }  # fmt: skip
-        cmd = [sys.executable, str(HERE), str(run), str(data_dir), "tensorboard", "mlflow"]
+        cmd = [sys.executable, str(HERE), str(run), str(data_dir), "tensorboard", "mlflow", "wandb"]
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
     for p in procs:
         _, err = p.communicate(timeout=300)
@@ -313,6 +313,7 @@ def test_two_gloo_processes_log_once(data_dir: Path, tmp_path: Path) -> None:
     assert tensorboard_rows(run / "tensorboard") == pytest.approx(expected, rel=1e-6)
     rows, runs = mlflow_rows(f"sqlite:///{run / 'mlflow.db'}")
     assert runs == 1 and rows == expected
+    assert wandb_rows(run) == expected  # and exactly one offline run (wandb_rows unpacks one)
 
 
 def _rank_main(argv: list[str]) -> int:
