@@ -92,6 +92,8 @@ def test_explicit_cache_dir_and_local_files_only(
     monkeypatch.delenv("HF_HUB_OFFLINE")
     model = load_pretrained("org/tiny", cache_dir=hub_cache, local_files_only=True, revision="v1")
     assert _same_weights(model, _model(1))
+    with pytest.raises(HubError, match="downloads are off: local_files_only"):
+        load_pretrained("org/absent", cache_dir=hub_cache, local_files_only=True)
 
 
 def test_offline_misses_name_the_id_the_revision_and_what_to_do(hf: Any, hub_cache: Path) -> None:

@@ -146,12 +146,17 @@ def resolve_model_dir(
             library_name="calm-core",
         )
     except errors.LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE is set" if _offline_env() else "local_files_only"
+        if _offline_env():
+            why = "downloads are off: HF_HUB_OFFLINE is set"
+        elif local_files_only:
+            why = "downloads are off: local_files_only"
+        else:  # huggingface_hub falls back to the cache when the Hub cannot be reached
+            why = "the Hub could not be reached"
         where = cache or hub.constants.HF_HUB_CACHE
         raise HubError(
-            f"'{text}'{at} is not in the Hugging Face cache ({where}) and downloads are off "
-            f"({why}), and no local directory {text} exists; download it once with network "
-            "access, or pass a local model directory"
+            f"'{text}'{at} is not in the Hugging Face cache ({where}) and {why}, and no local "
+            f"directory {text} exists; download it once with network access, or pass a local "
+            "model directory"
         ) from None
     except errors.GatedRepoError:
         raise HubError(
