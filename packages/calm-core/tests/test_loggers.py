@@ -28,6 +28,7 @@ from calm_core.training.loggers import (
     LoggerNotInstalledError,
     MLflowLogger,
     TensorBoardLogger,
+    TrackerCallback,
     WandbLogger,
     make_loggers,
     open_loggers,
@@ -212,6 +213,41 @@ def test_a_resumed_run_sends_only_its_new_rows(data_dir: Path, tmp_path: Path) -
     assert tensorboard_rows(tmp_path / "tb2") == pytest.approx(
         {k: v for k, v in all_rows.items() if k[0] > 4}, rel=1e-6
     )
+
+
+class _Flaky(TrackerCallback):
+    """Records rows; the second one fails (a tracker's network error)."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, dict[str, float]]] = []
+        self.events: list[str] = []
+
+    def start_run(self, run_dir: Path, run_name: str, config: Any) -> None:
+        self.events.append(f"start {run_name} lr={config['lr']}")
+
+    def log_row(self, step: int, values: Any) -> None:
+        if len(self.rows) == 1:
+            raise ConnectionError("tracker server went away")
+        self.rows.append((step, dict(values)))
+
+    def finish_run(self) -> None:
+        self.events.append("finish")
+
+
+def test_a_failing_tracker_is_dropped_with_one_warning_and_training_goes_on(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flaky = _Flaky()
+    with open_loggers([]) as callbacks, flaky:
+        _train(data_dir, tmp_path / "run", [*callbacks, flaky])
+    assert flaky.events == ["start run lr=0.01", "finish"]
+    assert [step for step, _ in flaky.rows] == [2]
+    err = capsys.readouterr().err
+    assert err.count("the flaky logger failed (ConnectionError: tracker server went away)") == 1
+    assert max(int(r["step"]) for r in read_metrics(tmp_path / "run")) == 6  # the run finished
 
 
 def test_names_and_missing_extras_are_refused_up_front(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,9 @@ its last call: the training rows (every ``log_every`` steps, window means) and t
 with the same step and the same numbers. :meth:`TrackerCallback.close` forwards what was written
 after the last step (the final evaluation) and ends the tracker's run; use the callbacks as
 context managers, or :func:`open_loggers`, so that it runs even when training fails. A resumed
-run's trackers start at the resumed step (earlier rows were sent by the earlier run).
+run's trackers start at the resumed step (earlier rows were sent by the earlier run). A tracker
+that fails while writing is reported once on stderr and dropped; training goes on (every row is in
+``metrics.jsonl``).
 
 Each backend is an optional extra of calm-core (``calm-core[tensorboard]``, ``[wandb]``,
 ``[mlflow]``), imported when its callback is created, so a missing one is reported before
@@ -20,6 +22,7 @@ import contextlib
 import importlib
 import json
 import os
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -89,34 +92,51 @@ class TrackerCallback(ABC):
         self._offset = 0
         self._first_step = 0
         self._started = False
+        self._failed = False
 
     # ------------------------------------------------------------------ what a backend provides
     @abstractmethod
-    def _start(self, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> None:
+    def start_run(self, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> None:
         """Open the tracker's run (called on the main process at the first step)."""
 
     @abstractmethod
-    def _log(self, step: int, values: Mapping[str, float]) -> None:
+    def log_row(self, step: int, values: Mapping[str, float]) -> None:
         """Record one row of ``metrics.jsonl``."""
 
     @abstractmethod
-    def _finish(self) -> None:
+    def finish_run(self) -> None:
         """Flush and close the tracker's run."""
 
     # ------------------------------------------------------------------ the callback
     def __call__(self, trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None:
-        if not trainer.is_main:
+        if not trainer.is_main or self._failed:
             return
         if not self._started:
             run_dir = Path(trainer.run_dir)
             config = self.config
             if config is None:
                 config = trainer.config.model_dump(mode="json")
-            self._start(run_dir, self.run_name or run_dir.resolve().name, config)
+            self.start_run(run_dir, self.run_name or run_dir.resolve().name, config)
             self._path = run_dir / METRICS_FILE
             self._first_step = step  # a resumed run's earlier rows were sent by the earlier run
             self._started = True
-        self._forward()
+        try:
+            self._forward()
+        except Exception as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: Exception) -> None:
+        # a tracker's hiccup (a network error, a full disk) must not end a run of days:
+        # metrics.jsonl keeps every row, so the tracker is dropped with one warning
+        self._failed = True
+        self._started = False
+        print(
+            f"calm: the {self.name} logger failed ({type(exc).__name__}: {exc}); it is off for "
+            "the rest of this run (metrics.jsonl has every row)",
+            file=sys.stderr,
+        )
+        with contextlib.suppress(Exception):
+            self.finish_run()
 
     def _forward(self) -> None:
         """Send the complete lines of ``metrics.jsonl`` past the last one sent."""
@@ -137,16 +157,18 @@ class TrackerCallback(ABC):
             step = int(row["step"])
             values = _numbers(row)
             if step >= self._first_step and values:
-                self._log(step, values)
+                self.log_row(step, values)
 
     def close(self) -> None:
         """Send the rows written after the last step, then end the tracker's run."""
         if self._started:
-            self._started = False
             try:
                 self._forward()
-            finally:
-                self._finish()
+            except Exception as exc:
+                self._give_up(exc)
+                return
+            self._started = False
+            self.finish_run()
 
     def __enter__(self) -> Self:
         return self
@@ -175,18 +197,18 @@ class TensorBoardLogger(TrackerCallback):
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self._writer: Any = None
 
-    def _start(self, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> None:
+    def start_run(self, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> None:
         self.log_dir = self.log_dir or run_dir / "tensorboard"
         self._writer = self._tb.SummaryWriter(log_dir=str(self.log_dir))
         text = json.dumps(dict(config), indent=2)
         self._writer.add_text("config", f"```\n{text}\n```", global_step=0)
 
-    def _log(self, step: int, values: Mapping[str, float]) -> None:
+    def log_row(self, step: int, values: Mapping[str, float]) -> None:
         for key, value in values.items():
             self._writer.add_scalar(key, value, global_step=step)
         self._writer.flush()  # readers (TensorBoard itself) see each row as it comes
 
-    def _finish(self) -> None:
+    def finish_run(self) -> None:
         self._writer.close()
 
 
@@ -212,7 +234,7 @@ class MLflowLogger(TrackerCallback):
         self._client: Any = None
         self.run_id: str | None = None
 
-    def _start(self, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> None:
+    def start_run(self, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> None:
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         artifacts = None
         if not uri:  # a database next to the run, its artifacts too (not in the working dir)
@@ -239,13 +261,13 @@ class MLflowLogger(TrackerCallback):
         for i in range(0, len(params), 100):  # and the number per call
             client.log_batch(self.run_id, params=params[i : i + 100])
 
-    def _log(self, step: int, values: Mapping[str, float]) -> None:
+    def log_row(self, step: int, values: Mapping[str, float]) -> None:
         Metric = self._mlflow.entities.Metric
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, step) for key, value in values.items()]
         self._client.log_batch(self.run_id, metrics=metrics)
 
-    def _finish(self) -> None:
+    def finish_run(self) -> None:
         self._client.set_terminated(self.run_id)
 
 
@@ -266,7 +288,7 @@ class WandbLogger(TrackerCallback):
         self.mode = mode
         self.run: Any = None
 
-    def _start(self, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> None:
+    def start_run(self, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = self._wandb.init(
             project=self.project or os.environ.get("WANDB_PROJECT") or "calm",
@@ -276,10 +298,10 @@ class WandbLogger(TrackerCallback):
             mode=self.mode,
         )
 
-    def _log(self, step: int, values: Mapping[str, float]) -> None:
+    def log_row(self, step: int, values: Mapping[str, float]) -> None:
         self.run.log(dict(values), step=step)
 
-    def _finish(self) -> None:
+    def finish_run(self) -> None:
         self.run.finish()
 
 
