@@ -151,8 +151,10 @@ def _train(data: Path, run: Path, callbacks: list[Any], **kw: Any) -> None:
 def test_tensorboard_event_files_hold_the_metrics_jsonl_rows(data_dir: Path, tmp_path: Path):
     needs("tensorboard")
     run = tmp_path / "run"
-    with TensorBoardLogger() as tb:
-        _train(data_dir, run, [tb])
+    for _ in range(2):  # a fresh run over an earlier one starts the event files over
+        with TensorBoardLogger() as tb:
+            _train(data_dir, run, [tb])
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     expected = jsonl_rows(run)
     assert {(2, "loss"), (6, "loss"), (3, "eval/loss"), (6, "eval/loss")} <= set(expected)
     got = tensorboard_rows(run / "tensorboard")

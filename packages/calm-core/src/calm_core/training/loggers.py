@@ -90,7 +90,8 @@ class TrackerCallback(ABC):
         self.config = dict(config) if config is not None else None
         self._path: Path | None = None
         self._offset = 0
-        self._first_step = 0
+        #: the step the trainer started at (1 for a fresh run), set before :meth:`start_run`
+        self.first_step = 0
         self._started = False
         self._failed = False
 
@@ -116,9 +117,9 @@ class TrackerCallback(ABC):
             config = self.config
             if config is None:
                 config = trainer.config.model_dump(mode="json")
-            self.start_run(run_dir, self.run_name or run_dir.resolve().name, config)
             self._path = run_dir / METRICS_FILE
-            self._first_step = step  # a resumed run's earlier rows were sent by the earlier run
+            self.first_step = step  # a resumed run's earlier rows were sent by the earlier run
+            self.start_run(run_dir, self.run_name or run_dir.resolve().name, config)
             self._started = True
         try:
             self._forward()
@@ -156,7 +157,7 @@ class TrackerCallback(ABC):
                 continue
             step = int(row["step"])
             values = _numbers(row)
-            if step >= self._first_step and values:
+            if step >= self.first_step and values:
                 self.log_row(step, values)
 
     def close(self) -> None:
@@ -186,7 +187,8 @@ class TensorBoardLogger(TrackerCallback):
     """Scalars for TensorBoard (``torch.utils.tensorboard``), one tag per metric.
 
     Args:
-        log_dir: event-file directory (default: ``RUN_DIR/tensorboard``).
+        log_dir: event-file directory (default: ``RUN_DIR/tensorboard``, whose earlier event
+            files a fresh run deletes; a resumed run adds to them).
     """
 
     name = "tensorboard"
@@ -198,7 +200,11 @@ class TensorBoardLogger(TrackerCallback):
         self._writer: Any = None
 
     def start_run(self, run_dir: Path, run_name: str, config: Mapping[str, Any]) -> None:
-        self.log_dir = self.log_dir or run_dir / "tensorboard"
+        if self.log_dir is None:
+            self.log_dir = run_dir / "tensorboard"
+            if self.first_step <= 1:  # a fresh run replaces metrics.jsonl: its curves start over
+                for old in self.log_dir.glob("events.out.tfevents.*"):
+                    old.unlink()
         self._writer = self._tb.SummaryWriter(log_dir=str(self.log_dir))
         text = json.dumps(dict(config), indent=2)
         self._writer.add_text("config", f"```\n{text}\n```", global_step=0)
