@@ -40,6 +40,8 @@ def tests(session: nox.Session) -> None:
     """Install the three packages and the test plugins into one environment; run every test dir."""
     _install_project(
         session,
+        # the optional integrations, so their tests run (each also skips without its extra)
+        "packages/calm-core[hub,tensorboard,wandb,mlflow]",
         "pytest>=8",
         "pytest-timeout",
         "torch-optimizer>=0.3",

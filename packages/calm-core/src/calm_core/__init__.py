@@ -22,6 +22,7 @@ _LAZY: dict[str, str] = {
     "ConfigModel": "calm_core.config",
     "load_pretrained": "calm_core.model_dir",
     "save_pretrained": "calm_core.model_dir",
+    "push_to_hub": "calm_core.hub",
     "Backbone": "calm_core.backbone",
     "BackboneConfig": "calm_core.backbone",
     "CALM": "calm_core.calm",

@@ -23,12 +23,15 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, Unpack, runtime_checkable
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+if TYPE_CHECKING:
+    from calm_core.hub import HubOptions
 
 __all__ = [
     "CONFIG_NAME",
@@ -374,17 +377,34 @@ class PretrainedMixin:
         return save_pretrained(self, path)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
-        """Load a directory written by :meth:`save_pretrained` (in eval mode)."""
-        obj = load_pretrained(path, map_location=map_location)
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        map_location: str | torch.device = "cpu",
+        **hub: Unpack[HubOptions],
+    ) -> Self:
+        """Load a directory written by :meth:`save_pretrained` (in eval mode), or a Hub id
+        (``hub``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``; see
+        :mod:`calm_core.hub`)."""
+        obj = load_pretrained(path, map_location=map_location, **hub)
         if not isinstance(obj, cls):
             raise TypeError(f"{path} holds a {type(obj).__qualname__}, not a {cls.__qualname__}")
         return obj
 
 
-def load_pretrained(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load any model directory written by :func:`save_pretrained` (in eval mode)."""
-    d = Path(path)
+def load_pretrained(
+    path: str | Path, *, map_location: str | torch.device = "cpu", **hub: Unpack[HubOptions]
+) -> nn.Module:
+    """Load any model directory written by :func:`save_pretrained` (in eval mode).
+
+    ``path`` may be a Hugging Face Hub id (``org/name``, with ``calm-core[hub]``); ``hub`` holds
+    ``revision``, ``cache_dir``, ``local_files_only`` and ``token``
+    (:class:`calm_core.hub.HubOptions`).
+    """
+    from calm_core.hub import resolve_model_dir  # hub.py builds on this module
+
+    d = resolve_model_dir(path, **hub)
     record = read_config(d)
     expected = record.get("save_id")
     found = _weights_save_id(d / WEIGHTS_NAME)

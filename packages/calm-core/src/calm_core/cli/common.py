@@ -37,10 +37,12 @@ __all__ = [
     "add_device_argument",
     "add_training_arguments",
     "check_input_path",
+    "open_loggers_arg",
     "prepare_output_dir",
     "print_json",
     "print_resolved_config",
     "resolve_config",
+    "resolve_model_arg",
     "resolved_device",
     "training_options",
     "usage_errors",
@@ -194,6 +196,19 @@ def check_input_path(path: str | Path, what: str) -> Path:
     return p
 
 
+def resolve_model_arg(ref: str | Path, what: str, *, revision: str | None = None) -> Path:
+    """A model directory named on the command line: a local directory, or a Hugging Face Hub id
+    (``org/name``, fetched into or read from the Hugging Face cache); a :class:`CLIError` naming
+    ``what`` when it is neither."""
+    from calm_core.hub import HubError, resolve_model_dir
+
+    try:
+        path = resolve_model_dir(ref, revision=revision)
+    except HubError as exc:
+        raise CLIError(str(exc)) from None
+    return check_input_path(path, what)
+
+
 def prepare_output_dir(
     path: str | Path, *, overwrite: bool, resume: bool = False, resumable: bool = False
 ) -> Path:
@@ -256,6 +271,26 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps_help: str) 
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.add_argument(
+        "--logger",
+        action="append",
+        metavar="NAME",
+        help="experiment tracker, repeatable: jsonl (metrics.jsonl, always on), tensorboard, "
+        "wandb, mlflow (each an extra: pip install 'calm-core[NAME]')",
+    )
+
+
+def open_loggers_arg(names: list[str] | None, out: Path, config: BaseModel) -> Any:
+    """The ``--logger`` trackers as a :class:`~calm_core.training.loggers.LoggerGroup` (a
+    ``with`` block yields the callbacks); an unknown name or a missing extra is a CLIError."""
+    from calm_core.training.loggers import LoggerNotInstalledError, open_loggers
+
+    try:
+        return open_loggers(
+            names or [], run_name=out.resolve().name, config=config.model_dump(mode="json")
+        )
+    except (ValueError, LoggerNotInstalledError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 def training_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from calm_core.cli.common import CLIError, prepare_output_dir, print_resolved_config, resolve_config
+from calm_core.cli.common import (
+    CLIError,
+    prepare_output_dir,
+    print_resolved_config,
+    resolve_config,
+    resolve_model_arg,
+)
 from calm_core.config import ConfigModel
 
 if TYPE_CHECKING:  # torch is imported only when a conversion runs (``calm --help`` stays fast)
@@ -231,6 +237,8 @@ def infer_ae_config(
 
 
 def _ae_dir_from_config(ckpt: ReferenceCheckpoint) -> Path | None:
+    from calm_core.hub import is_hub_id
+
     for field in AE_PATH_FIELDS:
         value = ckpt.config.get(field)
         if isinstance(value, str) and value:
@@ -239,6 +247,8 @@ def _ae_dir_from_config(ckpt: ReferenceCheckpoint) -> Path | None:
             for c in candidates:
                 if (c / "config.json").is_file():
                     return c
+            if is_hub_id(value):  # the published configs name their autoencoder by Hub id
+                return resolve_model_arg(value, "autoencoder directory")
             raise CLIError(
                 f"{ckpt.path}/config.json names its autoencoder as {field}={value!r}, which is not "
                 "a directory with config.json; pass the autoencoder directory with --ae DIR"
@@ -346,15 +356,22 @@ def _convert_ar(ckpt: ReferenceCheckpoint) -> nn.Module:
 
 
 def convert_reference(
-    src: str | Path, dst: str | Path, *, ae: str | Path | None = None, overwrite: bool = False
+    src: str | Path,
+    dst: str | Path,
+    *,
+    ae: str | Path | None = None,
+    overwrite: bool = False,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """Convert a reference checkpoint directory into a calm model directory.
 
     Args:
-        src: reference directory (``config.json`` + weights).
+        src: reference directory (``config.json`` + weights), or its Hub id ``org/name``.
         dst: output model directory; must be empty or absent unless ``overwrite``.
-        ae: reference autoencoder directory, for CALM checkpoints (optional, see module doc).
+        ae: reference autoencoder directory or Hub id, for CALM checkpoints (optional, see the
+            module doc).
         overwrite: replace files in a non-empty ``dst``.
+        revision: branch, tag or commit of ``src`` when it is a Hub id.
 
     Returns:
         A summary: ``kind``, ``source``, ``destination``, ``parameters``, ``autoencoder``.
@@ -364,7 +381,9 @@ def convert_reference(
     """
     import torch
 
-    ckpt = read_reference_checkpoint(src)
+    ckpt = read_reference_checkpoint(
+        resolve_model_arg(src, "reference checkpoint directory", revision=revision)
+    )
     kind = ckpt.kind
     created = not Path(dst).exists()
     out = prepare_output_dir(dst, overwrite=overwrite)  # checked before the slow part
@@ -376,7 +395,8 @@ def convert_reference(
                 raise CLIError("--ae applies to CALM checkpoints only; SRC is an autoencoder")
             model = _build_codec(ckpt.tensors, ckpt.config)
         elif kind == "calm-energy":
-            model, ae_source = _convert_calm(ckpt, Path(ae) if ae is not None else None)
+            ae_dir = None if ae is None else resolve_model_arg(ae, "autoencoder directory")
+            model, ae_source = _convert_calm(ckpt, ae_dir)
         else:
             model = _convert_ar(ckpt)
     except BaseException:
@@ -405,17 +425,22 @@ def convert_reference(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", metavar="SRC_DIR", help="reference checkpoint directory")
+    parser.add_argument(
+        "src", metavar="SRC_DIR", help="reference checkpoint directory, or its Hub id org/name"
+    )
     parser.add_argument("dst", metavar="DST_DIR", help="calm model directory to write")
     parser.add_argument(
         "--ae",
         metavar="AE_DIR",
         default=None,
-        help="reference autoencoder directory for a CALM checkpoint (default: the config's "
-        "ae_path field, else the checkpoint's own ae_model.* tensors)",
+        help="reference autoencoder directory or Hub id for a CALM checkpoint (default: the "
+        "config's ae_path field, else the checkpoint's own ae_model.* tensors)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the contents of a non-empty DST_DIR"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="SRC as a Hub id: branch, tag or commit (default: main)"
     )
     parser.add_argument("--config", metavar="FILE", help="JSON/TOML file with these settings")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -427,7 +452,9 @@ def run(args: argparse.Namespace) -> int:
         "calm convert-reference config",
         {"src": args.src, "dst": args.dst, **cfg.model_dump(), "overwrite": args.overwrite},
     )
-    summary = convert_reference(args.src, args.dst, ae=cfg.ae, overwrite=args.overwrite)
+    summary = convert_reference(
+        args.src, args.dst, ae=cfg.ae, overwrite=args.overwrite, revision=args.revision
+    )
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:

@@ -16,6 +16,7 @@ from calm_core.cli.common import (
     add_device_argument,
     check_input_path,
     print_json,
+    resolve_model_arg,
     resolved_device,
 )
 
@@ -27,7 +28,12 @@ HELP = "Generate a continuation of a text prompt with a trained CALM or AR model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model directory (calm train)")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="model directory (calm train) or Hub id org/name"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     parser.add_argument(
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from calm_core.sampling import TemperatureSamplingError
     from calm_core.transformer_lm import TransformerLM
 
-    model_dir = check_input_path(args.model_dir, "model directory")
+    model_dir = resolve_model_arg(args.model_dir, "model directory", revision=args.revision)
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     device = resolved_device(args.device)

@@ -20,6 +20,7 @@ from calm_core.config import ConfigError
 from calm_core.data.dataset import PackedDataset
 from calm_core.data.packing import DataError
 from calm_core.data.tokenizer import TOKENIZER_FILE, BPETokenizer, Tokenizer
+from calm_core.hub import resolve_model_dir
 from calm_core.interfaces import Codec
 from calm_core.model_dir import ModelLoadError, load_pretrained
 from calm_core.recipes.config import TrainCodecConfig, TrainModelConfig
@@ -64,7 +65,7 @@ def build_codec(
 
 def load_codec(codec_dir: str | Path, data: PackedDataset | None = None) -> Codec:
     """The trained codec in ``codec_dir``, checked against ``data`` (tokenizer, vocab, K)."""
-    path = Path(codec_dir)
+    path = resolve_model_dir(codec_dir)  # a local directory, or a Hub id (calm-core[hub])
     if not path.exists():
         raise ModelLoadError(f"codec directory {path} does not exist")
     codec = load_pretrained(path)
