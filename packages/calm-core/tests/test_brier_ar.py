@@ -97,18 +97,18 @@ def _stored_draws(fx: Fixture) -> Any:
         (int(i), int(j)): fx.tensors["mc_draws"][k]
         for k, (i, j) in enumerate(fx.tensors["mc_draw_position_step"].tolist())
     }
-    used: set[tuple[int, int]] = set()
+    requested: set[tuple[int, int]] = set()
 
     def draw(probs: torch.Tensor, step: int, starts: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(probs.shape[0], probs.shape[1], 2, dtype=torch.long)
         out[..., 1] = 1  # a start the reference did not draw for has every row disagreeing
         for c, i in enumerate(starts.tolist()):
+            requested.add((i, step))
             if (i, step) in table:
                 out[:, c] = table[(i, step)]
-                used.add((i, step))
         return out
 
-    draw.used = used  # type: ignore[attr-defined]
+    draw.requested = requested  # type: ignore[attr-defined]
     draw.table = table  # type: ignore[attr-defined]
     return draw
 
@@ -146,7 +146,9 @@ def test_parity_ar_brier_with_stored_draws(name: str) -> None:
     draw = _stored_draws(fx)
     r = ar_brier_scores(lm, fx.tensors["input_ids"], draw=draw)
     torch.testing.assert_close(r.scores.mean(dim=(0, 1)), fx.tensors["brier"], rtol=1e-5, atol=1e-6)
-    assert draw.used == set(draw.table)  # the same (start, step) draws as the reference
+    # every draw ours takes is one the reference took; the reference may draw more (e.g. values
+    # at the last step that it never reads), so the sets need not be equal
+    assert draw.requested and draw.requested <= set(draw.table)
     # a perturbed weight must break parity
     with torch.no_grad():
         lm.backbone.layers[0].mlp.up_proj.weight[0, 0] += 0.5

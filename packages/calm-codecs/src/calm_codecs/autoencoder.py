@@ -26,7 +26,7 @@ What is unusual:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ class AutoencoderConfig(ConfigModel):
     token_mask_rate: float = Field(
         0.15, ge=0, lt=1, description="Probability of replacing each input token (training only)."
     )
-    mask_token: int | Literal["dedicated"] = Field(
+    mask_token: Annotated[int, Field(ge=0)] | Literal["dedicated"] = Field(
         0,
         description="Replacement id for masked input tokens: an id in [0, vocab_size) (the "
         "reference uses 0), or 'dedicated' for an extra embedding row used only as the mask.",
