@@ -8,6 +8,7 @@ import pytest
 import torch
 from calm_core.backbone import BackboneConfig
 from calm_core.metrics.brier_ar import TransformerLMRollout, ar_brier_scores
+from calm_core.reference import ar_from_reference
 from calm_core.testing.fixtures import Fixture, fixture_names, require_fixture
 from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
@@ -89,7 +90,7 @@ def test_ar_estimator_input_errors() -> None:
 
 
 def _reference_lm(fx: Fixture) -> TransformerLM:
-    return TransformerLM.from_reference(fx.params("ar."), fx.meta["llama_config"]).eval()
+    return ar_from_reference(fx.params("ar."), fx.meta["llama_config"]).eval()
 
 
 def _stored_draws(fx: Fixture) -> Any:

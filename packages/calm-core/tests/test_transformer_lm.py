@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from calm_core.backbone import BackboneConfig
+from calm_core.reference import ar_from_reference
 from calm_core.testing.fixtures import fixture_names, require_fixture
 from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
@@ -139,7 +140,7 @@ def test_transformer_lm_parity_with_reference_llama(name: str) -> None:
     fx = require_fixture(name)
     ref_config = fx.meta.get("ar_config") or fx.meta.get("config") or fx.meta.get("llama_config")
     assert ref_config is not None, sorted(fx.meta)
-    model = TransformerLM.from_reference(fx.params("ar."), ref_config).eval()
+    model = ar_from_reference(fx.params("ar."), ref_config).eval()
     with torch.no_grad():
         logits = model.logits(fx.tensors["input_ids"])
     torch.testing.assert_close(logits, fx.tensors["logits"], rtol=1e-5, atol=1e-5)
@@ -149,7 +150,7 @@ def test_transformer_lm_parity_with_reference_llama(name: str) -> None:
     state = fx.params("ar.")
     key = "model.layers.1.self_attn.v_proj.weight"
     state[key] = state[key] + 1e-2 * torch.randn_like(state[key])
-    bad = TransformerLM.from_reference(state, ref_config).eval()
+    bad = ar_from_reference(state, ref_config).eval()
     with torch.no_grad():
         assert not torch.allclose(bad.logits(fx.tensors["input_ids"]), fx.tensors["logits"],
                                   rtol=1e-5, atol=1e-5)  # fmt: skip
