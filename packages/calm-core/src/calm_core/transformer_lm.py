@@ -10,7 +10,7 @@ generating one token per backbone call through the shared KV-cached machinery of
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +20,15 @@ from torch import Tensor, nn
 from calm_core.backbone import Backbone, BackboneConfig, Cache, StaticKVCache
 from calm_core.config import ConfigModel, validate_config
 from calm_core.generation import (
+    GenerationKwargs,
+    GenerationOptions,
     PaddingState,
     PromptsLike,
     check_context,
-    check_generation_args,
-    collect,
     make_stop_state,
     prepare_prompts,
+    resolve_options,
+    run_to_end,
     sample_from_logits,
 )
 from calm_core.model_dir import PretrainedMixin
@@ -119,31 +121,39 @@ class TransformerLM(PretrainedMixin, nn.Module):
     def stream(
         self,
         prompts: PromptsLike,
-        max_new_tokens: int,
-        temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
         *,
-        generator: torch.Generator | None = None,
-        eos_id: int | None = None,
-        stop_at_eos: bool = True,
+        options: GenerationOptions | None = None,
+        **overrides: Unpack[GenerationKwargs],
     ) -> Iterator[Tensor]:
         """Yield the new tokens ``[B, 1]`` one step at a time (see :meth:`generate`)."""
-        check_generation_args(max_new_tokens, temperature)
+        opts = resolve_options(options, max_new_tokens, temperature, overrides)
+        if opts.uses_calm_sampler:
+            raise ValueError(
+                "sampling, num_candidates, max_draws and on_exhausted set CALM's likelihood-free "
+                "temperature sampler; the AR model samples its softmax (leave them unset)"
+            )
+        n = opts.max_new_tokens
         device = self.lm_head.weight.device
         batch = prepare_prompts(
             prompts, vocab_size=self.vocab_size, pad_id=self.config.pad_id, device=device
         )
         B, S0 = batch.tokens.shape
-        check_context(S0, max_new_tokens - 1, self.config.backbone.max_positions, "tokens")
-        capacity = S0 + max_new_tokens - 1
+        check_context(S0, n - 1, self.config.backbone.max_positions, "tokens")
+        capacity = S0 + n - 1
         cache = StaticKVCache.for_module(self.backbone, B, capacity)
         pad = PaddingState(batch.valid, capacity)
-        stop = make_stop_state(B, device, self.config, eos_id=eos_id, stop_at_eos=stop_at_eos)
+        stop = make_stop_state(
+            B, device, self.config, eos_id=opts.eos_id, stop_at_eos=opts.stop_at_eos
+        )
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, positions, cache, mask)[:, -1]
-        for step in range(max_new_tokens):
-            token = sample_from_logits(self.lm_head(hidden), temperature, generator)[:, None]
+        for step in range(n):
+            logits = self.lm_head(hidden)
+            token = sample_from_logits(logits, opts.temperature, opts.generator)[:, None]
             yield stop.apply(token)
-            if stop.all_finished or step == max_new_tokens - 1:
+            if stop.all_finished or step == n - 1:
                 return
             positions, mask = pad.step()
             hidden = self.hidden_states(token, positions, cache, mask)[:, -1]
@@ -152,12 +162,11 @@ class TransformerLM(PretrainedMixin, nn.Module):
     def generate(
         self,
         prompts: PromptsLike,
-        max_new_tokens: int,
-        temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
         *,
-        generator: torch.Generator | None = None,
-        eos_id: int | None = None,
-        stop_at_eos: bool = True,
+        options: GenerationOptions | None = None,
+        **overrides: Unpack[GenerationKwargs],
     ) -> Tensor:
         """Generate continuations of a batch of prompts with a preallocated KV cache.
 
@@ -166,29 +175,15 @@ class TransformerLM(PretrainedMixin, nn.Module):
                 are left-padded and masked; needs ``config.pad_id`` when lengths differ).
             max_new_tokens: tokens to generate per row (>= 1).
             temperature: softmax temperature; 0 means greedy (argmax).
-            generator: random source, for reproducibility.
-            eos_id: stop id (default ``config.eos_id``); a row stops after its EOS and later
-                slots hold the pad id. Generation ends early when every row has stopped.
-            stop_at_eos: False turns EOS stopping off (every row gets ``max_new_tokens``), even
-                when the config has an ``eos_id``.
+            options: a :class:`~calm_core.generation.GenerationOptions`; keyword arguments
+                (these two and ``generator``, ``eos_id``, ``stop_at_eos``) override its fields.
+                CALM's sampler knobs are refused.
 
         Returns:
             LongTensor ``[B, n]`` of new tokens, ``n <= max_new_tokens``.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            it = self.stream(
-                prompts,
-                max_new_tokens,
-                temperature,
-                generator=generator,
-                eos_id=eos_id,
-                stop_at_eos=stop_at_eos,
-            )
-            return collect(it, max_new_tokens)
-        finally:
-            self.train(was_training)
+        opts = resolve_options(options, max_new_tokens, temperature, overrides)
+        return run_to_end(self, lambda: self.stream(prompts, options=opts), opts.max_new_tokens)
 
     # ------------------------------------------------------------------------------ persistence
     def config_dict(self) -> dict[str, Any]:
