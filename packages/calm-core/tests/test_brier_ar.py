@@ -1,4 +1,4 @@
-"""The AR BrierLM estimator on a real TransformerLM: batched rollouts and reference parity."""
+"""The AR BrierLM estimator on a real ARModel: batched rollouts and reference parity."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from typing import Any
 
 import pytest
 import torch
+from calm_core.ar import ARConfig, ARModel
 from calm_core.backbone import BackboneConfig
-from calm_core.metrics.brier_ar import TransformerLMRollout, ar_brier_scores
+from calm_core.metrics.brier_ar import CachedLMRollout, ar_brier_scores
 from calm_core.reference import ar_from_reference
 from calm_core.testing.fixtures import Fixture, fixture_names, require_fixture
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
 
-def tiny_lm(seed: int = 0, vocab: int = 13) -> TransformerLM:
+def tiny_lm(seed: int = 0, vocab: int = 13) -> ARModel:
     torch.manual_seed(seed)
-    cfg = TransformerLMConfig(
+    cfg = ARConfig(
         backbone=BackboneConfig(
             hidden_size=16,
             intermediate_size=24,
@@ -26,7 +26,7 @@ def tiny_lm(seed: int = 0, vocab: int = 13) -> TransformerLM:
         ),
         vocab_size=vocab,
     )
-    lm = TransformerLM(cfg).eval()
+    lm = ARModel(cfg).eval()
     with torch.no_grad():  # larger logits than the 0.02 init, so distributions are not flat
         lm.lm_head.weight.mul_(60.0)
     return lm
@@ -89,7 +89,7 @@ def test_ar_estimator_input_errors() -> None:
 # ------------------------------------------------------------------------------------- parity
 
 
-def _reference_lm(fx: Fixture) -> TransformerLM:
+def _reference_lm(fx: Fixture) -> ARModel:
     return ar_from_reference(fx.params("ar."), fx.meta["llama_config"]).eval()
 
 
@@ -159,8 +159,8 @@ def test_parity_ar_brier_with_stored_draws(name: str) -> None:
     )
 
 
-def test_transformer_lm_rollout_requires_begin() -> None:
-    roll = TransformerLMRollout(tiny_lm())
+def test_ar_rollout_requires_begin() -> None:
+    roll = CachedLMRollout(tiny_lm())
     with pytest.raises(RuntimeError, match="begin"):
         roll.extend(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), None, 1)
 

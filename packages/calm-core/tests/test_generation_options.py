@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from calm_core.ar import ARConfig, ARModel
 from calm_core.backbone import BackboneConfig
 from calm_core.calm import CALM
 from calm_core.generation import (
@@ -16,7 +17,6 @@ from calm_core.generation import (
     resolve_options,
 )
 from calm_core.registry import codecs, heads
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 from tiny_components import TinyCodec, TinyHead
 
 V = 11
@@ -47,10 +47,10 @@ def _calm() -> CALM:
     ).eval()
 
 
-def _ar() -> TransformerLM:
+def _ar() -> ARModel:
     torch.manual_seed(0)
-    config = TransformerLMConfig(backbone=BackboneConfig(**_backbone()), vocab_size=V, pad_id=0)
-    return TransformerLM(config).eval()
+    config = ARConfig(backbone=BackboneConfig(**_backbone()), vocab_size=V, pad_id=0)
+    return ARModel(config).eval()
 
 
 def test_keyword_fields_are_the_dataclass_fields() -> None:

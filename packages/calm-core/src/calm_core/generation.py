@@ -351,7 +351,7 @@ class StopState:
 
 
 class TokenIds(Protocol):
-    """The special ids of a model config (CALMConfig, TransformerLMConfig)."""
+    """The special ids of a model config (CALMConfig, ARConfig)."""
 
     pad_id: int | None
     eos_id: int | None

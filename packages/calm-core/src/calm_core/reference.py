@@ -35,13 +35,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from calm_core.ar import ARConfig, ARModel
 from calm_core.backbone import BackboneConfig
 from calm_core.calm import CALM
 from calm_core.config import validate_config
 from calm_core.interfaces import Codec
 from calm_core.model_dir import load_pretrained, load_state_into, save_pretrained
 from calm_core.registry import codecs, heads
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
 __all__ = [
     "AE_PATH_FIELDS",
@@ -353,13 +353,13 @@ def calm_from_reference(
 
 def ar_from_reference(
     state_dict: Mapping[str, Tensor], ref_config: Mapping[str, Any], **fields: Any
-) -> TransformerLM:
+) -> ARModel:
     """Load a Hugging Face ``LlamaForCausalLM`` state dict (``model.*``, ``lm_head.weight``).
 
     Args:
         state_dict: reference keys with any fixture prefix (``ar.``) already stripped.
         ref_config: the reference ``LlamaConfig`` as a dict.
-        **fields: overrides for :class:`~calm_core.transformer_lm.TransformerLMConfig` fields
+        **fields: overrides for :class:`~calm_core.ar.ARConfig` fields
             (e.g. ``eos_id``).
     """
     backbone = backbone_config_from_reference(ref_config)
@@ -371,7 +371,7 @@ def ar_from_reference(
         **special_ids_from_reference(ref_config),
     }
     data.update(fields)
-    model = TransformerLM(validate_config(TransformerLMConfig, data))
+    model = ARModel(validate_config(ARConfig, data))
     ours: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if key.endswith("rotary_emb.inv_freq"):  # recomputed from the config

@@ -104,16 +104,16 @@ def build_model(
     """The CALM (around the codec in ``codec_dir``) or AR model the config describes."""
     bb = config.backbone.model_dump()
     if config.model == "ar":
-        from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
+        from calm_core.ar import ARConfig, ARModel
 
-        cfg = TransformerLMConfig(
+        cfg = ARConfig(
             backbone=config.backbone,
             vocab_size=data.vocab_size,
             tie_embeddings=config.tie_embeddings,
             pad_id=data.pad_id,
             eos_id=data.eos_id,
         )
-        return TransformerLM(cfg)
+        return ARModel(cfg)
     from calm_core.calm import CALM
     from calm_core.interfaces import Codec
     from calm_core.model_dir import ModelLoadError, load_pretrained

@@ -5,6 +5,11 @@ generating one token per backbone call through the shared KV-cached machinery of
 :mod:`calm_core.generation`. Output embeddings are tied to the input table or not
 (``tie_embeddings``; the benchmark configuration unties them). Parameter names match Hugging Face
 ``LlamaForCausalLM`` below ``model.`` so reference checkpoints load by renaming only.
+
+One name inside calm: ``ar`` (this module, ``model_type``, the presets' ``kind``, ``calm train
+--model ar``), with :class:`ARModel` / :class:`ARConfig`. Only the published presets keep the
+paper's names (``transformer-s/m/l``). Directories saved under the former type name
+``transformer_lm`` still load.
 """
 
 from __future__ import annotations
@@ -33,10 +38,10 @@ from calm_core.generation import (
 )
 from calm_core.model_dir import PretrainedMixin
 
-__all__ = ["TransformerLM", "TransformerLMConfig"]
+__all__ = ["ARConfig", "ARModel"]
 
 
-class TransformerLMConfig(ConfigModel):
+class ARConfig(ConfigModel):
     """The AR baseline: a backbone, a vocabulary and the output-embedding choice."""
 
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig.model_validate({}))
@@ -48,7 +53,7 @@ class TransformerLMConfig(ConfigModel):
     eos_id: int | None = Field(None, ge=0, description="Default stop id for generate().")
 
     @model_validator(mode="after")
-    def _check_ids(self) -> TransformerLMConfig:
+    def _check_ids(self) -> ARConfig:
         for name in ("pad_id", "eos_id"):
             value = getattr(self, name)
             if value is not None and value >= self.vocab_size:
@@ -56,12 +61,12 @@ class TransformerLMConfig(ConfigModel):
         return self
 
 
-class TransformerLM(PretrainedMixin, nn.Module):
+class ARModel(PretrainedMixin, nn.Module):
     """Next-token language model: ``model`` (embeddings + backbone) and ``lm_head``."""
 
-    model_type: ClassVar[str] = "transformer_lm"
+    model_type: ClassVar[str] = "ar"
 
-    def __init__(self, config: TransformerLMConfig) -> None:
+    def __init__(self, config: ARConfig) -> None:
         super().__init__()
         self.config = config
         H = config.backbone.hidden_size
@@ -194,4 +199,4 @@ class TransformerLM(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> Self:
-        return cls(validate_config(TransformerLMConfig, dict(config)))
+        return cls(validate_config(ARConfig, dict(config)))
