@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from calm_core.ar import ARModel
     from calm_core.calm import CALM
     from calm_core.interfaces import Codec
-    from calm_core.transformer_lm import TransformerLM
 
 from benchmarks.flops import BackboneShape, CodecShape, EnergyHeadShape
 
@@ -128,7 +128,7 @@ def preset_data(kind: str) -> dict[str, Any]:
     analytic counts of :mod:`calm_core.presets` (built here from the shapes above, not a preset)."""
     backbone = {**BACKBONE, "max_positions": SEQ_LEN}
     if kind == "ar":
-        return {"kind": "transformer_lm", "backbone": backbone, "vocab_size": VOCAB}
+        return {"kind": "ar", "backbone": backbone, "vocab_size": VOCAB}
     codec = {"name": "autoencoder", "config": {**CODEC, "chunk_size": CHUNK, "vocab_size": VOCAB}}
     head = {"name": "energy", "config": ENERGY}
     return {"kind": "calm", "backbone": backbone, "head": head, "codec": codec}
@@ -154,21 +154,21 @@ def build_codec(
 
 def build_ar(
     *, vocab: int = VOCAB, context_tokens: int = 2048, seed: int = 0, pad_id: int | None = None
-) -> TransformerLM:
+) -> ARModel:
     """The AR baseline: the bench backbone over tokens, untied input/output embeddings."""
     try:
+        from calm_core.ar import ARConfig, ARModel
         from calm_core.backbone import BackboneConfig
-        from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
     except ImportError as exc:
         raise MissingFigureError(f"the AR baseline is not available: {exc}") from None
     torch.manual_seed(seed)
     backbone = BackboneConfig.model_validate(
         {**BACKBONE, "max_positions": max(2048, context_tokens + 8)}
     )
-    config = TransformerLMConfig.model_validate(
+    config = ARConfig.model_validate(
         {"backbone": backbone, "vocab_size": vocab, "tie_embeddings": False, "pad_id": pad_id}
     )
-    return TransformerLM(config)
+    return ARModel(config)
 
 
 def build_calm(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from calm_core.ar import ARConfig, ARModel
 from calm_core.calm import CALM
 from calm_core.cli import main
 from calm_core.registry import codecs
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 from word_corpus import write_word_corpus
 
 BACKBONE = {
@@ -36,7 +36,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     codec.save_pretrained(d / "codec")
     head = {"name": "energy", "config": {"noise_size": 4, "num_blocks": 1}}
     CALM.from_codec(codec, backbone=BACKBONE, head=head).save_pretrained(d / "calm")
-    lm = TransformerLM(TransformerLMConfig(backbone=BACKBONE, vocab_size=258))
+    lm = ARModel(ARConfig(backbone=BACKBONE, vocab_size=258))
     lm.save_pretrained(d / "ar")
     return d
 

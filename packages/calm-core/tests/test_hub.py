@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from calm_core.ar import ARConfig, ARModel
 from calm_core.backbone import BackboneConfig
 from calm_core.cli import main
 from calm_core.data import Tokenizer
@@ -24,21 +25,20 @@ from calm_core.hub import (
     resolve_model_dir,
 )
 from calm_core.model_dir import ModelLoadError, load_pretrained, save_pretrained
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
 SHA_MAIN = "a" * 40
 SHA_V1 = "b" * 40
 VOCAB = 258  # the byte tokenizer
 
 
-def _model(seed: int) -> TransformerLM:
+def _model(seed: int) -> ARModel:
     torch.manual_seed(seed)
     bb = BackboneConfig(
         hidden_size=16, intermediate_size=24, num_layers=1, num_heads=2, num_kv_heads=1,
         max_positions=64,
     )  # fmt: skip
-    cfg = TransformerLMConfig(backbone=bb, vocab_size=VOCAB, pad_id=0, eos_id=1)
-    return TransformerLM(cfg).eval()
+    cfg = ARConfig(backbone=bb, vocab_size=VOCAB, pad_id=0, eos_id=1)
+    return ARModel(cfg).eval()
 
 
 @pytest.fixture
@@ -76,11 +76,11 @@ def test_hub_ids_are_told_apart_from_paths() -> None:
 
 
 def test_from_pretrained_by_id_reads_the_cache_at_each_revision(hf: Any, hub_cache: Path) -> None:
-    main_model = TransformerLM.from_pretrained("org/tiny")
+    main_model = ARModel.from_pretrained("org/tiny")
     assert _same_weights(main_model, _model(0))
     assert not main_model.training
     for rev in ("v1", SHA_V1):
-        assert _same_weights(TransformerLM.from_pretrained("org/tiny", revision=rev), _model(1))
+        assert _same_weights(ARModel.from_pretrained("org/tiny", revision=rev), _model(1))
     # the snapshot directory is what the id resolves to
     assert resolve_model_dir("org/tiny") == hub_cache / "models--org--tiny" / "snapshots" / SHA_MAIN
 
@@ -100,7 +100,7 @@ def test_offline_misses_name_the_id_the_revision_and_what_to_do(hf: Any, hub_cac
     with pytest.raises(ModelLoadError, match=r"'org/absent' is not in the Hugging Face cache"):
         load_pretrained("org/absent")
     with pytest.raises(HubError, match=r"revision 'v9'.*HF_HUB_OFFLINE is set"):
-        TransformerLM.from_pretrained("org/tiny", revision="v9")
+        ARModel.from_pretrained("org/tiny", revision="v9")
 
 
 def test_a_local_directory_wins_and_takes_no_revision(
@@ -118,7 +118,7 @@ def test_without_the_extra_a_hub_id_says_what_to_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import raises ImportError
     with pytest.raises(HubNotInstalledError, match=r"pip install 'calm-core\[hub\]'"):
-        TransformerLM.from_pretrained("org/tiny")
+        ARModel.from_pretrained("org/tiny")
     # a missing path that is not an id keeps the loader's own error; local dirs still load
     with pytest.raises(ModelLoadError, match="model directory .* does not exist"):
         load_pretrained(tmp_path / "nope")
@@ -235,7 +235,7 @@ def test_push_to_hub_uploads_the_model_and_a_card_in_one_commit(
     for needle in (
         "library_name: calm-core",
         "an autoregressive Transformer language model",
-        "| type | transformer_lm |",
+        "| type | ar |",
         "num_layers 1, hidden_size 16, num_heads 2",
         f"| parameters stored | {params:,} |",
         f"| vocab_size | {VOCAB} |",
@@ -243,7 +243,7 @@ def test_push_to_hub_uploads_the_model_and_a_card_in_one_commit(
         "Validation at step 20: eval/loss 4.5.",
         "| BrierLM (x100) | 9.375 | split val, block_len 512, num_blocks 40, seed 0 |",
         "| Brier-1 | 0.2500 ± 0.0100 | |",
-        'model = TransformerLM.from_pretrained("me/tiny-ar")',
+        'model = ARModel.from_pretrained("me/tiny-ar")',
         'calm generate me/tiny-ar --prompt "The"',
     ):
         assert needle in text, needle

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from calm_core.ar import ARModel
 from calm_core.presets import (
     PRESETS,
     build_preset,
@@ -15,7 +16,6 @@ from calm_core.presets import (
     parameter_count,
     preset_names,
 )
-from calm_core.transformer_lm import TransformerLM
 
 #: paper Table 1: parameters and inference FLOPs per token
 TABLE1 = {
@@ -77,7 +77,7 @@ def test_training_flops_count_the_heads_samples_and_calm_is_cheaper_per_token() 
 def test_build_ar_preset_and_count_parameters() -> None:
     torch.manual_seed(0)
     model = build_preset("transformer-tiny")
-    assert isinstance(model, TransformerLM)
+    assert isinstance(model, ARModel)
     weights = sum(p.numel() for n, p in model.named_parameters() if "norm" not in n)
     assert weights == parameter_count("transformer-tiny")
     out = model(torch.randint(0, 128, (2, 16)))

@@ -221,12 +221,11 @@ def _fmt(value: Any) -> str:
 _WHAT = {
     "calm": "a CALM (Continuous Autoregressive Language Model): a Transformer backbone predicts "
     "the next continuous vector of a frozen codec, one vector per chunk of K tokens",
-    "transformer_lm": "an autoregressive Transformer language model (the token-level baseline "
-    "of CALM)",
+    "ar": "an autoregressive Transformer language model (the token-level baseline of CALM)",
     "codec": "a codec (autoencoder) that maps chunks of K tokens to continuous vectors and back",
     "head": "a generative head for CALM",
 }
-_CLASS = {"calm": "CALM", "transformer_lm": "TransformerLM"}
+_CLASS = {"calm": "CALM", "ar": "ARModel"}
 
 
 def _model_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -324,7 +323,7 @@ def model_card(model_dir: str | Path, repo_id: str) -> str:
     """
     d = Path(model_dir)
     record = read_config(d)
-    kind = str(record.get("type"))
+    kind = {"transformer_lm": "ar"}.get(str(record.get("type")), str(record.get("type")))
     params = _stored_parameters(d / WEIGHTS_NAME)
     comps = [*(record.get("components") or {}).values(), record.get("component") or {}]
     dists = sorted(

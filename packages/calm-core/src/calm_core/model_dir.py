@@ -61,7 +61,9 @@ _SAVE_ID_KEY = "calm.save_id"
 #: core model types, imported lazily by ``load_pretrained``: type name -> "module:Class".
 MODEL_TYPES: dict[str, str] = {
     "calm": "calm_core.calm:CALM",
-    "transformer_lm": "calm_core.transformer_lm:TransformerLM",
+    "ar": "calm_core.ar:ARModel",
+    # the AR baseline's type before it was named ``ar`` everywhere: old directories still load
+    "transformer_lm": "calm_core.ar:ARModel",
 }
 
 
@@ -75,7 +77,7 @@ class ComponentNotInstalledError(ModelLoadError):
 
 @runtime_checkable
 class PretrainedModel(Protocol):
-    """A core model saved as a model directory (CALM, TransformerLM)."""
+    """A core model saved as a model directory (CALM, ARModel)."""
 
     model_type: ClassVar[str]
 

@@ -1,7 +1,7 @@
 """Named model shapes as plain data, builders apart, and an analytic FLOPs-per-token count.
 
 Presets are JSON-like dicts in the shape of :class:`~calm_core.calm.CALMConfig` /
-:class:`~calm_core.transformer_lm.TransformerLMConfig` (``kind`` says which), so they can be
+:class:`~calm_core.ar.ARConfig` (``kind`` says which), so they can be
 printed, diffed and merged with a config file. :func:`build_preset` turns one into a model.
 
 Published shapes (SPEC.md §8, Llama-3 vocabulary of 128,256 + [PAD] = 128,257, PAD last):
@@ -94,7 +94,7 @@ def _calm(
 
 
 def _ar(backbone: dict[str, Any], vocab: int, **ids: Any) -> dict[str, Any]:
-    return {"kind": "transformer_lm", "backbone": backbone, "vocab_size": vocab, **ids}
+    return {"kind": "ar", "backbone": backbone, "vocab_size": vocab, **ids}
 
 
 _PUBLISHED_CODEC = _codec(_LLAMA3_VOCAB, 512, 1280, 128)
@@ -149,10 +149,10 @@ def build_preset(name: str, **overrides: Any) -> nn.Module:
         from calm_core.calm import CALM
 
         return CALM(data, codec=codec)
+    from calm_core.ar import ARConfig, ARModel
     from calm_core.config import validate_config
-    from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
-    return TransformerLM(validate_config(TransformerLMConfig, data))
+    return ARModel(validate_config(ARConfig, data))
 
 
 # ----------------------------------------------------------------------------------- counting
@@ -206,7 +206,7 @@ def parameter_count(preset: dict[str, Any] | str, *, include_codec: bool = False
     b = p["backbone"]
     d = b["hidden_size"]
     total = _backbone_macs(b)
-    if p["kind"] == "transformer_lm":
+    if p["kind"] == "ar":
         V = p["vocab_size"]
         return int(total + V * d * (1 if p.get("tie_embeddings") else 2))
     V, K, D, _, _ = _codec_sizes(p["codec"])
@@ -240,7 +240,7 @@ def flops_per_token(
     ctx = context if context is not None else b["max_positions"]
     attention = 4 * b["num_layers"] * ctx * d
     backbone = 2 * _backbone_macs(b) + attention
-    if p["kind"] == "transformer_lm":
+    if p["kind"] == "ar":
         forward = backbone + 2 * p["vocab_size"] * d
         return float(3 * forward if training else forward)
     _, K, D, _, _ = _codec_sizes(p["codec"])
@@ -276,7 +276,7 @@ def decode_weights_per_token(preset: dict[str, Any] | str) -> float:
     b = p["backbone"]
     d = b["hidden_size"]
     backbone = _backbone_macs(b)
-    if p["kind"] == "transformer_lm":
+    if p["kind"] == "ar":
         return float(d + backbone + p["vocab_size"] * d)
     _, K, D, _, _ = _codec_sizes(p["codec"])
     compress = _compressor_weights(d, K)

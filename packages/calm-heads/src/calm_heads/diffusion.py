@@ -37,6 +37,13 @@ class DiffusionHeadConfig(AdaLNHeadConfig):
         100, ge=1, description="Respaced reverse steps at sampling time (<= train_steps)."
     )
     schedule: ScheduleName = Field("cosine", description="Noise schedule: 'cosine' or 'linear'.")
+    clip_x0: float | None = Field(
+        None,
+        gt=0,
+        description="Sampling only: clamp each step's predicted clean latent to [-clip_x0, "
+        "clip_x0] (None = off, the reference). Keeps the samples of a briefly trained head "
+        "bounded; pick a bound a little above the largest |latent| the codec produces.",
+    )
 
     @model_validator(mode="after")
     def _sampling_within_training(self) -> DiffusionHeadConfig:
@@ -134,7 +141,7 @@ class DiffusionHead(GenerativeHead):
             out = self.net(x, sched.model_timesteps(t, x.dtype), cond)
             eps, var_values = out.split(self.latent_size, dim=-1)
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = sched.p_sample_step(eps, var_values, x, t, noise)
+            x = sched.p_sample_step(eps, var_values, x, t, noise, self.config.clip_x0)
         return x
 
     def sample(

@@ -50,13 +50,19 @@ class EnergyHeadConfig(ConfigModel):
         100, ge=1, description="M: draws from the codec posterior per position in the loss."
     )
     alpha: float = Field(
-        1.0, description="Distance exponent a of the energy score, strictly between 0 and 2."
+        1.0,
+        gt=0,
+        lt=2,
+        description="Distance exponent a of the energy score, strictly between 0 and 2.",
     )
 
-    @field_validator("alpha")
+    @field_validator("alpha", mode="before")
     @classmethod
-    def _alpha_in_open_interval(cls, value: float) -> float:
-        return validate_alpha(value)
+    def _alpha_in_open_interval(cls, value: Any) -> Any:
+        # runs before the field's gt/lt (which the JSON schema shows) to say why the bound exists
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            validate_alpha(float(value))
+        return value
 
 
 class EnergyBlock(nn.Module):

@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     from calm_core.calm import CALM
     from calm_core.data.tokenizer import Tokenizer
+    from calm_core.generation import GenerationOptions, LanguageModel
     from calm_core.model_dir import ModelLoadError, load_pretrained
     from calm_core.sampling import TemperatureSamplingError
-    from calm_core.transformer_lm import TransformerLM
 
     model_dir = resolve_model_arg(args.model_dir, "model directory", revision=args.revision)
     if args.max_new_tokens < 1:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(model_dir, map_location=device)
     except ModelLoadError as exc:
         raise CLIError(str(exc)) from None
-    if not isinstance(model, CALM | TransformerLM):
+    if not isinstance(model, LanguageModel):
         raise CLIError(
             f"{model_dir} holds a {type(model).__qualname__}; calm generate needs a CALM or AR "
             "model directory (written by calm train)"
@@ -95,12 +95,18 @@ def run(args: argparse.Namespace) -> int:
     if not ids:
         raise CLIError("the prompt encodes to no tokens; give some text")
     eos = None if args.no_eos_stop else model.config.eos_id
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    kwargs: dict[str, Any] = {"generator": generator, "stop_at_eos": not args.no_eos_stop}
+    calm_sampler: dict[str, Any] = {}
     if isinstance(model, CALM):
-        kwargs.update(sampling=args.sampling, num_candidates=args.num_candidates)
+        calm_sampler = {"sampling": args.sampling, "num_candidates": args.num_candidates}
     try:
-        stream = model.stream([ids], args.max_new_tokens, args.temperature, **kwargs)
+        options = GenerationOptions(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            generator=torch.Generator(device=device).manual_seed(args.seed),
+            stop_at_eos=not args.no_eos_stop,
+            **calm_sampler,
+        )
+        stream = model.stream([ids], options=options)
         new: list[int] = []
         shown = ""
         for step, piece in enumerate(stream):

@@ -147,8 +147,8 @@ def training_flops(model: nn.Module, tokens: int, seq_len: int) -> float:
 
     kind = getattr(model, "model_type", None)
     config_dict = getattr(model, "config_dict", None)
-    if kind not in ("calm", "transformer_lm") or config_dict is None:
-        raise TypeError(f"{type(model).__name__} is not a CALM or TransformerLM")
+    if kind not in ("calm", "ar") or config_dict is None:
+        raise TypeError(f"{type(model).__name__} is not a CALM or ARModel")
     K = int(getattr(model, "chunk_size", 1)) if kind == "calm" else 1
     context = max(1, round((seq_len // K + 1) / 2))
     shape = {"kind": kind, **config_dict()}

@@ -83,7 +83,7 @@ def evaluate_brier(
     """Brier-1..max_n (with clustered standard errors) and BrierLM of a CALM or AR model.
 
     Args:
-        model: a CALM or an AR LM (e.g. :class:`calm_core.transformer_lm.TransformerLM`).
+        model: a CALM or an AR LM (e.g. :class:`calm_core.ar.ARModel`).
         tokens: 1-D token stream (e.g. ``PackedDataset.tokens``).
         block_len: tokens per scored sequence (a multiple of K for a CALM).
         num_blocks: score only the first ``num_blocks`` blocks (default: all).

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from calm_core.ar import ARConfig, ARModel
 from calm_core.calm import CALM
 from calm_core.config import ConfigError
 from calm_core.data.dataset import PackedDataset
@@ -25,7 +26,6 @@ from calm_core.interfaces import Codec
 from calm_core.model_dir import ModelLoadError, load_pretrained
 from calm_core.recipes.config import TrainCodecConfig, TrainModelConfig
 from calm_core.registry import codecs
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
 __all__ = [
     "build_codec",
@@ -92,14 +92,14 @@ def build_model(
     ``device`` (default: where torch builds it, the CPU)."""
     model: nn.Module
     if config.model == "ar":
-        cfg = TransformerLMConfig(
+        cfg = ARConfig(
             backbone=config.backbone,
             vocab_size=data.vocab_size,
             tie_embeddings=config.tie_embeddings,
             pad_id=data.pad_id,
             eos_id=data.eos_id,
         )
-        model = TransformerLM(cfg)
+        model = ARModel(cfg)
     else:
         if codec_dir is None:
             raise ConfigError(

@@ -73,6 +73,10 @@ class HeadConformance:
     num_positions: ClassVar[int] = 6
     #: set True for heads registered with ``heads.register`` in the test process itself
     allow_in_process: ClassVar[bool] = False
+    #: set False only for a head whose loss by design scores the posterior's mean alone (e.g. a
+    #: likelihood of ``target.mean``); the default demands that the loss reads ``target.std`` too,
+    #: as every head trained on posterior draws does (SPEC.md §5)
+    loss_reads_target_spread: ClassVar[bool] = True
 
     def make_head(self) -> GenerativeHead:
         """Build the head under test by name (fixed seed; parameters perturbed off zero-init)."""
@@ -247,6 +251,29 @@ class HeadConformance:
         assert not torch.allclose(base[-1], by_h[-1]), "loss[i] ignores hidden[i]"
         torch.testing.assert_close(base[:-1], by_t[:-1], msg="loss[i] depends on other targets")
         assert not torch.allclose(base[-1], by_t[-1]), "the loss ignores the target"
+
+    def test_loss_reads_the_target_spread(self) -> None:
+        """``loss[i]`` changes with the target std of row i (a head that trains on the posterior's
+        draws sees its spread); opt out with ``loss_reads_target_spread = False``."""
+        head = self.make_head().eval()
+        hidden, target = self.make_inputs()
+        wider = target.std.clone()
+        wider[-1] *= 3.0
+
+        def loss(t: LatentPosterior) -> torch.Tensor:
+            torch.manual_seed(11)  # the same noise draws for both targets
+            with torch.no_grad():
+                return head.loss(hidden, t)
+
+        base, by_s = loss(target), loss(LatentPosterior(target.mean, wider))
+        torch.testing.assert_close(base[:-1], by_s[:-1], msg="loss[i] depends on other stds")
+        if self.loss_reads_target_spread:
+            assert not torch.allclose(base[-1], by_s[-1]), (
+                "the loss ignores target.std (only the posterior's mean is scored); train on "
+                "target.sample(n), or set loss_reads_target_spread = False if that is by design"
+            )
+        else:
+            torch.testing.assert_close(base[-1], by_s[-1], msg="loss_reads_target_spread is False")
 
     def test_inputs_are_not_modified_and_shapes_are_checked(self) -> None:
         """``loss`` and ``sample`` leave their inputs alone and refuse ``[B, L, H]`` hidden."""
