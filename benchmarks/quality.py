@@ -76,6 +76,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from calm_core.model_dir import save_pretrained
 from torch import Tensor, nn
 
 from benchmarks import models as M
@@ -334,7 +335,7 @@ def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
         state, codec, train, f"codec_k{chunk}", minutes=minutes, steps=None, fields=fields
     )
     codec_dir = state.work / f"codec_k{chunk}"
-    codec.save_pretrained(codec_dir)
+    save_pretrained(codec, codec_dir)
     codec.eval()
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     with torch.no_grad():

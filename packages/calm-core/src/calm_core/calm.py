@@ -51,7 +51,11 @@ from calm_core.generation import (
     prepare_prompts,
 )
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
-from calm_core.model_dir import PretrainedMixin
+from calm_core.model_dir import component_name, component_record, load_pretrained, load_state_into
+from calm_core.model_dir import save_pretrained as save_model_dir
+from calm_core.registry import codecs, heads
+from calm_core.sampling import exact_temperature_sample, lazy_batch_temperature_sample
+from calm_core.transformer_lm import backbone_config_from_reference, special_ids_from_reference
 
 __all__ = ["CALM", "CALMConfig", "validate_calm_config"]
 
@@ -88,8 +92,6 @@ def validate_calm_config(data: Any) -> CALMConfig:
 
     Errors name the full path, e.g. ``head.config.noise_size``.
     """
-    from calm_core.registry import codecs, heads
-
     if isinstance(data, CALMConfig):  # never mutate the caller's object
         data = data.model_dump()
     config = validate_config(CALMConfig, data)
@@ -103,13 +105,11 @@ def validate_calm_config(data: Any) -> CALMConfig:
 
 
 def _codec_spec(codec: Codec) -> ComponentSpec:
-    from calm_core.registry import codecs
-
-    name = codecs.identify(type(codec)).name
-    return ComponentSpec(name=name, config=codec.config.model_dump(mode="json"))
+    """The spec of a built codec, named by the registry name it was built (or loaded) under."""
+    return ComponentSpec(name=component_name(codec), config=codec.config.model_dump(mode="json"))
 
 
-class CALM(PretrainedMixin, nn.Module):
+class CALM(nn.Module):
     """Continuous autoregressive LM: ``embed_tokens``, ``embed_proj``, ``backbone``, ``head``,
     ``codec`` (frozen).
 
@@ -123,8 +123,6 @@ class CALM(PretrainedMixin, nn.Module):
 
     def __init__(self, config: CALMConfig | Mapping[str, Any], codec: Codec | None = None) -> None:
         super().__init__()
-        from calm_core.registry import codecs, heads
-
         if codec is not None:
             data = config.model_dump() if isinstance(config, CALMConfig) else dict(config)
             data["codec"] = _codec_spec(codec).model_dump()
@@ -191,7 +189,7 @@ class CALM(PretrainedMixin, nn.Module):
             **fields: further :class:`CALMConfig` fields (``pad_id``, ``eos_id``, ...).
         """
         if not isinstance(codec, Codec):
-            codec = Codec.from_pretrained(codec)
+            codec = load_pretrained(codec, expected=Codec)  # type: ignore[type-abstract]
         spec = ComponentSpec(name=head) if isinstance(head, str) else head
         data: dict[str, Any] = {
             "backbone": backbone if backbone is not None else {},
@@ -298,8 +296,6 @@ class CALM(PretrainedMixin, nn.Module):
 
         if temperature == 1.0:
             return sampler(1)[0]
-        from calm_core.sampling import exact_temperature_sample, lazy_batch_temperature_sample
-
         if sampling == "exact":
             return exact_temperature_sample(
                 sampler,
@@ -435,12 +431,21 @@ class CALM(PretrainedMixin, nn.Module):
             self.train(was_training)
 
     # ------------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to the directory ``path`` (the codec's
+        weights included); see :func:`calm_core.model_dir.save_pretrained`."""
+        return save_model_dir(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
+        """Load a directory written by :meth:`save_pretrained` (in eval mode); see
+        :func:`calm_core.model_dir.load_pretrained`."""
+        return load_pretrained(path, map_location=map_location, expected=cls)
+
     def config_dict(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
     def component_records(self) -> dict[str, dict[str, str]]:
-        from calm_core.model_dir import component_record
-
         return {"head": component_record(self.head), "codec": component_record(self.codec)}
 
     @classmethod
@@ -470,12 +475,6 @@ class CALM(PretrainedMixin, nn.Module):
             head: registered head whose ``from_reference`` reads the generator keys.
             **fields: further :class:`CALMConfig` fields (``eos_id``, ...).
         """
-        from calm_core.registry import codecs, heads
-        from calm_core.transformer_lm import (
-            backbone_config_from_reference,
-            special_ids_from_reference,
-        )
-
         if codec is None:
             ae_state = {
                 k[len("ae_model.") :]: v for k, v in state_dict.items() if k.startswith("ae_model.")
@@ -486,6 +485,7 @@ class CALM(PretrainedMixin, nn.Module):
                     "together with codec_config (the reference AE config)"
                 )
             codec = codecs.get("autoencoder").from_reference(ae_state, codec_config)  # type: ignore[attr-defined]
+            codec.registered_name = "autoencoder"
         assert codec is not None
         head_module = heads.get(head).from_reference(  # type: ignore[attr-defined]
             state_dict,
@@ -514,7 +514,5 @@ class CALM(PretrainedMixin, nn.Module):
                 ours[key] = value
         ours.update({f"head.{k}": v for k, v in head_module.state_dict().items()})
         ours.update({f"codec.{k}": v for k, v in codec.state_dict().items()})
-        from calm_core.model_dir import load_state_into
-
         load_state_into(model, ours, "reference CALM state dict")
         return model

@@ -34,6 +34,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from calm_core.config import ConfigModel
+from calm_core.model_dir import save_pretrained
 
 __all__ = [
     "QUICK_OVERRIDES",
@@ -415,7 +416,7 @@ def _stage_codec(result: DemoResult, train: Any, val: Any, out: Path) -> Any:
         reached=reached, check_every=c.check_every,
     )  # fmt: skip
     result.curves["codec"] = stats.pop("curve")
-    codec.save_pretrained(out)
+    save_pretrained(codec, out)
     train.tokenizer.save(out)
     report = reconstruction_report(codec, val.tokens, ignore_id=val.pad_id)
     result.codec.update({"dir": str(out), **stats, "reconstruction": report.to_dict()})

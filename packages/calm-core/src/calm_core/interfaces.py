@@ -5,9 +5,10 @@ N flattened positions.
 
 A component is an ``nn.Module`` with a pydantic ``config_class``; it is constructed as
 ``Cls(config, **context)`` where ``context`` is what the host model supplies (a head gets
-``hidden_size`` and ``latent_size``; a codec gets nothing). Every component can be saved to and
-loaded from a model directory (``save_pretrained`` / ``from_pretrained``, see
-:mod:`calm_core.model_dir`).
+``hidden_size`` and ``latent_size``; a codec gets nothing). Persistence is not part of the
+contract: :func:`calm_core.model_dir.save_pretrained` / ``load_pretrained`` save and load any
+component, under the name recorded in :attr:`Component.registered_name` when
+:meth:`calm_core.registry.Registry.build` built it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from calm_core.config import ConfigModel
-from calm_core.model_dir import PretrainedMixin
 from calm_core.reductions import argmax_last
 
 __all__ = ["Codec", "Component", "GenerativeHead", "LatentPosterior"]
@@ -91,7 +91,7 @@ class LatentPosterior:
         return 0.5 * (self.mean.pow(2) + self.std.pow(2) - 1.0 - 2.0 * self.log_std)
 
 
-class Component(PretrainedMixin, nn.Module, ABC):
+class Component(nn.Module, ABC):
     """Base of every registered component: a module with a typed config.
 
     Subclasses set ``config_class`` to their pydantic config class (derived from
@@ -99,12 +99,19 @@ class Component(PretrainedMixin, nn.Module, ABC):
     """
 
     config_class: ClassVar[type[ConfigModel]]
+    #: "head" or "codec": the registry the component belongs to
+    kind: ClassVar[str]
     #: keyword arguments supplied by the host model, recorded on save (e.g. hidden_size).
     context_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ConfigModel) -> None:
         super().__init__()
         self.config = config
+        #: the registry name this instance was built under: set by ``Registry.build`` and by
+        #: ``load_pretrained``, read when saving (``config.json`` names the component by it).
+        #: None for an instance constructed directly; name it (set it, or pass ``name=`` to
+        #: ``save_pretrained``) before saving it or putting it into a model.
+        self.registered_name: str | None = None
 
     def context(self) -> dict[str, Any]:
         """The host-supplied constructor arguments, so the component can be rebuilt from disk."""

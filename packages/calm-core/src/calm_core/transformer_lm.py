@@ -10,6 +10,7 @@ generating one token per backbone call through the shared KV-cached machinery of
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
@@ -29,7 +30,8 @@ from calm_core.generation import (
     prepare_prompts,
     sample_from_logits,
 )
-from calm_core.model_dir import PretrainedMixin
+from calm_core.model_dir import load_pretrained, load_state_into
+from calm_core.model_dir import save_pretrained as save_model_dir
 
 __all__ = ["TransformerLM", "TransformerLMConfig"]
 
@@ -54,7 +56,7 @@ class TransformerLMConfig(ConfigModel):
         return self
 
 
-class TransformerLM(PretrainedMixin, nn.Module):
+class TransformerLM(nn.Module):
     """Next-token language model: ``model`` (embeddings + backbone) and ``lm_head``."""
 
     model_type: ClassVar[str] = "transformer_lm"
@@ -191,6 +193,17 @@ class TransformerLM(PretrainedMixin, nn.Module):
             self.train(was_training)
 
     # ------------------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to the directory ``path``; see
+        :func:`calm_core.model_dir.save_pretrained`."""
+        return save_model_dir(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
+        """Load a directory written by :meth:`save_pretrained` (in eval mode); see
+        :func:`calm_core.model_dir.load_pretrained`."""
+        return load_pretrained(path, map_location=map_location, expected=cls)
+
     def config_dict(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
@@ -274,6 +287,4 @@ def backbone_config_from_reference(ref_config: Mapping[str, Any]) -> BackboneCon
 
 
 def _load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    from calm_core.model_dir import load_state_into
-
     load_state_into(module, state, source)

@@ -34,6 +34,7 @@ from calm_core.cli.common import (
     training_overrides,
 )
 from calm_core.config import ComponentSpec, ConfigError, ConfigModel
+from calm_core.model_dir import save_pretrained
 from calm_core.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def train_codec(
     if info is not None and not info.is_main:  # under torchrun only rank 0 writes
         return {"out": str(out), "steps": summary["steps"], "rank": info.rank}
     codec.eval()
-    codec.save_pretrained(out)
+    save_pretrained(codec, out)
     try:
         train.tokenizer.save(out)
     except Exception as exc:  # a codec directory is still usable without the tokenizer
