@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from calm_core.builders import build_preset
 from calm_core.calm import CALM
 from calm_core.model_dir import save_pretrained
-from calm_core.presets import build_preset, get_preset
+from calm_core.presets import get_preset
 from calm_core.registry import codecs
 
 pytest.importorskip("calm_heads")

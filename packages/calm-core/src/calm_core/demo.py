@@ -33,8 +33,12 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from calm_core.calm import CALM
 from calm_core.config import ConfigModel
+from calm_core.costs import flops_per_token
 from calm_core.model_dir import save_pretrained
+from calm_core.presets import BENCH_BACKBONE, BENCH_CODEC, BENCH_ENERGY
+from calm_core.transformer_lm import TransformerLM
 
 __all__ = [
     "QUICK_OVERRIDES",
@@ -51,9 +55,13 @@ __all__ = [
 class DemoCodecConfig(ConfigModel):
     """The codec stage: the tuned ``calm train-codec`` recipe, shortened, plus a time budget."""
 
-    hidden_size: int = Field(256, ge=8, description="Codec width.")
-    intermediate_size: int = Field(640, ge=8, description="Codec SwiGLU inner width.")
-    latent_size: int = Field(64, ge=1, description="Latent size D per chunk.")
+    hidden_size: int = Field(BENCH_CODEC["hidden_size"], ge=8, description="Codec width.")
+    intermediate_size: int = Field(
+        BENCH_CODEC["intermediate_size"], ge=8, description="Codec SwiGLU inner width."
+    )
+    latent_size: int = Field(
+        BENCH_CODEC["latent_size"], ge=1, description="Latent size D per chunk."
+    )
     recipe: str = Field("default", description="The `calm train-codec` recipe to shorten.")
     steps: int = Field(
         700,
@@ -77,12 +85,16 @@ class DemoCodecConfig(ConfigModel):
 class DemoLMConfig(ConfigModel):
     """The CALM / AR stage: the shared backbone, the energy head and the training budget."""
 
-    hidden_size: int = Field(256, ge=8, description="Backbone width H.")
-    intermediate_size: int = Field(704, ge=8, description="Backbone SwiGLU inner width.")
-    num_layers: int = Field(4, ge=1, description="Backbone layers.")
-    num_heads: int = Field(4, ge=1, description="Attention heads.")
-    head_blocks: int = Field(2, ge=1, description="Energy-head residual blocks.")
-    noise_size: int = Field(32, ge=1, description="Energy-head noise size.")
+    hidden_size: int = Field(BENCH_BACKBONE["hidden_size"], ge=8, description="Backbone width H.")
+    intermediate_size: int = Field(
+        BENCH_BACKBONE["intermediate_size"], ge=8, description="Backbone SwiGLU inner width."
+    )
+    num_layers: int = Field(BENCH_BACKBONE["num_layers"], ge=1, description="Backbone layers.")
+    num_heads: int = Field(BENCH_BACKBONE["num_heads"], ge=1, description="Attention heads.")
+    head_blocks: int = Field(
+        BENCH_ENERGY["num_blocks"], ge=1, description="Energy-head residual blocks."
+    )
+    noise_size: int = Field(BENCH_ENERGY["noise_size"], ge=1, description="Energy-head noise size.")
     steps: int = Field(600, ge=1, description="Most optimizer steps (CALM; AR takes the same).")
     time_budget_s: float = Field(
         100.0, gt=0, description="Stop each model's training after this many seconds."
@@ -297,21 +309,16 @@ def _train(
 
 # ------------------------------------------------------------------------------------- FLOPs
 def training_flops(model: nn.Module, tokens: int, seq_len: int) -> float:
-    """Analytic training FLOPs for ``tokens`` tokens, via :func:`calm_core.presets.flops_per_token`.
+    """Analytic training FLOPs for ``tokens`` tokens, via :func:`calm_core.costs.flops_per_token`.
 
     The attention context is the causal average over a training sequence, ``(S + 1) / 2``
     backbone positions, with ``S = seq_len / K`` for a CALM and ``seq_len`` for the AR model.
     """
-    from calm_core.presets import flops_per_token
-
-    kind = getattr(model, "model_type", None)
-    config_dict = getattr(model, "config_dict", None)
-    if kind not in ("calm", "transformer_lm") or config_dict is None:
+    if not isinstance(model, CALM | TransformerLM):
         raise TypeError(f"{type(model).__name__} is not a CALM or TransformerLM")
-    K = int(getattr(model, "chunk_size", 1)) if kind == "calm" else 1
+    K = model.chunk_size if isinstance(model, CALM) else 1
     context = max(1, round((seq_len // K + 1) / 2))
-    shape = {"kind": kind, **config_dict()}
-    return float(tokens) * flops_per_token(shape, context=context, training=True)
+    return float(tokens) * flops_per_token(model, context=context, training=True)
 
 
 def _seconds_per_step(model: nn.Module, data: Any, batch_size: int, seq_len: int) -> float:

@@ -32,6 +32,7 @@ from calm_core.generation import (
 )
 from calm_core.model_dir import load_pretrained, load_state_into
 from calm_core.model_dir import save_pretrained as save_model_dir
+from calm_core.presets import BENCH_CODEC
 
 __all__ = ["TransformerLM", "TransformerLMConfig"]
 
@@ -40,7 +41,9 @@ class TransformerLMConfig(ConfigModel):
     """The AR baseline: a backbone, a vocabulary and the output-embedding choice."""
 
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig.model_validate({}))
-    vocab_size: int = Field(4096, gt=1, description="Token vocabulary size V.")
+    vocab_size: int = Field(
+        BENCH_CODEC["vocab_size"], gt=1, description="Token vocabulary size V (bench default)."
+    )
     tie_embeddings: bool = Field(False, description="Share the input table with the LM head.")
     pad_id: int | None = Field(
         None, ge=0, description="Padding id: embedding padding_idx, ignored by the loss."
