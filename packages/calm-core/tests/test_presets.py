@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from calm_core.backbone import BackboneConfig
@@ -44,3 +46,14 @@ def test_the_bench_shape_is_written_once_and_read_by_the_config_defaults() -> No
     defaults = BackboneConfig()
     assert {k: getattr(defaults, k) for k in BENCH_BACKBONE} == BENCH_BACKBONE
     assert get_preset("transformer-bench")["vocab_size"] == BENCH_CODEC["vocab_size"]
+
+
+def test_presets_import_nothing_of_calm_or_torch() -> None:
+    # config defaults, plugins and the benchmarks read their shapes from here: a leaf module
+    probe = (
+        "import sys, calm_core.presets\n"
+        "mods = sorted(m for m in sys.modules if m.startswith('calm_core.') or m == 'torch')\n"
+        "print(','.join(mods))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "calm_core.presets"
