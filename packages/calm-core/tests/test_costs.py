@@ -15,7 +15,7 @@ from calm_core.costs import (
     head_cost,
     parameter_count,
 )
-from calm_core.interfaces import Codec, GenerativeHead, weight_count
+from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior, weight_count
 from calm_core.transformer_lm import TransformerLM
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -196,3 +196,27 @@ def test_the_default_cost_of_a_component_is_a_marked_estimate() -> None:
     assert not estimate.exact and estimate.params == weight_count(codec)
     assert estimate.encoder_macs == estimate.decoder_macs == codec.chunk_size * estimate.params
     assert estimate.encoder_macs >= codec.cost().encoder_macs  # an upper bound here
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("diffusion", {"num_blocks": 2, "sampling_steps": 5, "num_target_samples": 3}),
+        ("flow", {"num_blocks": 2, "steps": 3, "num_target_samples": 3}),
+    ],
+)
+def test_network_heads_cost_is_what_their_matmuls_do(name: str, config: dict[str, int]) -> None:
+    torch.manual_seed(0)
+    built = build_preset("calm-tiny", head={"name": name, "config": config}).head
+    cost = built.cost()
+    assert cost.exact and cost.calls_per_sample == built.network_calls_per_sample
+    hidden = torch.randn(1, built.hidden_size)
+    with torch.no_grad():
+        sampled = _measured_flops(lambda: built.sample(hidden, 2))
+    assert sampled == 2 * (cost.macs_once + 2 * cost.macs_per_sample)
+    mean = torch.zeros(1, built.latent_size)
+    with torch.no_grad():
+        loss = _measured_flops(lambda: built.loss(hidden, LatentPosterior(mean, mean + 1)))
+    assert loss == 2 * cost.loss_macs
+    spec = {"name": name, "config": config}
+    assert head_cost(spec, hidden_size=32, latent_size=built.latent_size) == cost

@@ -5,7 +5,8 @@ Every function takes a preset name, a preset-shaped dict (``kind``, ``backbone``
 counted here; heads and codecs report their own cost (:meth:`GenerativeHead.cost
 <calm_core.interfaces.GenerativeHead.cost>`, :meth:`Codec.cost <calm_core.interfaces.Codec.cost>`;
 optional methods whose default estimates from the module's weights, see there). For a spec, the
-head and codec are built on the ``meta`` device to ask them: no memory, no weights.
+head and codec are built on the ``meta`` device to ask them (no memory, no weights), or on the
+CPU when their constructor computes with tensors.
 
 Conventions (what is unusual, and why):
 
@@ -43,9 +44,9 @@ and the AR's output projection.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -71,6 +72,8 @@ __all__ = [
 
 #: a preset name, a preset-shaped dict, or a built model
 ModelLike = str | Mapping[str, Any] | CALM | TransformerLM
+
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,8 @@ def head_cost(
     if not isinstance(head, GenerativeHead):
         if hidden_size is None or latent_size is None:
             raise TypeError("a head spec needs hidden_size and latent_size to be costed")
-        with torch.device("meta"):
-            head = heads.build(head, hidden_size=hidden_size, latent_size=latent_size)
+        spec = head
+        head = _on_meta(lambda: heads.build(spec, hidden_size=hidden_size, latent_size=latent_size))
     return head.cost(num_samples)
 
 
@@ -222,8 +225,17 @@ def _backbone(backbone: BackboneConfig | Mapping[str, Any]) -> BackboneConfig:
 def _codec(codec: Codec | Mapping[str, Any] | str) -> Codec:
     if isinstance(codec, Codec):
         return codec
-    with torch.device("meta"):
-        return codecs.build(codec)
+    return _on_meta(lambda: codecs.build(codec))
+
+
+def _on_meta(build: Callable[[], C]) -> C:
+    """Build on the ``meta`` device (no memory); a component whose constructor computes with
+    tensors (e.g. a noise schedule) cannot be, and is built on the CPU instead."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except (NotImplementedError, RuntimeError):
+        return build()
 
 
 def _shape(model: ModelLike, *, num_samples: int | None = None) -> _Shape:
