@@ -254,9 +254,11 @@ def _build_codec(state: Mapping[str, Tensor], ae_config: Mapping[str, Any]) -> C
     except KeyError as exc:
         raise CLIError(f"{exc}; install calm-codecs to convert reference autoencoders") from None
     try:
-        return cls.from_reference(state, ae_config)  # type: ignore[attr-defined,no-any-return]
+        codec: Codec = cls.from_reference(state, ae_config)  # type: ignore[attr-defined]
     except ValueError as exc:
         raise CLIError(f"cannot convert the reference autoencoder: {exc}") from None
+    codec.registered_name = "autoencoder"  # saved (and put into a CALM) under this name
+    return codec
 
 
 def _split_calm_state(
