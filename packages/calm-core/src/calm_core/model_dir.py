@@ -46,6 +46,7 @@ __all__ = [
     "ModelLoadError",
     "PretrainedModel",
     "check_device",
+    "component_name",
     "component_record",
     "ensure_installed",
     "load_pretrained",
