@@ -45,6 +45,7 @@ def tests(session: nox.Session) -> None:
         "pytest>=8",
         "pytest-timeout",
         "torch-optimizer>=0.3",
+        "import-linter==2.17",  # tests/test_import_layers.py
         *TEST_PLUGINS,
         EXAMPLE_PLUGIN,
     )
@@ -72,10 +73,13 @@ def core_alone(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff==0.17.6")
+    """ruff check, ruff format --check, and the import-linter contracts of pyproject.toml."""
+    session.install("ruff==0.17.6", "import-linter==2.17")
+    # import-linter reads the source statically: the packages need to be found, not their deps
+    session.install("--no-deps", *PACKAGES)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 import torch
 import torch.nn.functional as F
 from calm_core.config import ConfigModel
-from calm_core.interfaces import Codec, LatentPosterior
+from calm_core.interfaces import Codec, CodecCost, LatentPosterior, weight_count
+from calm_core.presets import BENCH_CODEC
 from calm_core.reductions import argmax_last
 from pydantic import Field, model_validator
 from torch import Tensor, nn
@@ -52,15 +53,24 @@ DETERMINISTIC_STD = 1e-4
 class AutoencoderConfig(ConfigModel):
     """Shape and training objective of :class:`ChunkAutoencoder`.
 
-    The defaults are the benchmark ("bench") shape of BENCHMARKS.md with the paper's objective;
-    the tuned training recipe lives in ``calm_core.recipes.RECIPES``.
+    The defaults are the benchmark ("bench") shape of BENCHMARKS.md
+    (``calm_core.presets.BENCH_CODEC``) with the paper's objective; the tuned training recipe
+    lives in ``calm_core.recipes.RECIPES``.
     """
 
-    vocab_size: int = Field(4096, ge=2, description="V, token vocabulary size.")
-    chunk_size: int = Field(4, ge=1, description="K, tokens per chunk.")
-    latent_size: int = Field(64, ge=1, description="D, latent vector size per chunk.")
-    hidden_size: int = Field(256, ge=1, description="Width H of every layer.")
-    intermediate_size: int = Field(640, ge=1, description="Inner size of each SwiGLU FFN.")
+    vocab_size: int = Field(
+        BENCH_CODEC["vocab_size"], ge=2, description="V, token vocabulary size."
+    )
+    chunk_size: int = Field(BENCH_CODEC["chunk_size"], ge=1, description="K, tokens per chunk.")
+    latent_size: int = Field(
+        BENCH_CODEC["latent_size"], ge=1, description="D, latent vector size per chunk."
+    )
+    hidden_size: int = Field(
+        BENCH_CODEC["hidden_size"], ge=1, description="Width H of every layer."
+    )
+    intermediate_size: int = Field(
+        BENCH_CODEC["intermediate_size"], ge=1, description="Inner size of each SwiGLU FFN."
+    )
     ffn_layers_per_stage: int = Field(
         1,
         ge=0,
@@ -420,6 +430,21 @@ class ChunkAutoencoder(Codec):
         }
 
     # ------------------------------------------------------------------------------- reference
+    def cost(self) -> CodecCost:
+        """Exact matmul MACs per chunk: the per-token FFN stages and the logits run at each of
+        the K positions, the chunk stages once."""
+        c = self.config
+        K, H, D, V = c.chunk_size, c.hidden_size, c.latent_size, c.vocab_size
+        ffn = c.ffn_layers_per_stage * 3 * H * c.intermediate_size  # gate_up + down
+        encoder = K * ffn + K * H * H + ffn + H * self.to_latent.out_features
+        decoder_weights = D * H + ffn + H * K * H + ffn  # from_latent, chunk, expand, token
+        return CodecCost(
+            params=weight_count(self),
+            encoder_macs=encoder,
+            decoder_macs=decoder_weights + (K - 1) * ffn + K * V * H,
+            decoder_params=decoder_weights + V * H,
+        )
+
     @classmethod
     def from_reference(
         cls, state_dict: Mapping[str, Tensor], ref_config: Mapping[str, Any], **context: Any

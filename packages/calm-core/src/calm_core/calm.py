@@ -52,8 +52,11 @@ from calm_core.generation import (
     resolve_options,
     run_to_end,
 )
+from calm_core.hub_cache import HubOptions
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
-from calm_core.model_dir import PretrainedMixin
+from calm_core.model_dir import component_name, component_record, load_pretrained
+from calm_core.model_dir import save_pretrained as save_model_dir
+from calm_core.registry import codecs, heads
 from calm_core.sampling import exact_temperature_sample, lazy_batch_temperature_sample
 
 __all__ = ["CALM", "CALMConfig", "validate_calm_config"]
@@ -91,8 +94,6 @@ def validate_calm_config(data: Any) -> CALMConfig:
 
     Errors name the full path, e.g. ``head.config.noise_size``.
     """
-    from calm_core.registry import codecs, heads
-
     if isinstance(data, CALMConfig):  # never mutate the caller's object
         data = data.model_dump()
     config = validate_config(CALMConfig, data)
@@ -106,13 +107,11 @@ def validate_calm_config(data: Any) -> CALMConfig:
 
 
 def _codec_spec(codec: Codec) -> ComponentSpec:
-    from calm_core.registry import codecs
-
-    name = codecs.identify(type(codec)).name
-    return ComponentSpec(name=name, config=codec.config.model_dump(mode="json"))
+    """The spec of a built codec, named by the registry name it was built (or loaded) under."""
+    return ComponentSpec(name=component_name(codec), config=codec.config.model_dump(mode="json"))
 
 
-class CALM(PretrainedMixin, nn.Module):
+class CALM(nn.Module):
     """Continuous autoregressive LM: ``embed_tokens``, ``embed_proj``, ``backbone``, ``head``,
     ``codec`` (frozen).
 
@@ -126,8 +125,6 @@ class CALM(PretrainedMixin, nn.Module):
 
     def __init__(self, config: CALMConfig | Mapping[str, Any], codec: Codec | None = None) -> None:
         super().__init__()
-        from calm_core.registry import codecs, heads
-
         if codec is not None:
             data = config.model_dump() if isinstance(config, CALMConfig) else dict(config)
             data["codec"] = _codec_spec(codec).model_dump()
@@ -194,7 +191,7 @@ class CALM(PretrainedMixin, nn.Module):
             **fields: further :class:`CALMConfig` fields (``pad_id``, ``eos_id``, ...).
         """
         if not isinstance(codec, Codec):
-            codec = Codec.from_pretrained(codec)
+            codec = load_pretrained(codec, expected=Codec)  # type: ignore[type-abstract]
         spec = ComponentSpec(name=head) if isinstance(head, str) else head
         data: dict[str, Any] = {
             "backbone": backbone if backbone is not None else {},
@@ -397,12 +394,28 @@ class CALM(PretrainedMixin, nn.Module):
         return run_to_end(self, lambda: self.stream(prompts, options=opts), opts.max_new_tokens)
 
     # ------------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to the directory ``path`` (the codec's
+        weights included); see :func:`calm_core.model_dir.save_pretrained`."""
+        return save_model_dir(self, path)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        map_location: str | torch.device = "cpu",
+        **hub: Unpack[HubOptions],
+    ) -> Self:
+        """Load a directory written by :meth:`save_pretrained` (in eval mode), or a Hub id
+        (``hub``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``); see
+        :func:`calm_core.model_dir.load_pretrained`."""
+        return load_pretrained(path, map_location=map_location, expected=cls, **hub)
+
     def config_dict(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
     def component_records(self) -> dict[str, dict[str, str]]:
-        from calm_core.model_dir import component_record
-
         return {"head": component_record(self.head), "codec": component_record(self.codec)}
 
     @classmethod

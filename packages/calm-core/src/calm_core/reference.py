@@ -39,7 +39,7 @@ from calm_core.ar import ARConfig, ARModel
 from calm_core.backbone import BackboneConfig
 from calm_core.calm import CALM
 from calm_core.config import validate_config
-from calm_core.hub import HubError, is_hub_id, resolve_model_dir
+from calm_core.hub_cache import HubError, is_hub_id, resolve_model_dir
 from calm_core.interfaces import Codec
 from calm_core.model_dir import load_pretrained, load_state_into, save_pretrained
 from calm_core.registry import codecs, heads
@@ -285,9 +285,11 @@ def _codec_from_reference(state: Mapping[str, Tensor], ae_config: Mapping[str, A
             f"{exc}; install calm-codecs to convert reference autoencoders"
         ) from None
     try:
-        return cls.from_reference(state, ae_config)  # type: ignore[attr-defined,no-any-return]
+        codec: Codec = cls.from_reference(state, ae_config)  # type: ignore[attr-defined]
     except ValueError as exc:
         raise ReferenceConversionError(f"cannot convert the reference autoencoder: {exc}") from None
+    codec.registered_name = "autoencoder"  # saved (and put into a CALM) under this name
+    return codec
 
 
 def calm_from_reference(

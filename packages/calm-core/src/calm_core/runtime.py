@@ -3,10 +3,9 @@
 PyTorch allocates CPU tensors with ``malloc``. glibc serves blocks above its mmap threshold
 (adaptive, 128 KiB to 32 MiB) with fresh ``mmap`` pages and unmaps them on ``free``, so the large
 activations of every training step (the codec's ``[4096, 4096]`` logits are 64 MiB) are
-page-faulted in again, step after step: on the 2-core benchmark machine that was ~29,000 minor page
-faults and ~20% of a codec training step (a 64 MiB matmul output alone: 16,385 faults, 99 ms
-instead of 65 ms). Raising the mmap and trim thresholds keeps freed memory
-in the heap for the next step (the process's resident size stays at its peak instead).
+page-faulted in again, step after step, a visible share of a small model's step on a CPU.
+Raising the mmap and trim thresholds keeps freed memory in the heap for the next step (the
+process's resident size stays at its peak instead).
 
 This changes the whole process, so it is opt-in: the ``calm`` command line and the benchmarks call
 :func:`tune_malloc`; programs using the library directly may call it once at start-up. Setting

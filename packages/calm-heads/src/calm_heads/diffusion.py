@@ -19,11 +19,17 @@ from typing import Any, ClassVar
 
 import torch
 from calm_core.config import ConfigModel
-from calm_core.interfaces import GenerativeHead, LatentPosterior
+from calm_core.interfaces import GenerativeHead, HeadCost, LatentPosterior
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from calm_heads.adaln_mlp import AdaLNHeadConfig, AdaLNMLP, reference_net_shape, strip_net_prefix
+from calm_heads.adaln_mlp import (
+    AdaLNHeadConfig,
+    AdaLNMLP,
+    network_head_cost,
+    reference_net_shape,
+    strip_net_prefix,
+)
 from calm_heads.diffusion_schedule import LINEAR_MIN_STEPS, DiffusionSchedule, ScheduleName
 
 __all__ = ["DiffusionHead", "DiffusionHeadConfig"]
@@ -93,6 +99,11 @@ class DiffusionHead(GenerativeHead):
     @property
     def network_calls_per_sample(self) -> int:
         return self.sample_schedule.num_steps
+
+    def cost(self, num_samples: int | None = None) -> HeadCost:
+        """Every weight once per network call and row; the loss makes one call per target draw."""
+        n = num_samples if num_samples is not None else self.config.num_target_samples
+        return network_head_cost(self, n)
 
     # ------------------------------------------------------------------------------- training
     def loss_terms(self, x0: Tensor, cond: Tensor, t: Tensor, noise: Tensor) -> dict[str, Tensor]:

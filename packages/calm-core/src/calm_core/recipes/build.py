@@ -21,7 +21,7 @@ from calm_core.config import ConfigError
 from calm_core.data.dataset import PackedDataset
 from calm_core.data.packing import DataError
 from calm_core.data.tokenizer import TOKENIZER_FILE, BPETokenizer, Tokenizer
-from calm_core.hub import resolve_model_dir
+from calm_core.hub_cache import resolve_model_dir
 from calm_core.interfaces import Codec
 from calm_core.model_dir import ModelLoadError, load_pretrained
 from calm_core.recipes.config import TrainCodecConfig, TrainModelConfig
