@@ -1,4 +1,5 @@
-"""One runner for every check: ``nox -s lint typecheck tests`` (the default), docs, demo, bench."""
+"""One runner for every check: ``nox -s lint typecheck tests`` (the default), docs, demo, bench,
+release (build and use the wheels) and template (render and test the plugin template)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-q", "--timeout=900", *TEST_DIRS, *session.posargs)
     session.notify("core_alone")
     session.notify("docs")
+    # the release as users get it: wheels alone in a fresh venv; the plugin template rendered
+    session.notify("release")
+    session.notify("template")
     # the speed gate: within-run ratios vs min(target, last full run) / 2 (benchmarks/targets.py)
     session.notify("bench", posargs=["--quick"])
 
