@@ -60,7 +60,8 @@ def _replace(path: Path, old: str, new: str) -> None:
 
 
 def test_the_source_tree_has_one_version_and_lockstep_pins() -> None:
-    assert checks.version_problems(ROOT) == []
+    problems = checks.version_problems(ROOT)
+    assert not problems, "the version drifted:\n" + "\n".join(problems)
     assert checks.read_version(ROOT) == calm_core.__version__
 
 
