@@ -148,7 +148,7 @@ RELEASE_TOOLS = ["build>=1.2", "twine>=6.1", "packaging>=24", "hatchling>=1.27"]
 
 def _dependencies_of(package: str, *, without: str) -> list[str]:
     """A package's runtime requirements, read from its pyproject.toml (their one home)."""
-    with open(f"{package}/pyproject.toml", "rb") as f:
+    with open(ROOT / package / "pyproject.toml", "rb") as f:
         requirements = tomllib.load(f)["project"]["dependencies"]
     return [r for r in requirements if not r.startswith(without)]
 
@@ -169,25 +169,24 @@ def release(session: nox.Session) -> None:
     wheels = [f for f in files if f.endswith(".whl")]
     session.run("python", "tests/release/check_dist.py", "--root", ".", *wheels)
 
-    smoke = ROOT / "tests/release/smoke.py"
-    with tempfile.TemporaryDirectory(prefix="calm-release-") as tmp:
-        venv = Path(tmp) / "venv"
-        session.run("python", "-m", "venv", str(venv))
-        python, calm = str(venv / "bin" / "python"), str(venv / "bin" / "calm")
-        pip = [python, "-m", "pip", "install", "--quiet"]
-        # torch first (TORCH: the CPU wheel), then calm-core's other dependencies from the index;
-        # calm itself only from the wheels just built
-        session.run(*pip, TORCH, external=True)
-        others = _dependencies_of("packages/calm-core", without="torch")
-        session.run(*pip, *others, external=True)
-        pins = [f"{Path(package).name}=={_release_version()}" for package in PACKAGES]
-        session.run(*pip, "--no-index", "--find-links", str(dist), *pins, external=True)
-        work = Path(tmp) / "work"
-        work.mkdir()
-        with session.chdir(work):
-            out = session.run(calm, "plugins", "--json", silent=True, external=True)
-            _check_first_party_listing(session, json.loads(str(out).strip().splitlines()[-1]))
-            session.run(python, str(smoke), external=True)
+    # a fresh venv each run; it is removed at the start of the next run rather than at the end of
+    # this one (deleting a torch install takes a minute on a slow disk, and CI starts clean)
+    venv = dist.parent / "fresh-venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    session.run("python", "-m", "venv", str(venv))
+    python, calm = str(venv / "bin" / "python"), str(venv / "bin" / "calm")
+    pip = [python, "-m", "pip", "install", "--quiet"]
+    # torch first (TORCH: the CPU wheel), then calm-core's other dependencies from the index;
+    # calm itself only from the wheels just built
+    session.run(*pip, TORCH, external=True)
+    session.run(*pip, *_dependencies_of("packages/calm-core", without="torch"), external=True)
+    pins = [f"{Path(package).name}=={_release_version()}" for package in PACKAGES]
+    session.run(*pip, "--no-index", "--find-links", str(dist), *pins, external=True)
+    # run from outside the source tree, so nothing can be imported from it
+    with tempfile.TemporaryDirectory(prefix="calm-release-") as work, session.chdir(work):
+        out = session.run(calm, "plugins", "--json", silent=True, external=True)
+        _check_first_party_listing(session, json.loads(str(out).strip().splitlines()[-1]))
+        session.run(python, str(ROOT / "tests/release/smoke.py"), external=True)
 
 
 def _release_version() -> str:
