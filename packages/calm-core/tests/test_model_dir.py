@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import calm_core
 import pytest
 import torch
 from calm_core.model_dir import (
@@ -45,7 +46,7 @@ def test_codec_round_trip_is_bitwise_and_keeps_ties(registered: None, tmp_path: 
     codec = _codec()
     save_pretrained(codec, tmp_path / "m")
     record = read_config(tmp_path / "m")
-    assert record["type"] == "codec" and record["library_version"] == "0.1.0"
+    assert record["type"] == "codec" and record["library_version"] == calm_core.__version__
     assert record["component"]["name"] == "test.codec"
     assert record["component"]["distribution"] == "<in-process>"
     assert record["config"] == {"vocab_size": 13, "chunk_size": 2, "latent_size": 4}

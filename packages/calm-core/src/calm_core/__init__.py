@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from calm_core._version import __version__
 
 # public name -> module that defines it, imported on first attribute access
 _LAZY: dict[str, str] = {
