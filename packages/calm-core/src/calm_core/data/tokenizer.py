@@ -222,8 +222,9 @@ class BPETokenizer(Tokenizer):
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        return [list(e.ids) for e in encs]
+        # the same ids; the fast variant (tokenizers >= 0.21) skips character offsets, unused here
+        batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return [list(e.ids) for e in batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
         return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special))
