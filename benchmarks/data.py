@@ -16,16 +16,20 @@ Peak RSS is the largest sum, over the process tree, of each process's proportion
 memory (PSS), sampled every 50 ms.
 
 Usage:
-    python benchmarks/data.py                       # 1 GiB corpus, all cores
+    python benchmarks/data.py --save                # 1 GiB corpus, all cores; results/data.json
     python benchmarks/data.py --size-mb 64 --repeats 1 --json OUT.json
+    python benchmarks/run.py --report-only          # docs/benchmarks.md with the saved figures
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import os
+import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,11 +37,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from calm_core.corpus import load_bundled_corpus
-from calm_core.data import Tokenizer
-from tokenizers import Tokenizer as HFTokenizer
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(ROOT))
+
+from calm_core.corpus import load_bundled_corpus  # noqa: E402
+from calm_core.data import Tokenizer  # noqa: E402
+from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
+
+from benchmarks.report_format import fmt, md_table  # noqa: E402
+from benchmarks.timing import cpu_model  # noqa: E402
 
 VOCAB = 4096
+RESULTS = ROOT / "benchmarks" / "results" / "data.json"
 SAMPLE_S = 0.05
 
 # the baseline: read the same file, batch the same way, encode on every core, keep nothing;
@@ -146,7 +158,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="alternated runs of each side")
     parser.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument(
+        "--save", action="store_true", help=f"write them to {RESULTS.relative_to(ROOT)} too"
+    )
     args = parser.parse_args(argv)
+    command = shlex.join(
+        ["python", "benchmarks/data.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    machine = {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     with tempfile.TemporaryDirectory(prefix="calm-bench-data-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -200,10 +225,63 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss<1GB": peak < 1e9,
         "rss_within_10%_of_tenth": abs(result["rss_ratio_full_to_tenth"] - 1) <= 0.1,
     }
+    result["command"] = command
+    result["machine"] = machine
     print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    for path in [args.json] + [RESULTS] * args.save:
+        if path is not None:
+            path.write_text(json.dumps(result, indent=1) + "\n")
     return 0 if all(result["targets_met"].values()) else 1
+
+
+def docs_section(results: Path = RESULTS) -> list[str]:
+    """The data pipeline's part of ``docs/benchmarks.md``, from a saved run (none: a note)."""
+    lines = ["## Data pipeline", ""]
+    if not results.is_file():
+        return [*lines, "Not measured yet: `python benchmarks/data.py --save`.", ""]
+    r = json.loads(results.read_text())
+    m = r["machine"]
+    met = r["targets_met"]
+    lines += [
+        f"`calm tokenize` on a synthetic {fmt(r['corpus_mib'])} MiB corpus ({r['documents']:,} "
+        f"documents: the bundled articles repeated) with a fixed 4,096-id BPE, {r['workers']} "
+        "workers, against bare loops over `tokenizers`' batch encoders on the same file and "
+        f"cores in the same run (best of {r['repeats']} alternated runs each). Command: "
+        f"`{r['command']}`; {m['date']}, {m['cpu']}, {m['logical_cores']} logical cores, load "
+        f"average at start {m['load_average_at_start']}.",
+        "",
+    ]
+    rows = [
+        [name, fmt(r[f"{key}_seconds"]), fmt(r[f"{key}_mib_s"]), fmt(r[f"{key}_cpu_seconds"])]
+        for name, key in (
+            ("bare `encode_batch` loop", "encode_batch"),
+            ("bare `encode_batch_fast` loop", "encode_batch_fast"),
+            ("`calm tokenize`", "pipeline"),
+        )
+        if f"{key}_seconds" in r
+    ]
+    lines += md_table(["run", "wall s", "MiB/s", "CPU s (all processes)"], rows)
+    ok = {True: "met", False: "**not met**"}
+    rows = [
+        ["throughput / bare `encode_batch` loop (>= 0.9)", fmt(r["throughput_ratio"]),
+         ok[met["throughput_ratio>=0.9"]]],
+        ["throughput / bare loop of the same call (overhead)", fmt(r["overhead_ratio"]), ""],
+        ["the same in CPU seconds", fmt(r["overhead_cpu_ratio"]), ""],
+        ["peak RSS of the command, MiB (< 1 GB)", fmt(r["peak_rss_mib"]),
+         ok[met["peak_rss<1GB"]]],
+        ["peak RSS at 1/10 of the corpus, MiB", fmt(r["peak_rss_tenth_mib"]), ""],
+        ["peak RSS full / tenth (within 10%)", fmt(r["rss_ratio_full_to_tenth"]),
+         ok[met["rss_within_10%_of_tenth"]]],
+    ]  # fmt: skip
+    lines += md_table(["target", "value", ""], rows)
+    lines += [
+        "Peak RSS sums the proportional set size (PSS) of the command's process tree, sampled "
+        "every 50 ms, so pages the forked workers share with the parent count once. "
+        "`calm tokenize` calls `encode_batch_fast` where `tokenizers` has it (the same ids "
+        "without character offsets).",
+        "",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

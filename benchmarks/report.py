@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.data import docs_section as data_section
 from benchmarks.models import CHUNK
 from benchmarks.report_diagnosis import (
     ar_brier_lines,
@@ -691,6 +692,7 @@ def write_docs(root: Path, speed: dict[str, Any], quality_json: Path) -> Path:
     if _speed_plot(speed, img / "bench_speed.png"):
         lines += ["![throughput, ours vs reference](img/bench_speed.png)", ""]
     lines += _quality_section(quality, img, root)
+    lines += data_section(root / "benchmarks" / "results" / "data.json")  # benchmarks/data.py
     out = docs / "benchmarks.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines).rstrip() + "\n")
