@@ -247,8 +247,9 @@ def docs_section(results: Path = RESULTS) -> list[str]:
         f"documents: the bundled articles repeated) with a fixed 4,096-id BPE, {r['workers']} "
         "workers, against bare loops over `tokenizers`' batch encoders on the same file and "
         f"cores in the same run (best of {r['repeats']} alternated runs each). Command: "
-        f"`{r['command']}`; {m['date']}, {m['cpu']}, {m['logical_cores']} logical cores, load "
-        f"average at start {m['load_average_at_start']}.",
+        f"`{r['command']}`; {m['date']}, {m['cpu']}, {m['logical_cores']} logical cores"
+        + (f", load average at start {load}." if (load := m.get("load_average_at_start")) else ".")
+        + (f" Note: {m['note']}." if m.get("note") else ""),
         "",
     ]
     rows = [

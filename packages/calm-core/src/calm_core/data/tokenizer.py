@@ -224,7 +224,7 @@ class BPETokenizer(Tokenizer):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         # the same ids; the fast variant (tokenizers >= 0.21) skips character offsets, unused here
         batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        return [list(e.ids) for e in batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
         return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special))
