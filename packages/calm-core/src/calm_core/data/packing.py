@@ -15,6 +15,7 @@ result depends on nothing but the inputs and the seed, so any worker count write
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections import deque
@@ -193,9 +194,14 @@ def _start_pool(workers: int, tokenizer_dir: Path) -> Pool:
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
     before = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # frozen objects are skipped by the workers' garbage collector: a full collection would
+    # write into every object inherited from this process, copying its pages one by one, and
+    # memory would grow with the corpus as the workers un-share them
+    gc.freeze()
     try:
         return get_context(method).Pool(workers, _worker_init, (str(tokenizer_dir),))
     finally:
+        gc.unfreeze()
         if before is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
         else:

@@ -127,7 +127,7 @@ class ShardWriter:
     def add(self, tokens: np.ndarray, doc_lengths: np.ndarray, content_tokens: int) -> None:
         """Append packed ``tokens`` holding documents of (padded) ``doc_lengths``."""
         starts = self.num_tokens + np.concatenate([[0], np.cumsum(doc_lengths)[:-1]])
-        self._offsets.write(starts.astype(np.int64).tobytes())
+        self._offsets.write(np.ascontiguousarray(starts, dtype=np.int64).data)
         self.num_documents += len(doc_lengths)
         self.content_tokens += content_tokens
         data = np.ascontiguousarray(tokens, dtype=self.dtype)
@@ -137,7 +137,7 @@ class ShardWriter:
                 self._next_shard()
             assert self._shard is not None
             take = min(len(data) - pos, self.shard_tokens - self.shards[-1])
-            self._shard.write(data[pos : pos + take].tobytes())
+            self._shard.write(data[pos : pos + take].data)  # a view: no copy of the tokens
             self.shards[-1] += take
             pos += take
         self.num_tokens += len(data)
