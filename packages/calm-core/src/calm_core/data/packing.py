@@ -194,14 +194,9 @@ def _start_pool(workers: int, tokenizer_dir: Path) -> Pool:
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
     before = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    # frozen objects are skipped by the workers' garbage collector: a full collection would
-    # write into every object inherited from this process, copying its pages one by one, and
-    # memory would grow with the corpus as the workers un-share them
-    gc.freeze()
     try:
         return get_context(method).Pool(workers, _worker_init, (str(tokenizer_dir),))
     finally:
-        gc.unfreeze()
         if before is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
         else:
@@ -281,6 +276,10 @@ def write_data_dir(
     thread = ThreadPoolExecutor(1) if workers == 1 else None
     try:
         if workers > 1:
+            # frozen objects are skipped by the garbage collector, here and in the forked
+            # workers: a full collection writes into every object, which copies each page
+            # shared since the fork, and memory would grow with the corpus as pages un-share
+            gc.freeze()
             pool = _start_pool(workers, out_dir)
 
         def consume(result: tuple[Packed | None, Packed | None]) -> None:
@@ -314,6 +313,8 @@ def write_data_dir(
         if pool is not None:
             pool.terminate()
             pool.join()
+        if workers > 1:
+            gc.unfreeze()
         if thread is not None:
             thread.shutdown(cancel_futures=True)
     if writers["train"].num_documents == 0 and writers["val"].num_documents == 0:
