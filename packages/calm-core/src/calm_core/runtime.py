@@ -20,7 +20,9 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_malloc"]
+import torch
+
+__all__ = ["resolve_device", "tune_malloc"]
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -63,3 +65,50 @@ def tune_malloc() -> bool:
     ok = int(mallopt(_M_TRIM_THRESHOLD, min(TRIM_THRESHOLD, 2**31 - 1))) == 1 and ok
     _applied = ok
     return ok
+
+
+def _local_rank() -> int | None:
+    """This process's LOCAL_RANK under torchrun (WORLD_SIZE > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    return None
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """The device a ``--device`` / ``device:`` value names.
+
+    ``auto`` is the local rank's GPU under torchrun, else ``cuda:0`` when CUDA is available, else
+    MPS, else the CPU; ``cuda`` alone is the local rank's GPU (``cuda:0`` outside torchrun).
+
+    Raises:
+        ValueError: an unknown name, or a device this machine does not have.
+    """
+    if isinstance(spec, torch.device):
+        return spec
+    name = spec.strip().lower()
+    local = _local_rank()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local or 0)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("device 'mps' was asked for but MPS is not available; use cpu or auto")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {spec!r} was asked for but CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False); use cpu or auto"
+            )
+        index = local or 0 if name == "cuda" else int(name.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return torch.device("cuda", index)
+    raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")

@@ -12,13 +12,17 @@ optimisation (and the blocks each step sees) the same.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from calm_core.config import ConfigModel
+from calm_core.training.optimizer_names import OptimizerNotFoundError, get_optimizer_class
 
 __all__ = ["TrainConfig"]
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class TrainConfig(ConfigModel):
@@ -68,6 +72,22 @@ class TrainConfig(ConfigModel):
     find_unused_parameters: bool = Field(
         False, description="Passed to DDP for models that skip some parameters in a step."
     )
+    device: str = Field(
+        "auto",
+        description="Where to train: auto (the local rank's GPU under torchrun, else cuda:0, else "
+        "MPS, else CPU), cpu, cuda, cuda:N or mps.",
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Data parallelism under torchrun: ddp (replicated weights) or fsdp (FSDP2, "
+        "weights, gradients and optimizer state sharded per block; sharded DCP checkpoints).",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each block's activations in the backward pass (less memory)."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the backbone and the head (needs a C++ compiler on CPU)."
+    )
 
     @field_validator("betas")
     @classmethod
@@ -79,13 +99,18 @@ class TrainConfig(ConfigModel):
     @field_validator("optimizer")
     @classmethod
     def _optimizer_exists(cls, name: str) -> str:
-        from calm_core.training.optim import OptimizerNotFoundError, get_optimizer_class
-
         try:
             get_optimizer_class(name)
         except OptimizerNotFoundError as exc:  # its message lists the close and available names
             raise ValueError(str(exc)) from None
         return name
+
+    @field_validator("device")
+    @classmethod
+    def _device_spec(cls, spec: str) -> str:
+        if not _DEVICE.match(spec):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {spec!r}")
+        return spec
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
