@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from calm_core.backbone import BackboneConfig
+from calm_core.calm import CALM
 from calm_core.data import Tokenizer, write_data_dir
 from calm_core.data.packing import Document
+from calm_core.registry import codecs, heads
+from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
+from safetensors.torch import save_model
+from tiny_components import TinyCodec, TinyCodecConfig, TinyHead
 from torch import nn
 
+HERE = Path(__file__).resolve().parent
 VOCAB = 258  # the byte tokenizer
 TEXT = (
     "the quick brown fox jumps over the lazy dog while the cat sleeps on a warm mat "
@@ -69,9 +79,23 @@ class TinyLM(nn.Module):
         return {"loss": loss, "accuracy": acc}
 
 
-def make_model(seed: int = 0, dropout: float = 0.0) -> TinyLM:
+def make_model(seed: int = 0, dropout: float = 0.0, kind: str = "tiny") -> nn.Module:
+    """``tiny``: :class:`TinyLM`; ``calm`` / ``ar``: a 2-layer, width-32 CALM (tiny head and
+    frozen codec, K=4) or transformer LM over the byte vocabulary."""
     torch.manual_seed(seed)
-    return TinyLM(dropout=dropout)
+    if kind == "tiny":
+        return TinyLM(dropout=dropout)
+    backbone = BackboneConfig(
+        hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_positions=64
+    )
+    if kind == "ar":
+        return TransformerLM(TransformerLMConfig(vocab_size=VOCAB, backbone=backbone))
+    if kind != "calm":
+        raise ValueError(f"unknown model kind {kind!r}")
+    heads.register("test.tiny", TinyHead, replace=True)
+    codecs.register("test.codec", TinyCodec, replace=True)
+    codec = TinyCodec(TinyCodecConfig(vocab_size=VOCAB, chunk_size=4, latent_size=4))
+    return CALM.from_codec(codec, backbone=backbone, head="test.tiny")
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -79,6 +103,43 @@ def losses(run_dir: Path) -> dict[int, float]:
     from calm_core.training import read_metrics
 
     return {int(r["step"]): float(r["loss"]) for r in read_metrics(run_dir) if "loss" in r}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_ranks(run: Path, data: Path, config: Any, *extra: str, nproc: int = 2) -> list[str]:
+    """Run this file as ``nproc`` gloo ranks (the environment torchrun gives them); their stdouts.
+
+    ``config`` is a TrainConfig; extra arguments go to :func:`main`."""
+    port = _free_port()
+    procs = []
+    for rank in range(nproc):
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        cmd = [sys.executable, str(Path(__file__).resolve()), str(run), str(data)]
+        cmd += ["--config", config.model_dump_json(), *extra]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
 
 
 def main(argv: list[str]) -> int:
@@ -94,6 +155,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep after each step")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--stop-at", type=int, default=0, help="request a stop after this step")
+    p.add_argument("--model", default="tiny", choices=["tiny", "calm", "ar"])
+    p.add_argument("--save", help="rank 0 saves the trained model's weights here (safetensors)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     config = TrainConfig(**json.loads(args.config))
@@ -104,7 +167,7 @@ def main(argv: list[str]) -> int:
         if step == args.stop_at:
             trainer.request_stop()
 
-    model = make_model(dropout=args.dropout)
+    model = make_model(dropout=args.dropout, kind=args.model)
     trainer = Trainer(
         model,
         config,
@@ -121,6 +184,8 @@ def main(argv: list[str]) -> int:
             raise
         print(f"STOPPED {stop.step}", flush=True)
         return 0
+    if args.save and trainer.is_main:
+        save_model(model, args.save)
     print("SUMMARY " + json.dumps(summary), flush=True)
     return 0
 

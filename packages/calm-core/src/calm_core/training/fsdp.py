@@ -13,6 +13,9 @@ another number of processes, or one plain process (DCP reshards on load).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +84,12 @@ def is_sharded_checkpoint(path: Path) -> bool:
 def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Write model and optimizer state under ``path/dcp`` (every rank its own shards)."""
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp_save({"model": model_state, "optim": optim_state}, checkpoint_id=path / SHARDED_DIR)
+    with _alone_is_intended():
+        dcp_save(
+            {"model": model_state, "optim": optim_state},
+            checkpoint_id=path / SHARDED_DIR,
+            no_dist=not _in_group(),
+        )
 
 
 def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -89,7 +97,21 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
     (``get_state_dict`` first creates an empty optimizer's state, which DCP loads in place)."""
     model_state, optim_state = get_state_dict(model, optimizer)
     state: dict[str, Any] = {"model": model_state, "optim": optim_state}
-    dcp_load(state, checkpoint_id=path / SHARDED_DIR)
+    with _alone_is_intended():
+        dcp_load(state, checkpoint_id=path / SHARDED_DIR, no_dist=not _in_group())
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
     )
+
+
+def _in_group() -> bool:
+    # one process (a run resumed alone) reads and writes the same files without a group
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _alone_is_intended() -> Iterator[None]:
+    # DCP warns that it "assumes" a single process when there is no group: here that is the plan
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
