@@ -142,3 +142,34 @@ def test_adamw_is_fused_on_cpu_and_foreach_on_other_devices():
     assert cpu.defaults["fused"] is True
     meta = build_optimizer(nn.Linear(4, 4, device="meta"), TrainConfig())
     assert meta.defaults["foreach"] is True and not meta.defaults["fused"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_auto_trains_in_bf16_with_fused_adamw_and_resumes(data: Path, tmp_path: Path):
+    config = TrainConfig(steps=6, batch_size=4, seq_len=16, lr=1e-2, log_every=1)
+    full = tmp_path / "full"
+    trainer = Trainer(make_model(kind="calm"), config, PackedDataset(data), full, progress=False)
+    assert trainer.device == torch.device("cuda", 0)  # device "auto"
+    trainer.fit()
+    assert trainer.optimizer is not None and trainer.optimizer.defaults["fused"] is True
+    assert isinstance(trainer._amp, torch.autocast) and trainer._amp.fast_dtype == torch.bfloat16
+    assert next(trainer.model.parameters()).device.type == "cuda"
+
+    def stop_at_3(t: Trainer, step: int, metrics: dict[str, float]) -> None:
+        if step == 3:
+            t.request_stop()
+
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(
+            make_model(kind="calm"), config, PackedDataset(data), part, callbacks=[stop_at_3],
+            progress=False,
+        ).fit()  # fmt: skip
+    Trainer(
+        make_model(kind="calm"), config, PackedDataset(data), part, resume=True, progress=False
+    ).fit()
+    one, two = losses(full), losses(part)
+    assert sorted(two) == list(range(1, 7))
+    for step in one:  # cuBLAS may pick other kernels across processes: rounding only
+        assert two[step] == pytest.approx(one[step], rel=1e-3)
