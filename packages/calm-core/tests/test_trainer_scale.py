@@ -52,7 +52,9 @@ def test_activation_checkpointing_gives_the_same_losses(kind: str, data: Path, t
 def test_activation_checkpointing_recomputes_and_is_undone_after_fit(data: Path, tmp_path: Path):
     model = make_model(kind="ar")
     blocks = find_blocks(model)
-    assert len(blocks) == 2  # the backbone's two layers
+    assert blocks == list(model.backbone.layers)  # the backbone's two layers
+    calm = make_model(kind="calm")
+    assert find_blocks(calm) == list(calm.backbone.layers)  # not the head's, nor the codec's
     calls = []
     inner = blocks[0].mlp.forward
 

@@ -2,11 +2,12 @@
 and the data-parallel wrapper of the configured strategy (DDP, or FSDP2 through
 :mod:`calm_core.training.fsdp`).
 
-Blocks are found by convention, not by type, so any model built like calm's backbone works: the
-children of an ``nn.ModuleList`` attribute named ``layers`` or ``blocks`` that hold trainable
-parameters (a CALM's frozen codec layers are left alone). Both in-place changes are undone by
-:meth:`PreparedModel.restore`, so the model handed to the trainer is a plain module again after
-``fit()``.
+Blocks are found by convention, not by type, so any model built like calm's works: the children of
+an ``nn.ModuleList`` named ``layers`` or ``blocks`` that hold trainable parameters, inside the
+model's ``backbone`` when it has one (a CALM's energy head has ``blocks`` too, but calls methods of
+them other than ``forward``, which an FSDP unit does not allow; its frozen codec is left alone).
+Both in-place changes are undone by :meth:`PreparedModel.restore`, so the model handed to the
+trainer is a plain module again after ``fit()``.
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ COMPILED_PARTS = ("backbone", "head", "lm_head")
 
 
 def find_blocks(model: nn.Module) -> list[nn.Module]:
-    """The trainable children of every ``ModuleList`` named ``layers`` or ``blocks``."""
+    """The trainable children of every ``ModuleList`` named ``layers`` or ``blocks`` in the
+    model's ``backbone`` (in the whole model when it has no backbone)."""
+    root = getattr(model, "backbone", None)
+    root = root if isinstance(root, nn.Module) else model
     found: list[nn.Module] = []
-    for name, module in model.named_modules():
+    for name, module in root.named_modules():
         if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LISTS:
             found += [b for b in module if any(p.requires_grad for p in b.parameters())]
     return found
