@@ -1,5 +1,5 @@
 """Training: one ``Trainer`` for any module returning ``{"loss": ...}``, its config, optimizers by
-name, atomic checkpoints with exact resume, metrics logging, and DDP."""
+name, atomic checkpoints with exact resume, metrics logging, DDP and FSDP2."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from calm_core.training.optim import (
     build_optimizer,
     get_optimizer_class,
 )
+from calm_core.training.state import MetricWindow, RunState
 from calm_core.training.trainer import (
+    CompileError,
     Evaluator,
     NonFiniteLossError,
     StepCallback,
@@ -30,10 +32,13 @@ __all__ = [
     "METRICS_FILE",
     "CheckpointError",
     "CheckpointWriteError",
+    "CompileError",
     "Evaluator",
     "LRSchedule",
+    "MetricWindow",
     "NonFiniteLossError",
     "OptimizerNotFoundError",
+    "RunState",
     "StepCallback",
     "TrainConfig",
     "Trainer",
