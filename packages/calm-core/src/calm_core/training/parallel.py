@@ -72,12 +72,18 @@ def apply_activation_checkpointing(blocks: list[nn.Module]) -> None:
         block.__dict__["forward"] = _checkpointed(block.forward)
 
 
-def compile_parts(model: nn.Module) -> list[nn.Module]:
+def compile_parts(model: nn.Module, blocks: list[nn.Module] | None = None) -> list[nn.Module]:
     """``torch.compile`` the backbone and the head in place (``nn.Module.compile``: the state
-    dict keys stay the same); the whole model when it has neither. Returns what was compiled."""
+    dict keys stay the same); the whole model when it has neither. Returns what was compiled.
+
+    With ``blocks`` (FSDP), each block is compiled instead of the backbone around them: a compiled
+    backbone would trace through the FSDP units' gather/reshard hooks of its blocks.
+    """
     parts = [
         getattr(model, n) for n in COMPILED_PARTS if isinstance(getattr(model, n, None), nn.Module)
     ]
+    if blocks:
+        parts = [p for p in parts if p is not getattr(model, "backbone", None)] + blocks
     parts = parts or [model]
     for part in parts:
         part.compile()
@@ -134,9 +140,10 @@ def prepare_model(
             )
         apply_activation_checkpointing(blocks)
         prepared.blocks = blocks
+    sharded = info.distributed and config.strategy == "fsdp"
     if config.compile:
-        prepared.compiled = compile_parts(module)
-    if info.distributed and config.strategy == "fsdp":
+        prepared.compiled = compile_parts(module, blocks if sharded else None)
+    if sharded:
         fsdp.shard(module, blocks, device)
     elif info.distributed:
         ids = [device.index] if device.type == "cuda" else None
