@@ -124,11 +124,17 @@ def prepare_model(
     model: nn.Module, config: TrainConfig, info: DistInfo, device: torch.device
 ) -> PreparedModel:
     """Move ``model`` to ``device`` and apply, in this order, activation checkpointing,
-    ``torch.compile`` and the data-parallel strategy (DDP or FSDP2; nothing for one process)."""
-    model = model.to(device)
-    module = model
-    if info.distributed and config.strategy == "fsdp":
-        module = copy.deepcopy(model)  # sharded in place by fully_shard; the original stays whole
+    ``torch.compile`` and the data-parallel strategy (DDP or FSDP2; nothing for one process).
+
+    Under FSDP the model given is not moved: a copy of it is sharded onto the device.
+    """
+    sharded = info.distributed and config.strategy == "fsdp"
+    if sharded:
+        # fully_shard shards this copy in place, moving one unit at a time to the device (never
+        # the whole model at once); the original stays whole where it is
+        module = copy.deepcopy(model)
+    else:
+        module = model = model.to(device)
     blocks = find_blocks(module)
     prepared = PreparedModel(model, module, module, config.strategy)
     if config.activation_checkpointing:
@@ -140,7 +146,6 @@ def prepare_model(
             )
         apply_activation_checkpointing(blocks)
         prepared.blocks = blocks
-    sharded = info.distributed and config.strategy == "fsdp"
     if config.compile:
         prepared.compiled = compile_parts(module, blocks if sharded else None)
     if sharded:
