@@ -114,8 +114,23 @@ def _free_port() -> int:
 def launch_ranks(run: Path, data: Path, config: Any, *extra: str, nproc: int = 2) -> list[str]:
     """Run this file as ``nproc`` gloo ranks (the environment torchrun gives them); their stdouts.
 
-    ``config`` is a TrainConfig; extra arguments go to :func:`main`."""
-    port = _free_port()
+    ``config`` is a TrainConfig; extra arguments go to :func:`main`. A launch whose rendezvous
+    port was taken by another process in the meantime is retried once on a new port.
+    """
+    for attempt in range(2):
+        codes, outputs = _launch(run, data, config, extra, nproc, _free_port())
+        errors = "".join(err for _, err in outputs)
+        if attempt == 0 and any(codes) and "address already in use" in errors.lower():
+            continue
+        for code, (_, err) in zip(codes, outputs, strict=True):
+            assert code == 0, err[-3000:]
+        break
+    return [out for out, _ in outputs]
+
+
+def _launch(
+    run: Path, data: Path, config: Any, extra: tuple[str, ...], nproc: int, port: int
+) -> tuple[list[int], list[tuple[str, str]]]:
     procs = []
     for rank in range(nproc):
         env = {
@@ -137,9 +152,7 @@ def launch_ranks(run: Path, data: Path, config: Any, *extra: str, nproc: int = 2
             )
         )
     outputs = [p.communicate(timeout=240) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    return [out for out, _ in outputs]
+    return [int(p.returncode) for p in procs], outputs
 
 
 def main(argv: list[str]) -> int:
