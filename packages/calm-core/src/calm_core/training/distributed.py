@@ -1,4 +1,4 @@
-"""Process-group helpers for DDP: one code path for 1 process, ``torchrun``, or a spawned group.
+"""Process-group helpers for DDP and FSDP: one code path for 1 process, ``torchrun`` or a spawn.
 
 The trainer calls :func:`setup_distributed`: inside an initialised process group it uses that
 group; under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) it initialises one, with NCCL
