@@ -5,13 +5,15 @@ In under 8 minutes on an H100-class card it
 1. runs the CUDA-marked tests (``pytest -m cuda`` over every test directory),
 2. trains the ``calm-m`` and ``transformer-m`` presets (random weights) for a few optimizer steps
    with bf16 autocast and fused AdamW, and reports tokens/s and MFU: the analytic training FLOPs
-   per token (:func:`calm_core.presets.flops_per_token`) times tokens/s, against the card's dense
+   per token (:func:`calm_core.costs.flops_per_token`) times tokens/s, against the card's dense
    bf16 peak (:data:`PEAK_BF16_TFLOPS` by device name, else a measured bf16 matmul rate),
 3. times generation (prompt 32, KV cache, CALM at T=1, AR greedy) at batch 1 and 8 for both, and
    at batch 1 the weight-read rate against the card's memory bandwidth where it is known,
 
 then prints one JSON line (and writes it to ``--json OUT``). Without CUDA it exits with status 2
-and says so before doing anything. The calm-m preset needs the calm-heads and calm-codecs
+and says so before doing anything. ``--device cpu`` is a dry run of the same code in fp32 on the
+CPU (no CUDA tests, MFU against a measured fp32 matmul rate): use it with the tiny presets to check
+the script itself where no GPU is. The calm-m preset needs the calm-heads and calm-codecs
 packages installed (the ``energy`` head and the ``autoencoder`` codec).
 """
 
@@ -29,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from calm_core import presets
+from calm_core import costs, presets
+from calm_core.builders import build_preset
 from calm_core.calm import CALM
 from calm_core.training import TrainConfig, build_optimizer
 from torch import nn
@@ -79,6 +82,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-tests", action="store_true", help="do not run pytest -m cuda")
     p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names")
     p.add_argument("--json", metavar="OUT", help="also write the JSON line to this file")
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: a dry run in fp32 (no CUDA tests; MFU against a measured fp32 matmul)",
+    )
     args = p.parse_args(argv)
     for name in ("steps", "batch", "seq_len", "prompt", "new_tokens"):
         if getattr(args, name) < 1:
@@ -118,14 +127,14 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float) -> floa
     return tokens_per_s * flops_per_token / (peak_tflops * 1e12)
 
 
-def causal_context(positions: int) -> int:
-    """Keys a query attends to on average in causal training over ``positions``."""
-    return max(1, round((positions + 1) / 2))
-
-
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def _empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _seconds(fn: Callable[[], object], reps: int) -> float:
@@ -138,10 +147,12 @@ def _seconds(fn: Callable[[], object], reps: int) -> float:
     return time.perf_counter() - start
 
 
-def measured_bf16_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
-    """A dense bf16 matmul rate (the peak where the card is not in the table)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+def measured_tflops(
+    device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int = 8192, reps: int = 10
+) -> float:
+    """A dense matmul rate (the peak where the card is not in the table, and on the CPU)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     _seconds(lambda: a @ b, 3)
     return 2 * n**3 * reps / _seconds(lambda: a @ b, reps) / 1e12
 
@@ -160,7 +171,7 @@ def _build(name: str, device: torch.device) -> Any:
     """Preset ``name`` with random weights, initialised on ``device`` (fast, no host copy)."""
     torch.manual_seed(0)
     with device:
-        model: nn.Module = presets.build_preset(name)
+        model: nn.Module = build_preset(name)
     return model
 
 
@@ -175,8 +186,8 @@ class TrainFigure:
 def train_preset(
     name: str, device: torch.device, args: argparse.Namespace, peak_tflops: float
 ) -> TrainFigure:
-    """A few bf16-autocast AdamW steps of preset ``name`` on random tokens (any device; the
-    figures mean something on CUDA)."""
+    """A few AdamW steps of preset ``name`` on random tokens, bf16-autocast on CUDA and fp32
+    elsewhere (any device; the figures mean something on CUDA)."""
     model = _build(name, device).train()
     config = TrainConfig(lr=3e-4, grad_clip=1.0)
     optimizer = build_optimizer(model, config)  # fused on CUDA
@@ -187,7 +198,7 @@ def train_preset(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(tokens)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -198,8 +209,8 @@ def train_preset(
     seconds = _seconds(step, args.steps)
     tokens_per_s = args.steps * args.batch * args.seq_len / seconds
     K = int(getattr(model, "chunk_size", 1))
-    per_token = presets.flops_per_token(
-        name, context=causal_context(args.seq_len // K), training=True
+    per_token = costs.flops_per_token(
+        name, context=costs.causal_context(args.seq_len // K), training=True
     )
     achieved = mfu(tokens_per_s, per_token, peak_tflops)
     return TrainFigure(tokens_per_s, per_token, achieved, float(losses[-1]))
@@ -233,26 +244,36 @@ def time_generation(name: str, device: torch.device, args: argparse.Namespace) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        device = require_cuda()
-    except NoCudaError as exc:
-        print(f"gpu check: {exc}", file=sys.stderr)
-        return 2
     started = time.perf_counter()
-    name = torch.cuda.get_device_name(device)
-    table_peak = lookup(PEAK_BF16_TFLOPS, name)
-    peak = table_peak if table_peak is not None else measured_bf16_tflops(device)
+    if args.device == "cpu":
+        device = torch.device("cpu")
+        name, table_peak = "cpu", None
+        peak = measured_tflops(device, torch.float32, n=1024, reps=3)
+        source = "measured fp32 matmul"
+    else:
+        try:
+            device = require_cuda()
+        except NoCudaError as exc:
+            print(f"gpu check: {exc}", file=sys.stderr)
+            return 2
+        name = torch.cuda.get_device_name(device)
+        table_peak = lookup(PEAK_BF16_TFLOPS, name)
+        peak = table_peak if table_peak is not None else measured_tflops(device)
+        source = "table" if table_peak is not None else "measured bf16 matmul"
     bandwidth = lookup(MEMORY_GBPS, name)
     result: dict[str, Any] = {
         "device": name,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "peak_bf16_tflops": peak,
-        "peak_source": "table" if table_peak is not None else "measured bf16 matmul",
+        "peak_tflops": peak,
+        "peak_source": source,
         "memory_gbps": bandwidth,
         "train": {"batch": args.batch, "seq_len": args.seq_len, "steps": args.steps},
     }
-    result["tests"] = {"skipped": True} if args.skip_tests else run_cuda_tests()
+    if args.skip_tests or device.type != "cuda":
+        result["tests"] = {"skipped": True}
+    else:
+        result["tests"] = run_cuda_tests()
     for preset in args.presets.split(","):
         key = preset.replace("-", "_")
         fig = train_preset(preset, device, args, peak)
@@ -262,10 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "flops_per_token": fig.flops_per_token,
             "loss": fig.loss,
         }
-        torch.cuda.empty_cache()
+        _empty_cache()
         gen = time_generation(preset, device, args)
-        torch.cuda.empty_cache()
-        weights = presets.decode_weights_per_token(preset) * 4  # fp32 bytes per token
+        _empty_cache()
+        weights = costs.decode_weights_per_token(preset) * 4  # fp32 bytes per token
         result.setdefault("gen_tok_s", {}).update({f"{key}_b{b}": v for b, v in gen.items()})
         read = gen[1] * weights / 1e9
         result.setdefault("gen_weight_read_gbps_b1", {})[key] = read
@@ -276,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(line)
     if args.json:
         Path(args.json).write_text(line + "\n")
-    tests_ok = args.skip_tests or bool(result["tests"]["ok"])
+    tests_ok = bool(result["tests"].get("ok", True))
     return 0 if tests_ok else 1
 
 

@@ -1,8 +1,9 @@
 """benchmarks/gpu.py where no GPU is: its arguments, the MFU arithmetic and peak table, the clear
-refusal without CUDA, and its training and generation timers run on tiny presets on the CPU."""
+refusal without CUDA, and a ``--device cpu`` dry run of the whole script on tiny presets."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from calm_core import costs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -22,8 +24,6 @@ def test_mfu_is_model_flops_per_second_over_the_peak() -> None:
     assert gpu.mfu(10_000, 6e9, 989.0) == pytest.approx(60 / 989)
     with pytest.raises(ValueError, match="peak must be positive"):
         gpu.mfu(1.0, 1.0, 0.0)
-    assert gpu.causal_context(512) == 256  # (512 + 1) / 2, rounded
-    assert gpu.causal_context(1) == 1
 
 
 def test_the_peak_table_matches_device_names_most_specific_first() -> None:
@@ -61,13 +61,27 @@ def test_without_cuda_it_exits_2_and_says_why() -> None:
     assert done.stdout == ""
 
 
-def test_the_timers_run_the_real_code_on_tiny_presets() -> None:
-    args = gpu.parse_args(["--steps", "1", "--warmup", "0", "--batch", "2", "--seq-len", "32"])
-    args.new_tokens = 4
-    cpu = torch.device("cpu")
-    for name in ("transformer-tiny", "calm-tiny"):
-        fig = gpu.train_preset(name, cpu, args, peak_tflops=1.0)
-        assert fig.tokens_per_s > 0 and math.isfinite(fig.loss)
-        assert fig.mfu == pytest.approx(fig.tokens_per_s * fig.flops_per_token / 1e12)
-        gen = gpu.time_generation(name, cpu, args)
-        assert sorted(gen) == [1, 8] and all(v > 0 for v in gen.values())
+def test_a_cpu_dry_run_prints_the_one_json_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "gpu.json"
+    argv = ["--device", "cpu", "--presets", "transformer-tiny,calm-tiny", "--steps", "1"]
+    argv += ["--warmup", "0", "--batch", "2", "--seq-len", "32", "--new-tokens", "4"]
+    assert gpu.main([*argv, "--json", str(out)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    result = json.loads(line)
+    assert out.read_text() == line + "\n"
+    assert result["device"] == "cpu" and result["tests"] == {"skipped": True}
+    assert result["peak_source"] == "measured fp32 matmul" and result["peak_tflops"] > 0
+    assert result["memory_gbps"] is None and "gen_weight_read_frac_b1" not in result
+    for key in ("transformer_tiny", "calm_tiny"):
+        train = result["train"][key]
+        assert train["tokens_per_s"] > 0 and math.isfinite(train["loss"])
+        # MFU is the model FLOP rate over the peak, with the analytic FLOPs of the preset
+        rate = train["tokens_per_s"] * train["flops_per_token"] / 1e12
+        assert train["mfu"] == pytest.approx(rate / result["peak_tflops"])
+        assert result["gen_tok_s"][f"{key}_b1"] > 0 and result["gen_tok_s"][f"{key}_b8"] > 0
+        assert result["gen_weight_read_gbps_b1"][key] > 0
+    # K = 4 tokens per CALM step: causal context over 32 / 4 = 8 positions
+    want = costs.flops_per_token("calm-tiny", context=costs.causal_context(8), training=True)
+    assert result["train"]["calm_tiny"]["flops_per_token"] == want

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from calm_core import runtime
+import torch.distributed as dist
 from calm_core.data import PackedDataset
+from calm_core.runtime import DeviceError
 from calm_core.training import TrainConfig, Trainer, build_optimizer
+from calm_core.training.distributed import setup_distributed
 from calm_core.training.parallel import find_blocks
 from calm_core.training.state import RunState
 from calm_core.training.trainer import CompileError
-from pydantic import ValidationError
 from test_trainer_support import TinyLM, losses, make_data_dir, make_model
 from torch import nn
 
@@ -122,21 +123,26 @@ def test_a_trainer_is_whole_before_fit(data: Path, tmp_path: Path):
     assert trainer.optimizer is None and trainer.prepared is None
 
 
-def test_device_field_is_validated_and_resolved(monkeypatch: pytest.MonkeyPatch):
-    with pytest.raises(ValidationError, match="device must be auto, cpu, cuda, cuda:N or mps"):
-        TrainConfig(device="gpu")
+def test_the_trainer_resolves_its_device_before_any_work(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def trainer(config: TrainConfig, **kw: object) -> Trainer:
+        return Trainer(make_model(), config, PackedDataset(data), tmp_path, progress=False, **kw)
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="CUDA is not available on this machine"):
-        runtime.resolve_device("cuda")
+    with pytest.raises(DeviceError, match="device 'cuda' is not available"):
+        trainer(TrainConfig(device="cuda"))
+    with pytest.raises(DeviceError, match="unknown device 'gpu'"):
+        trainer(TrainConfig(), device="gpu")
+    assert not tmp_path.joinpath("metrics.jsonl").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert runtime.resolve_device("auto") == torch.device("cuda", 0)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert runtime.resolve_device("auto") == torch.device("cuda", 1)
-    assert runtime.resolve_device("cuda") == torch.device("cuda", 1)
-    assert runtime.resolve_device("cuda:0") == torch.device("cuda", 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert trainer(TrainConfig()).device == torch.device("cuda", 0)  # auto
+    assert trainer(TrainConfig(device="cpu")).device == torch.device("cpu")
+    assert trainer(TrainConfig(device="cpu"), device="cuda:1").device == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun: the local rank's GPU
+    assert trainer(TrainConfig()).device == torch.device("cuda", 1)
 
 
 def test_adamw_is_fused_on_cpu_and_foreach_on_other_devices():
@@ -175,3 +181,21 @@ def test_on_cuda_auto_trains_in_bf16_with_fused_adamw_and_resumes(data: Path, tm
     assert sorted(two) == list(range(1, 7))
     for step in one:  # cuBLAS may pick other kernels across processes: rounding only
         assert two[step] == pytest.approx(one[step], rel=1e-3)
+
+
+def test_the_group_backend_follows_the_training_device(monkeypatch: pytest.MonkeyPatch):
+    made: list[str] = []
+    devices: list[object] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: made.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    # device: cpu under torchrun on a GPU machine: gloo, which reduces CPU tensors
+    info = setup_distributed(torch.device("cpu"))
+    assert (made, devices, info.rank, info.initialized_here) == (["gloo"], [], 1, True)
+    setup_distributed(torch.device("cuda", 1))
+    assert made[-1] == "nccl" and devices == [torch.device("cuda", 1)]

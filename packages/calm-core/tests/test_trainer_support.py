@@ -13,17 +13,18 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from calm_core.ar import ARConfig, ARModel
 from calm_core.backbone import BackboneConfig
 from calm_core.calm import CALM
 from calm_core.data import Tokenizer, write_data_dir
 from calm_core.data.packing import Document
 from calm_core.registry import codecs, heads
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 from safetensors.torch import save_model
 from tiny_components import TinyCodec, TinyCodecConfig, TinyHead
 from torch import nn
@@ -89,12 +90,13 @@ def make_model(seed: int = 0, dropout: float = 0.0, kind: str = "tiny") -> nn.Mo
         hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_positions=64
     )
     if kind == "ar":
-        return TransformerLM(TransformerLMConfig(vocab_size=VOCAB, backbone=backbone))
+        return ARModel(ARConfig(vocab_size=VOCAB, backbone=backbone))
     if kind != "calm":
         raise ValueError(f"unknown model kind {kind!r}")
     heads.register("test.tiny", TinyHead, replace=True)
     codecs.register("test.codec", TinyCodec, replace=True)
-    codec = TinyCodec(TinyCodecConfig(vocab_size=VOCAB, chunk_size=4, latent_size=4))
+    config = TinyCodecConfig(vocab_size=VOCAB, chunk_size=4, latent_size=4)
+    codec = codecs.build({"name": "test.codec", "config": config.model_dump()})
     return CALM.from_codec(codec, backbone=backbone, head="test.tiny")
 
 
@@ -111,19 +113,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: seconds a launched group may run before its ranks are killed (a hang fails, never blocks)
+LAUNCH_TIMEOUT_S = 300
+#: once one rank has failed, seconds the others get to exit before they are killed (a peer
+#: blocked in a collective would otherwise wait for gloo's 30-minute timeout)
+PEER_GRACE_S = 10
+
+
 def launch_ranks(run: Path, data: Path, config: Any, *extra: str, nproc: int = 2) -> list[str]:
     """Run this file as ``nproc`` gloo ranks (the environment torchrun gives them); their stdouts.
 
     ``config`` is a TrainConfig; extra arguments go to :func:`main`. A launch whose rendezvous
-    port was taken by another process in the meantime is retried once on a new port.
+    port was taken by another process in the meantime is retried on a new port (twice at most).
     """
-    for attempt in range(2):
+    for attempt in range(3):
         codes, outputs = _launch(run, data, config, extra, nproc, _free_port())
-        errors = "".join(err for _, err in outputs)
-        if attempt == 0 and any(codes) and "address already in use" in errors.lower():
+        errors = "".join(err for _, err in outputs).lower()
+        if attempt < 2 and any(codes) and "address already in use" in errors:
             continue
-        for code, (_, err) in zip(codes, outputs, strict=True):
-            assert code == 0, err[-3000:]
+        failed = [
+            f"rank {rank} exited with {code}:\n{err[-3000:]}"
+            for rank, (code, (_, err)) in enumerate(zip(codes, outputs, strict=True))
+            if code != 0
+        ]
+        assert not failed, "\n".join(failed)
         break
     return [out for out, _ in outputs]
 
@@ -131,28 +144,50 @@ def launch_ranks(run: Path, data: Path, config: Any, *extra: str, nproc: int = 2
 def _launch(
     run: Path, data: Path, config: Any, extra: tuple[str, ...], nproc: int, port: int
 ) -> tuple[list[int], list[tuple[str, str]]]:
-    procs = []
-    for rank in range(nproc):
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(nproc),
-            "LOCAL_WORLD_SIZE": str(nproc),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "CUDA_VISIBLE_DEVICES": "",
-        }
-        cmd = [sys.executable, str(Path(__file__).resolve()), str(run), str(data)]
-        cmd += ["--config", config.model_dump_json(), *extra]
-        procs.append(
-            subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-    outputs = [p.communicate(timeout=240) for p in procs]
+    """Start the ranks, wait for them all (killing the rest when one fails or time runs out)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="calm-ranks-") as tmp:
+        logs = [(Path(tmp, f"{r}.out"), Path(tmp, f"{r}.err")) for r in range(nproc)]
+        try:
+            for rank, (out, err) in enumerate(logs):
+                env = {
+                    **os.environ,
+                    "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                    "RANK": str(rank),
+                    "LOCAL_RANK": str(rank),
+                    "WORLD_SIZE": str(nproc),
+                    "LOCAL_WORLD_SIZE": str(nproc),
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(port),
+                    "CUDA_VISIBLE_DEVICES": "",
+                }
+                cmd = [sys.executable, str(Path(__file__).resolve()), str(run), str(data)]
+                cmd += ["--config", config.model_dump_json(), *extra]
+                # files, not pipes: a rank that writes much never blocks on a full pipe
+                with out.open("wb") as o, err.open("wb") as e:
+                    procs.append(subprocess.Popen(cmd, env=env, stdout=o, stderr=e))
+            _wait_all(procs)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        outputs = [(o.read_text(errors="replace"), e.read_text(errors="replace")) for o, e in logs]
     return [int(p.returncode) for p in procs], outputs
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    failed_at: float | None = None
+    while any(p.poll() is None for p in procs):
+        now = time.monotonic()
+        if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
+            failed_at = now
+        if failed_at is not None and now - failed_at > PEER_GRACE_S:
+            return  # the caller kills the peers; the failed rank's stderr says why
+        if now > deadline:
+            raise AssertionError(f"the ranks did not finish within {LAUNCH_TIMEOUT_S} s")
+        time.sleep(0.05)
 
 
 def main(argv: list[str]) -> int:

@@ -22,6 +22,7 @@ from calm_core.training.state import MetricWindow, RunState
 from calm_core.training.trainer import (
     CompileError,
     Evaluator,
+    LossStep,
     NonFiniteLossError,
     StepCallback,
     Trainer,
@@ -35,6 +36,7 @@ __all__ = [
     "CompileError",
     "Evaluator",
     "LRSchedule",
+    "LossStep",
     "MetricWindow",
     "NonFiniteLossError",
     "OptimizerNotFoundError",

@@ -12,17 +12,15 @@ optimisation (and the blocks each step sees) the same.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from calm_core.config import ConfigModel
+from calm_core.runtime import DEVICE_PATTERN, check_device_spec
 from calm_core.training.optimizer_names import OptimizerNotFoundError, get_optimizer_class
 
 __all__ = ["TrainConfig"]
-
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class TrainConfig(ConfigModel):
@@ -56,6 +54,12 @@ class TrainConfig(ConfigModel):
     autocast: Literal["auto", "none", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision: auto = bf16 on GPU, none (fp32) on CPU."
     )
+    device: str = Field(
+        "auto",
+        json_schema_extra={"pattern": DEVICE_PATTERN},
+        description="Where to train: auto (the local rank's GPU under torchrun, else cuda:0, "
+        "else mps, else cpu), cpu, cuda, cuda:N or mps; see calm_core.runtime.resolve_device.",
+    )
     log_every: int = Field(10, ge=1, description="Steps between metric lines.")
     eval_every: int = Field(0, ge=0, description="Steps between evaluations; 0 = only at the end.")
     eval_batches: int = Field(
@@ -71,11 +75,6 @@ class TrainConfig(ConfigModel):
     )
     find_unused_parameters: bool = Field(
         False, description="Passed to DDP for models that skip some parameters in a step."
-    )
-    device: str = Field(
-        "auto",
-        description="Where to train: auto (the local rank's GPU under torchrun, else cuda:0, else "
-        "MPS, else CPU), cpu, cuda, cuda:N or mps.",
     )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
@@ -96,6 +95,11 @@ class TrainConfig(ConfigModel):
             raise ValueError(f"each beta must lie in [0, 1), got {list(betas)}")
         return betas
 
+    @field_validator("device")
+    @classmethod
+    def _device_spec(cls, spec: str) -> str:
+        return check_device_spec(spec)  # whether it exists here is checked when it is resolved
+
     @field_validator("optimizer")
     @classmethod
     def _optimizer_exists(cls, name: str) -> str:
@@ -104,13 +108,6 @@ class TrainConfig(ConfigModel):
         except OptimizerNotFoundError as exc:  # its message lists the close and available names
             raise ValueError(str(exc)) from None
         return name
-
-    @field_validator("device")
-    @classmethod
-    def _device_spec(cls, spec: str) -> str:
-        if not _DEVICE.match(spec):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {spec!r}")
-        return spec
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -60,6 +60,7 @@ from calm_core.training.state import RunState
 __all__ = [
     "CompileError",
     "Evaluator",
+    "LossStep",
     "NonFiniteLossError",
     "StepCallback",
     "Trainer",
@@ -68,6 +69,8 @@ __all__ = [
 
 #: ``evaluate(model) -> {"name": value}``; logged with an ``eval/`` prefix
 Evaluator = Callable[[nn.Module], dict[str, float]]
+#: ``loss_step(model, batch) -> {"loss": ..., ...}``: one forward pass (default ``model(batch)``)
+LossStep = Callable[[nn.Module, torch.Tensor], dict[str, Any]]
 #: called after every optimizer step on every rank: ``callback(trainer, step, metrics)``
 StepCallback = Callable[["Trainer", int, dict[str, float]], None]
 
@@ -117,6 +120,9 @@ class Trainer:
         device: where to train; overrides ``config.device`` (default ``"auto"``: the local rank's
             GPU under torchrun, else ``cuda:0``, else MPS, else the CPU).
         progress: show the progress bar / lines (rank 0 only).
+        loss_step: ``loss_step(model, batch)`` computes a micro-step's loss dict (a recipe's
+            ``_loss_step``); default ``model(batch)``. ``model`` is the wrapped model (DDP, FSDP,
+            compiled) on the training device.
     """
 
     def __init__(
@@ -132,6 +138,7 @@ class Trainer:
         callbacks: Sequence[StepCallback] = (),
         device: torch.device | str | None = None,
         progress: bool = True,
+        loss_step: LossStep | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -144,6 +151,7 @@ class Trainer:
         self.resume = resume
         self.callbacks = list(callbacks)
         self.show_progress = progress
+        self.loss_step: LossStep = loss_step if loss_step is not None else _forward
         #: where this process trains (resolved now, so a bad device fails before any work)
         self.device: torch.device = resolve_device(device if device is not None else config.device)
         #: this process's place in the group; from the environment until fit() joins the group
@@ -240,7 +248,7 @@ class Trainer:
         """Join the group, build loader/optimizer/schedule, wrap the model, resume or seed."""
         c = self.config
         self._fit_start = time.perf_counter()
-        info = self.info = setup_distributed()
+        info = self.info = setup_distributed(self.device)
         if c.num_threads is not None:
             torch.set_num_threads(c.num_threads)
         loader = BlockLoader(
@@ -413,7 +421,7 @@ class Trainer:
             try:
                 with ctx:
                     with self._amp:
-                        out = wrapped(batch)
+                        out = self.loss_step(wrapped, batch)
                     loss = _check_output(out)
                     scaled = loss / c.grad_accum_steps
                     if objects.scaler is not None:
@@ -542,6 +550,11 @@ class CompileError(RuntimeError):
 
 
 _COMPILER_MODULES = ("torch._dynamo", "torch._inductor")
+
+
+def _forward(model: nn.Module, batch: torch.Tensor) -> dict[str, Any]:
+    out: dict[str, Any] = model(batch)
+    return out
 
 
 def _check_output(out: Any) -> torch.Tensor:
