@@ -12,11 +12,10 @@ import torch
 import torch.distributed as dist
 from calm_core.data import PackedDataset
 from calm_core.runtime import DeviceError
-from calm_core.training import TrainConfig, Trainer, build_optimizer
+from calm_core.training import CompileError, TrainConfig, Trainer, build_optimizer
 from calm_core.training.distributed import setup_distributed
 from calm_core.training.parallel import find_blocks
 from calm_core.training.state import RunState
-from calm_core.training.trainer import CompileError
 from test_trainer_support import TinyLM, losses, make_data_dir, make_model
 from torch import nn
 

@@ -10,6 +10,7 @@ from calm_core.training.checkpoint import (
     list_checkpoints,
 )
 from calm_core.training.config import TrainConfig
+from calm_core.training.errors import CompileError, NonFiniteLossError, TrainingInterrupted
 from calm_core.training.logging import METRICS_FILE, read_metrics
 from calm_core.training.optim import (
     LRSchedule,
@@ -19,15 +20,7 @@ from calm_core.training.optim import (
     get_optimizer_class,
 )
 from calm_core.training.state import MetricWindow, RunState
-from calm_core.training.trainer import (
-    CompileError,
-    Evaluator,
-    LossStep,
-    NonFiniteLossError,
-    StepCallback,
-    Trainer,
-    TrainingInterrupted,
-)
+from calm_core.training.trainer import Evaluator, LossStep, StepCallback, Trainer
 
 __all__ = [
     "METRICS_FILE",

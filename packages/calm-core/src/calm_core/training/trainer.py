@@ -10,10 +10,12 @@ What is unusual:
   the loader's position and the half-filled logging window, so an interrupted-then-resumed run
   logs the same losses as an uninterrupted one with the same seed.
 - SIGINT/SIGTERM (or :meth:`Trainer.request_stop`) finish the current step, write a checkpoint
-  and raise :class:`TrainingInterrupted` (a ``KeyboardInterrupt``). Under DDP the stop flag rides
-  on the one small all-reduce per step that also carries the loss, so every rank stops together.
-- A non-finite loss or gradient norm raises :class:`NonFiniteLossError` naming the step, before
-  the optimizer step and without writing a checkpoint.
+  and raise :class:`~calm_core.training.errors.TrainingInterrupted` (a ``KeyboardInterrupt``).
+  Under DDP the stop flag rides on the one small all-reduce per step that also carries the loss,
+  so every rank stops together.
+- A non-finite loss or gradient norm raises
+  :class:`~calm_core.training.errors.NonFiniteLossError` naming the step, before the optimizer
+  step and without writing a checkpoint.
 - Evaluation runs on rank 0 (on every rank under FSDP, whose forward is collective) with the RNG
   states forked, so evaluating never changes training.
 - The run's state (step, tokens seen, metric window, evaluations, data/RNG positions) is one
@@ -52,19 +54,18 @@ from calm_core.training import checkpoint as ckpt
 from calm_core.training import fsdp
 from calm_core.training.config import TrainConfig
 from calm_core.training.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
+from calm_core.training.errors import NonFiniteLossError, TrainingInterrupted, compile_failure
 from calm_core.training.logging import MetricsLog, Progress
 from calm_core.training.optim import LRSchedule, build_optimizer
 from calm_core.training.parallel import PreparedModel, prepare_model
 from calm_core.training.state import RunState
+from calm_core.training.step_outputs import accumulate_scalars, check_output, forward_loss_step
 
 __all__ = [
-    "CompileError",
     "Evaluator",
     "LossStep",
-    "NonFiniteLossError",
     "StepCallback",
     "Trainer",
-    "TrainingInterrupted",
 ]
 
 #: ``evaluate(model) -> {"name": value}``; logged with an ``eval/`` prefix
@@ -73,29 +74,6 @@ Evaluator = Callable[[nn.Module], dict[str, float]]
 LossStep = Callable[[nn.Module, torch.Tensor], dict[str, Any]]
 #: called after every optimizer step on every rank: ``callback(trainer, step, metrics)``
 StepCallback = Callable[["Trainer", int, dict[str, float]], None]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss (or gradient norm) became NaN/inf; ``step`` is the 1-based failing step."""
-
-    def __init__(self, message: str, step: int) -> None:
-        super().__init__(message)
-        self.step = step
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on a signal or request after saving ``checkpoint`` at ``step``.
-
-    ``summary`` holds what ``fit()`` would have returned (steps, final_loss, tokens_per_s, ...).
-    """
-
-    def __init__(self, step: int, checkpoint: Path | None, reason: str) -> None:
-        super().__init__(f"training interrupted ({reason}) at step {step}; checkpoint {checkpoint}")
-        self.step = step
-        self.checkpoint = checkpoint
-        self.reason = reason
-        #: what ``fit()`` would have returned at this step
-        self.summary: dict[str, Any] = {}
 
 
 class Trainer:
@@ -151,7 +129,7 @@ class Trainer:
         self.resume = resume
         self.callbacks = list(callbacks)
         self.show_progress = progress
-        self.loss_step: LossStep = loss_step if loss_step is not None else _forward
+        self.loss_step: LossStep = loss_step if loss_step is not None else forward_loss_step
         #: where this process trains (resolved now, so a bad device fails before any work)
         self.device: torch.device = resolve_device(device if device is not None else config.device)
         #: this process's place in the group; from the environment until fit() joins the group
@@ -422,21 +400,17 @@ class Trainer:
                 with ctx:
                     with self._amp:
                         out = self.loss_step(wrapped, batch)
-                    loss = _check_output(out)
+                    loss = check_output(out)
                     scaled = loss / c.grad_accum_steps
                     if objects.scaler is not None:
                         scaled = objects.scaler.scale(scaled)
                     scaled.backward()  # type: ignore[no-untyped-call]
             except Exception as exc:
-                if c.compile and type(exc).__module__.startswith(_COMPILER_MODULES):
-                    raise CompileError(
-                        f"compile: true failed at step {step + 1} ({type(exc).__name__}: "
-                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                        "torch.compile needs a working C++ compiler on CPU (Triton on CUDA). "
-                        "Install one, or set compile: false"
-                    ) from exc
+                failure = compile_failure(exc, step + 1) if c.compile else None
+                if failure is not None:
+                    raise failure from exc
                 raise
-            _accumulate(step_sums, out)
+            accumulate_scalars(step_sums, out)
         return step_sums
 
     def _check_finite(self, step: int, loss: float, norm: float) -> None:
@@ -510,7 +484,7 @@ class Trainer:
         n = min(c.eval_batches, len(loader))
         sums: dict[str, torch.Tensor] = {}
         for _ in range(n):
-            _accumulate(sums, model(loader.next_batch().to(self.device)))
+            accumulate_scalars(sums, model(loader.next_batch().to(self.device)))
         return {k: float(v) / n for k, v in sums.items()}
 
     # ------------------------------------------------------------------ save and finish
@@ -543,39 +517,3 @@ class Trainer:
         if self._log is not None:
             self._log.close(quiet=sys.exc_info()[0] is not None)
             self._log = None
-
-
-class CompileError(RuntimeError):
-    """``compile: true`` and ``torch.compile`` failed on this machine; the message says why."""
-
-
-_COMPILER_MODULES = ("torch._dynamo", "torch._inductor")
-
-
-def _forward(model: nn.Module, batch: torch.Tensor) -> dict[str, Any]:
-    out: dict[str, Any] = model(batch)
-    return out
-
-
-def _check_output(out: Any) -> torch.Tensor:
-    if not isinstance(out, dict) or "loss" not in out:
-        got = sorted(out) if isinstance(out, dict) else type(out).__name__
-        raise TypeError(f"model(tokens) must return a dict with a scalar 'loss'; got {got}")
-    loss = out["loss"]
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise TypeError("model(tokens)['loss'] must be a scalar tensor")
-    return loss
-
-
-def _accumulate(sums: dict[str, torch.Tensor], out: dict[str, Any]) -> None:
-    """Add the scalar entries of a model output to ``sums`` (detached, fp32, no sync)."""
-    for key, value in out.items():
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                continue
-            v = value.detach().float().reshape(())
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            v = torch.tensor(float(value))
-        else:
-            continue
-        sums[key] = sums[key] + v.to(sums[key].device) if key in sums else v
