@@ -107,7 +107,7 @@ def require_cuda() -> torch.device:
         raise NoCudaError(
             "benchmarks/gpu.py needs a CUDA GPU, but torch.cuda.is_available() is False "
             f"(torch {torch.__version__}, CUDA {built}); run it on a machine with an NVIDIA GPU "
-            "and a CUDA build of torch"
+            "and a CUDA build of torch (--device cpu is a dry run of this script on the CPU)"
         )
     return torch.device("cuda", 0)
 

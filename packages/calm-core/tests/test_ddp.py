@@ -35,6 +35,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     run = tmp_path / "ddp"
     for out in launch_ranks(run, data, config):
         assert '"world_size": 2' in out
+        assert "RELEASED True" in out  # the DDP wrapper went before the group
 
     one, two = losses(single), losses(run)
     assert sorted(two) == list(range(1, 7))

@@ -54,6 +54,7 @@ def test_fsdp_on_two_processes_matches_one_process(
     run = tmp_path / "fsdp"
     for out in launch_ranks(run, data, config, "--model", kind, "--save", str(tmp_path / "w.st")):
         assert '"world_size": 2' in out
+        assert "RELEASED True" in out  # the sharded copy went before the group (no abort at exit)
     one, two = losses(single), losses(run)
     assert sorted(two) == list(range(1, 11))
     for step in one:

@@ -235,6 +235,8 @@ def main(argv: list[str]) -> int:
     if args.save and trainer.is_main:
         save_model(model, args.save)
     print("SUMMARY " + json.dumps(summary), flush=True)
+    # what held the process group (the DDP wrapper, FSDP's sharded copy) is gone after fit
+    print(f"RELEASED {trainer.prepared is None}", flush=True)
     return 0
 
 

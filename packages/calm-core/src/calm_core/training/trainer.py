@@ -30,6 +30,7 @@ What is unusual:
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import random
@@ -142,7 +143,8 @@ class Trainer:
         self.state = RunState()
         #: the optimizer being stepped, set when fit() starts (callbacks may read its groups)
         self.optimizer: torch.optim.Optimizer | None = None
-        #: the model as trained (with its DDP/FSDP wrapper), set when fit() starts
+        #: the model as trained (with its DDP/FSDP wrapper), set when fit() starts; None again
+        #: after a fit that made its own process group (see ``_leave_group``)
         self.prepared: PreparedModel | None = None
         self._objects: ckpt.TrainingObjects | None = None
         self._log: MetricsLog | None = None
@@ -206,6 +208,7 @@ class Trainer:
             TrainingInterrupted: on a signal or :meth:`request_stop`, after a checkpoint.
             NonFiniteLossError: a NaN/inf loss or gradient norm (no checkpoint written).
         """
+        together = False  # every rank got here: they may wait for each other before leaving
         try:
             with self._signals():
                 self._setup()
@@ -215,10 +218,33 @@ class Trainer:
                     self._finish()
                 finally:
                     self._close()
+                together = True
                 return self.summary()
+        except TrainingInterrupted:
+            together = True  # the ranks agreed on the stop in one all-reduce
+            raise
         finally:
             if self.info.initialized_here:  # a group we made, we close
-                dist.destroy_process_group()
+                self._leave_group(together)
+
+    def _leave_group(self, together: bool) -> None:
+        """Destroy the process group this fit made, and first drop what holds it.
+
+        The DDP wrapper, and under FSDP the sharded copy with its optimizer, keep the group
+        alive past ``destroy_process_group``; a gloo group then freed while the interpreter
+        shuts down can abort the process at exit (SIGABRT) after a successful run. So they are
+        released (``prepared`` is None afterwards, and ``optimizer`` too under FSDP) and
+        collected while the process still runs.
+        """
+        if together:  # every rank done with its last collective before any shuts down
+            barrier(self.info)
+        if self.prepared is not None:
+            if self.prepared.sharded:
+                self.optimizer = None
+            self.prepared = None
+            self._objects = None
+            gc.collect()
+        dist.destroy_process_group()
 
     # ------------------------------------------------------------------ setup
 
