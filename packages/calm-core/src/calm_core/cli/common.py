@@ -28,6 +28,7 @@ from calm_core.data.tokenizer import TokenizerError
 from calm_core.model_dir import ModelLoadError
 from calm_core.recipes import OutputDirError
 from calm_core.registry import PluginConflictError, UnknownComponentError
+from calm_core.runlock import RunLockError
 from calm_core.runtime import resolve_device
 from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
 
@@ -165,6 +166,7 @@ def usage_errors() -> Iterator[None]:
         OutputDirError,
         UnknownComponentError,
         PluginConflictError,
+        RunLockError,  # issue 23: another run holds the output directory
     ) as exc:
         raise CLIError(str(exc)) from None
 

@@ -23,6 +23,7 @@ from calm_core.cli.common import (
     usage_errors,
 )
 from calm_core.recipes import ModelRecipe, resolve_model_config
+from calm_core.runlock import run_lock
 from calm_core.runtime import resolve_device
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -66,12 +67,14 @@ def run(args: argparse.Namespace) -> int:
     if args.codec is not None:
         check_input_path(args.codec, "codec directory")
     print_resolved_config("calm train config", config, device)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume, resumable=True)
-    recipe = ModelRecipe(
-        config, args.data, out, codec_dir=args.codec, resume=args.resume,
-        progress=not args.no_progress,
-    )  # fmt: skip
-    with usage_errors():
+    with usage_errors(), run_lock(args.out):  # issue 23: one run per --out, before any write
+        out = prepare_output_dir(
+            args.out, overwrite=args.overwrite, resume=args.resume, resumable=True
+        )
+        recipe = ModelRecipe(
+            config, args.data, out, codec_dir=args.codec, resume=args.resume,
+            progress=not args.no_progress,
+        )  # fmt: skip
         result = recipe.run()
     if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
         return 0

@@ -22,6 +22,7 @@ from calm_core.cli.common import (
     usage_errors,
 )
 from calm_core.recipes import DEFAULT_RECIPE, RECIPES, CodecRecipe, resolve_codec_config
+from calm_core.runlock import run_lock
 from calm_core.runtime import resolve_device
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -48,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
         config = resolve_codec_config(args.config, recipe=args.recipe, codec=args.codec, **options)
         device = resolve_device(config.train.device)
     print_resolved_config("calm train-codec config", config, device)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume, resumable=True)
-    recipe = CodecRecipe(config, args.data, out, resume=args.resume, progress=not args.no_progress)
-    with usage_errors():
+    with usage_errors(), run_lock(args.out):  # issue 23: one run per --out, before any write
+        out = prepare_output_dir(
+            args.out, overwrite=args.overwrite, resume=args.resume, resumable=True
+        )
+        recipe = CodecRecipe(
+            config, args.data, out, resume=args.resume, progress=not args.no_progress
+        )
         result = recipe.run()
     if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
         return 0
