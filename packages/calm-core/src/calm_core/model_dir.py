@@ -30,6 +30,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from calm_core import model_checks
+
 __all__ = [
     "CONFIG_NAME",
     "FORMAT_VERSION",
@@ -386,6 +388,17 @@ def load_pretrained(path: str | Path, *, map_location: str | torch.device = "cpu
     """Load any model directory written by :func:`save_pretrained` (in eval mode)."""
     d = Path(path)
     record = read_config(d)
+    # --- issue 23 hook: config.json against the weights' header, before real memory is used
+    try:
+        header, meta = model_checks.read_header(d / WEIGHTS_NAME)
+        probe = model_checks.meta_build(
+            lambda: build_from_record(record), passthrough=(ModelLoadError,)
+        )
+        model_checks.check_memory(probe)
+        model_checks.check_against_header(probe, header, json.loads(meta.get(_ALIASES_KEY, "{}")))
+    except (model_checks.ModelCheckError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{d}: {exc}") from None
+    # ---
     expected = record.get("save_id")
     found = _weights_save_id(d / WEIGHTS_NAME)
     if expected is not None and found is not None and found != expected:
@@ -395,6 +408,10 @@ def load_pretrained(path: str | Path, *, map_location: str | torch.device = "cpu
         )
     model = build_from_record(record)
     state = load_weights(d / WEIGHTS_NAME, device=map_location)
+    try:  # issue 23 hook: NaN / inf weights are refused, not evaluated
+        model_checks.check_finite(state)
+    except model_checks.ModelCheckError as exc:
+        raise ModelLoadError(f"{d / WEIGHTS_NAME}: {exc}") from None
     load_state_into(model, state, str(d / WEIGHTS_NAME))
     model.to(map_location)
     model.eval()

@@ -15,6 +15,7 @@ import numpy as np
 
 from calm_core.data.packing import DATA_FORMAT, INDEX_FILE, DataError
 from calm_core.data.tokenizer import Tokenizer
+from calm_core.validation import check_packed_split
 
 __all__ = ["PackedDataset"]
 
@@ -80,6 +81,8 @@ class PackedDataset:
                 "data directory is incomplete or corrupt, re-run `calm tokenize`"
             )
         self.tokens: np.ndarray = np.memmap(path, dtype=dtype, mode="r", shape=(self.num_tokens,))
+        # issue 23: index consistency and token ids below the vocabulary, before any use
+        check_packed_split(self.tokens, index, split, str(self.data_dir))
 
     @cached_property
     def tokenizer(self) -> Tokenizer:

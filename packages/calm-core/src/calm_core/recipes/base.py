@@ -24,10 +24,13 @@ import torch
 from torch import nn
 
 from calm_core.data.dataset import PackedDataset
+from calm_core.data.packing import DataError
+from calm_core.data.tokenizer import TokenizerError
 from calm_core.model_dir import save_pretrained
 from calm_core.recipes.config import TrainCodecConfig, TrainModelConfig
 from calm_core.runtime import resolve_device
 from calm_core.training.trainer import Evaluator, StepCallback, Trainer
+from calm_core.validation import check_run_config, check_train_memory
 
 __all__ = ["Recipe"]
 
@@ -79,7 +82,9 @@ class Recipe(Generic[C]):
     def setup(self) -> None:
         """Resolve the device, open the data, build the model (seeded) and the trainer."""
         self.device = resolve_device(self.config.train.device)
+        check_run_config(self.config)  # issue 23: everything the run will use, before step 1
         self._setup_data()
+        self._check_data()
         torch.manual_seed(self.config.train.seed)  # the initial weights follow the run's seed
         self.model = self._setup_model()
         self._setup_optimizer()
@@ -89,6 +94,19 @@ class Recipe(Generic[C]):
         if "val" in self.train_data.index["splits"]:
             val = PackedDataset(self.data_dir, "val")
             self.val_data = val if val.num_tokens > 0 else None  # tokenized without --val-docs
+
+    def _check_data(self) -> None:
+        """Issue 23: the data's tokenizer (copied into the model directory at the end) loads,
+        and one micro-batch's logits fit in memory."""
+        assert self.train_data is not None
+        try:
+            self.train_data.tokenizer  # noqa: B018 (loads and caches it)
+        except (TokenizerError, OSError, ValueError) as exc:
+            raise DataError(
+                f"the data's tokenizer in {self.data_dir} is missing or unreadable ({exc}); "
+                "re-run `calm tokenize`"
+            ) from None
+        check_train_memory(self.config, self.train_data.vocab_size)
 
     def _setup_model(self) -> nn.Module:
         raise NotImplementedError
