@@ -26,8 +26,8 @@ from torch import nn
 from calm_core.data.dataset import PackedDataset
 from calm_core.data.packing import DataError
 from calm_core.data.tokenizer import TokenizerError
-from calm_core.model_dir import save_pretrained
 from calm_core.recipes.config import TrainCodecConfig, TrainModelConfig
+from calm_core.recipes.final_save import save_final_model
 from calm_core.runtime import resolve_device
 from calm_core.training.trainer import Evaluator, StepCallback, Trainer
 from calm_core.validation import check_run_config, check_train_memory
@@ -157,7 +157,7 @@ class Recipe(Generic[C]):
         """Write the model directory (config + safetensors) and the data's tokenizer to ``out``."""
         assert self.model is not None and self.train_data is not None
         self.model.eval()
-        save_pretrained(self.model, self.out)
+        save_final_model(self.model, self.out)  # issue 23: finite weights; a full disk named
         try:
             self.train_data.tokenizer.save(self.out)
         except Exception as exc:  # the model directory is still usable with token ids

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -542,7 +543,7 @@ class Trainer:
                 ckpt.prune_checkpoints(root, self.config.keep_checkpoints)
             barrier(info)
             return final
-        except OSError as exc:  # disk full, permissions: say where, and what is still good
+        except (OSError, SafetensorError) as exc:  # disk full, permissions (issue 23: safetensors')
             tmp = self.checkpoint_dir / f".tmp-{ckpt.checkpoint_name(self.step)}"
             shutil.rmtree(tmp, ignore_errors=True)
             good = ckpt.latest_checkpoint(self.checkpoint_dir)
