@@ -39,9 +39,11 @@ __all__ = [
     "available_memory",
     "check_batch_memory",
     "check_finite_config",
+    "check_noise_stds",
     "check_packed_split",
     "check_run_config",
     "check_threads",
+    "check_train_memory",
     "max_threads",
 ]
 
@@ -125,11 +127,16 @@ def check_run_config(config: Any) -> None:
     check_finite_config(config)
     train = config.train
     check_threads(train.num_threads, "train.num_threads (--threads)")
-    for i, std in enumerate(getattr(config, "noise_stds", None) or []):
-        if std < 0:
+    check_noise_stds(getattr(config, "noise_stds", None) or [], "noise_stds")
+
+
+def check_noise_stds(stds: list[float], what: str = "--noise") -> None:
+    """The reconstruction report's latent noise stds: finite and >= 0."""
+    for i, std in enumerate(stds):
+        if not (math.isfinite(std) and std >= 0):
             raise ConfigError(
-                f"noise_stds[{i}] = {std}: a noise std must be >= 0 (it scales the latent noise "
-                "of the reconstruction report); fix the config before training"
+                f"{what}[{i}] = {std}: a noise std must be a finite number >= 0 (it scales the "
+                "latent noise of the reconstruction report)"
             )
 
 
