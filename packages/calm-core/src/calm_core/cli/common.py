@@ -33,6 +33,7 @@ from calm_core.runlock import RunLockError
 from calm_core.runtime import resolve_device
 from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
 from calm_core.training.trainer import NonFiniteLossError
+from calm_core.validation import UnsafePathError
 
 __all__ = [
     "CLIError",
@@ -171,6 +172,7 @@ def usage_errors() -> Iterator[None]:
         RunLockError,  # issue 23: another run holds the output directory
         NonFiniteLossError,  # issue 23: a diverged run (the message says what to change)
         NonFiniteModelError,
+        UnsafePathError,
     ) as exc:
         raise CLIError(str(exc)) from None
 

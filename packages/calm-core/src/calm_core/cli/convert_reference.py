@@ -32,8 +32,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from calm_core.cli.common import CLIError, prepare_output_dir, print_resolved_config, resolve_config
+from calm_core.cli.common import (
+    CLIError,
+    prepare_output_dir,
+    print_resolved_config,
+    resolve_config,
+    usage_errors,
+)
 from calm_core.config import ConfigModel
+from calm_core.validation import check_convert_paths, check_shard_path
 
 if TYPE_CHECKING:  # torch is imported only when a conversion runs (``calm --help`` stays fast)
     from torch import Tensor, nn
@@ -158,6 +165,8 @@ def _load_weights(src: Path) -> dict[str, Tensor]:
                 raise CLIError(f"{index_path} is not a shard index ({exc})") from None
             out: dict[str, Tensor] = {}
             for shard in sorted(set(weight_map.values())):
+                with usage_errors():  # issue 23 hook: shards inside SRC only
+                    check_shard_path(src, str(shard), index_name)
                 if not (src / shard).is_file():
                     raise CLIError(f"{index_path} lists the shard {shard}, which is missing")
                 out.update(loader(src / shard))
@@ -364,6 +373,8 @@ def convert_reference(
     """
     import torch
 
+    with usage_errors():  # issue 23 hook: DST equal to / inside SRC, before anything is touched
+        check_convert_paths(src, dst)
     ckpt = read_reference_checkpoint(src)
     kind = ckpt.kind
     created = not Path(dst).exists()
