@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from calm_core.plugin_watch import slow_import_notice
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
@@ -261,7 +263,9 @@ class Registry(Generic[T]):
             assert entry.entry_point is not None
             info = entry.info
             try:
-                obj = entry.entry_point.load()
+                ep = entry.entry_point  # issue 23 hook: a slow import is named, not silent
+                with slow_import_notice(f"{ep.name} = {ep.value}", info.distribution):
+                    obj = ep.load()
             # a broken plugin must never break the host, not even one that exits at import
             except (Exception, SystemExit) as exc:
                 self._drop(name, f"import failed: {type(exc).__name__}: {exc}")
