@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from calm_core.transformer_lm import TransformerLM
+from calm_core.ar import ARModel
 from torch import Tensor
 
 __all__ = ["BrierTrainedLM", "brier_score_loss"]
@@ -44,8 +44,8 @@ def brier_score_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) 
     return (probs.square().sum(-1) - 2.0 * hit + 1.0).mean()
 
 
-class BrierTrainedLM(TransformerLM):
-    """:class:`~calm_core.transformer_lm.TransformerLM` whose training loss is the Brier score."""
+class BrierTrainedLM(ARModel):
+    """:class:`~calm_core.ar.ARModel` whose training loss is the Brier score."""
 
     def forward(self, tokens: Tensor) -> dict[str, Tensor]:
         if tokens.dim() != 2 or tokens.shape[1] < 2:

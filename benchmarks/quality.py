@@ -50,7 +50,7 @@ resumable from its result file in the work directory:
     reference evaluated, every fifth of the run: the comparison at equal optimizer steps. Only
     when asked for.
 
-Training FLOPs are the analytic model FLOPs of :mod:`benchmarks.flops` times tokens seen. A phase
+Training FLOPs are the analytic model FLOPs of :mod:`calm_core.costs` times tokens seen. A phase
 that cannot run (missing code, out of time) is recorded with its reason, never filled in.
 
 What is unusual: the work directory keeps everything needed to resume (data, codec, snapshots,
@@ -76,10 +76,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from calm_core.costs import causal_context, flops_per_token
+from calm_core.model_dir import save_pretrained
 from torch import Tensor, nn
 
 from benchmarks import models as M
-from benchmarks.flops import ar_flops_per_token, calm_flops_per_token, causal_context
 from benchmarks.speed import brier_eval
 
 __all__ = ["QualityPlan", "run_quality"]
@@ -334,7 +335,7 @@ def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
         state, codec, train, f"codec_k{chunk}", minutes=minutes, steps=None, fields=fields
     )
     codec_dir = state.work / f"codec_k{chunk}"
-    codec.save_pretrained(codec_dir)
+    save_pretrained(codec, codec_dir)
     codec.eval()
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     with torch.no_grad():
@@ -356,12 +357,13 @@ def _load_codec(state: State, chunk: int) -> Any:
 
 
 def _flops_per_token(kind: str, chunk: int = M.CHUNK) -> float:
-    bb = M.backbone_shape()
+    """Training FLOPs per token, attention over the causal average of a training sequence."""
     if kind == "ar":
-        return ar_flops_per_token(bb, M.VOCAB, causal_context(M.SEQ_LEN))
-    return calm_flops_per_token(
-        bb, M.codec_shape(chunk), M.energy_shape(), causal_context(M.SEQ_LEN // chunk)
-    )
+        return flops_per_token(
+            M.preset_data("ar"), context=causal_context(M.SEQ_LEN), training=True
+        )
+    context = causal_context(M.SEQ_LEN // chunk)
+    return flops_per_token(M.preset_data("calm", chunk), context=context, training=True)
 
 
 def _build(

@@ -131,7 +131,8 @@ def _speed_section(d: dict[str, Any]) -> list[str]:
         if isinstance(gflop, int | float) and gflop > 0:
             floor = gflop / d["matmul_gflops"]
             lines[-1] += (
-                f" Its matrix multiplies alone are {gflop:.0f} GFLOP (`flops.ar_brier_flops`): "
+                f" Its matrix multiplies alone are {gflop:.0f} GFLOP "
+                "(`calm_core.costs.ar_brier_flops`): "
                 f"{fmt(floor, 3)} s at this run's fp32 matmul rate, so the whole evaluation runs "
                 f"at {gflop / agree:.0f} GFLOP/s, {floor / agree:.0%} of that rate, and 10x "
                 f"(1.62 s) needs {gflop / 1.62:.0f} GFLOP/s ({floor / 1.62:.0%}), leaving "
@@ -199,7 +200,7 @@ def _speed_section(d: dict[str, Any]) -> list[str]:
             "FLOPs per token are analytic (matmuls only, 2 per multiply-add, training = 3x "
             "forward, CALM's frozen codec encoder 1x, attention at the average causal context, "
             "the energy loss's pairwise distances at 3 FLOPs per dimension); the formula is in "
-            "`benchmarks/flops.py`.",
+            "`calm_core/costs.py`.",
             "",
         ]
     if d.get("missing"):
@@ -232,7 +233,7 @@ def _decode_weights_lines(d: dict[str, Any]) -> list[str]:
         "### Batch-1 generation: weights read per token",
         "",
         "At batch 1 a generation step multiplies one row by every weight matrix it uses, so it "
-        "reads each weight once for about 2 FLOPs (`calm_core.presets.decode_weights_per_token`): "
+        "reads each weight once for about 2 FLOPs (`calm_core.costs.decode_weights_per_token`): "
         f"the AR baseline reads {fmt(w['ar'], 3)} MB per token, CALM {fmt(k * w['calm'], 3)} MB "
         f"per {k}-token step{share}, {fmt(w['calm'], 3)} MB per token. At the same speed per "
         f"weight read, CALM/AR at batch 1 is {fmt(bound, 3)}; this run measured "

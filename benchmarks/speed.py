@@ -31,16 +31,16 @@ from functools import partial
 from typing import Any
 
 import torch
+from calm_core.costs import (
+    ar_brier_flops,
+    backbone_macs,
+    causal_context,
+    decode_weights_per_token,
+    flops_per_token,
+)
 from torch import Tensor, nn
 
 from benchmarks import models as M
-from benchmarks.flops import (
-    ar_brier_flops,
-    ar_flops_per_token,
-    backbone_flops_per_position,
-    calm_flops_per_token,
-    causal_context,
-)
 from benchmarks.timing import Measurement, measure, measure_interleaved
 
 __all__ = ["Settings", "SpeedRun", "brier_eval", "run_speed"]
@@ -363,7 +363,8 @@ def _evaluation(run: SpeedRun, settings: Settings) -> None:
         run.extra["ar_brier_always_agree_s"] = m.seconds
         # its matmul work (flops.py), for the floor the report derives from the GEMM rate
         run.extra["ar_brier_always_agree_gflop"] = (
-            ar_brier_flops(M.backbone_shape(), M.VOCAB, M.TRAIN_BATCH, M.SEQ_LEN, 4) / 1e9
+            ar_brier_flops(M.preset_data("ar"), batch=M.TRAIN_BATCH, length=M.SEQ_LEN, max_n=4)
+            / 1e9
         )
 
     _attempt(run, "eval_extra_s", ["ar_brier_always_agree"], settings, agree)
@@ -372,7 +373,6 @@ def _evaluation(run: SpeedRun, settings: Settings) -> None:
 # ------------------------------------------------------------------------------ decode weights
 def _decode_weights(run: SpeedRun) -> None:
     """Weights a batch-1 generation step reads per new token (analytic; what bounds CALM/AR)."""
-    from calm_core.presets import decode_weights_per_token
 
     def mb(preset: dict[str, Any] | str) -> float:
         return 4 * decode_weights_per_token(preset) / 1e6  # fp32
@@ -383,15 +383,16 @@ def _decode_weights(run: SpeedRun) -> None:
         "calm-m": mb("calm-m"),
         "transformer-m": mb("transformer-m"),
     }
-    # the backbone's share (matmul weights = half its FLOPs per position without attention)
-    run.extra["backbone_weight_mb"] = 4 * backbone_flops_per_position(M.backbone_shape(), 0) / 2e6
+    # the backbone's share (its matmul weights, one MAC each per position)
+    run.extra["backbone_weight_mb"] = 4 * backbone_macs(M.BACKBONE) / 1e6
 
 
 # ------------------------------------------------------------------------------------------ MFU
 def _mfu(run: SpeedRun, gemm_gflops: float) -> None:
-    bb, codec, head = M.backbone_shape(), M.codec_shape(), M.energy_shape()
-    calm_fpt = calm_flops_per_token(bb, codec, head, causal_context(M.SEQ_LEN // M.CHUNK))
-    ar_fpt = ar_flops_per_token(bb, M.VOCAB, causal_context(M.SEQ_LEN))
+    calm_context = causal_context(M.SEQ_LEN // M.CHUNK)
+    calm_fpt = flops_per_token(M.preset_data("calm"), context=calm_context, training=True)
+    ar_context = causal_context(M.SEQ_LEN)
+    ar_fpt = flops_per_token(M.preset_data("ar"), context=ar_context, training=True)
     run.extra["train_flops_per_token"] = {"calm": calm_fpt, "ar": ar_fpt}
     run.extra["achieved_gflops"] = {}
     for name, key, fpt in (("calm", "calm_energy", calm_fpt), ("ar", "ar", ar_fpt)):

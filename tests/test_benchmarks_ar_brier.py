@@ -37,12 +37,12 @@ def test_brier_score_loss_matches_the_definition_and_ignores_padding() -> None:
 
 
 def test_brier_trained_lm_trains_on_the_brier_score_and_reports_cross_entropy() -> None:
+    from calm_core.ar import ARConfig
     from calm_core.backbone import BackboneConfig
-    from calm_core.transformer_lm import TransformerLMConfig
 
     torch.manual_seed(0)
     backbone = BackboneConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
-    model = BrierTrainedLM(TransformerLMConfig(backbone=backbone, vocab_size=50, pad_id=0))
+    model = BrierTrainedLM(ARConfig(backbone=backbone, vocab_size=50, pad_id=0))
     tokens = torch.randint(1, 50, (2, 12))
     tokens[0, -3:] = 0  # padding is not scored
     out = model(tokens)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from calm_core.cli import VERBS, build_parser, main
+from calm_core.model_dir import save_pretrained
+from calm_core.registry import codecs
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A byte-level data directory (K=4), a matching random codec and a mismatched codec."""
-    from calm_core.registry import codecs
-
     root = tmp_path_factory.mktemp("cli")
     corpus = root / "corpus.jsonl"
     corpus.write_text(
@@ -34,9 +34,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     small = {"hidden_size": 16, "intermediate_size": 32, "latent_size": 4}
     codec = codecs.build({"name": "autoencoder", "config": {"vocab_size": 258, **small}})
-    codec.save_pretrained(root / "codec")
+    save_pretrained(codec, root / "codec")
     other = codecs.build({"name": "autoencoder", "config": {"vocab_size": 200, **small}})
-    other.save_pretrained(root / "codec_v200")
+    save_pretrained(other, root / "codec_v200")
     blocker = root / "a_file"
     blocker.write_text("not a directory")
     return {"root": root, "corpus": corpus, "data": data, "codec": root / "codec",

@@ -8,7 +8,6 @@ Every test copies what it breaks, so the shared directories stay good.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,8 +72,3 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                  "--config", str(model_cfg), *common]) == 0  # fmt: skip
     return {"root": root, "data": data, "codec": root / "codec", "calm": root / "calm",
             "ar": root / "ar", "codec_cfg": codec_cfg, "model_cfg": model_cfg}  # fmt: skip
-
-
-def copy_dir(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "metrics.jsonl"))
-    return dst

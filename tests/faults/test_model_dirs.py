@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from calm_core.model_dir import ModelLoadError, load_pretrained
+from calm_core.load_errors import ModelLoadError
+from calm_core.model_dir import load_pretrained
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -58,13 +59,15 @@ def test_oversized_config_is_refused_before_allocating(ws, tmp_path: Path, run_c
     _edit_config(d, _set("config.backbone.hidden_size", 2**20))  # ~TBs if it were built
     for code, err in _both_verbs(run_cli, d, ws["data"]):
         assert code == 2, err
-        assert "GiB" in err or "config.json gives" in err, err
+        assert "GiB" in err or "config.json expects" in err, err
 
 
 def test_config_that_disagrees_with_the_weights_names_the_tensor(ws, tmp_path: Path) -> None:
     d = _copy(ws["ar"], tmp_path / "ar")
     _edit_config(d, _set("config.backbone.intermediate_size", 128))
-    with pytest.raises(ModelLoadError, match=r"shape .* in the weights but config.json gives"):
+    with pytest.raises(
+        ModelLoadError, match=r"shape .* in model.safetensors but config.json expects"
+    ):
         load_pretrained(d)
 
 

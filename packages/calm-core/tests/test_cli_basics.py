@@ -83,16 +83,16 @@ def test_bad_options_file_names_the_field(
 # ------------------------------------------------------------------------ calm generate output
 def _uniform_byte_lm(path: Path) -> None:
     """An AR model over the byte tokenizer (PAD 0, EOS 1) whose next-token law is uniform."""
+    from calm_core.ar import ARConfig, ARModel
     from calm_core.data.tokenizer import Tokenizer
-    from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
     torch.manual_seed(0)
     backbone = {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
                 "max_positions": 512}  # fmt: skip
-    cfg = TransformerLMConfig.model_validate(
+    cfg = ARConfig.model_validate(
         {"backbone": backbone, "vocab_size": 258, "pad_id": 0, "eos_id": 1}
     )
-    model = TransformerLM(cfg)
+    model = ARModel(cfg)
     with torch.no_grad():
         model.lm_head.weight.zero_()
     model.save_pretrained(path)

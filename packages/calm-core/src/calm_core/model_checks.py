@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from calm_core.validation import available_memory
+from calm_core.runtime import available_memory
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -153,9 +153,13 @@ def check_memory(model: nn.Module) -> None:
 
 
 def check_against_header(
-    model: nn.Module, header: Mapping[str, TensorEntry], aliases: Mapping[str, str]
+    model: nn.Module,
+    header: Mapping[str, TensorEntry],
+    aliases: Mapping[str, str],
+    where: str = "the weights file",
 ) -> None:
-    """The model's state (names, shapes, floating dtypes) is exactly what the header holds."""
+    """The model's state (names, shapes, floating dtypes) is exactly what the header of the
+    weights file ``where`` holds."""
     expected = model.state_dict()
     stored = set(header) | set(aliases)
     missing = [k for k in expected if k not in stored]
@@ -164,7 +168,7 @@ def check_against_header(
         bad = f"lacks tensor '{missing[0]}'" if missing else f"has an unknown tensor '{extra[0]}'"
         more = len(missing) + len(extra) - 1
         raise ModelCheckError(
-            f"the weights file {bad}{f' (and {more} more)' if more else ''}: config.json does "
+            f"{where} {bad}{f' (and {more} more)' if more else ''}: config.json does "
             "not match the weights; restore the config that was saved with them"
         )
     for name, ref in expected.items():
@@ -173,7 +177,7 @@ def check_against_header(
             continue  # an alias of a missing tensor: loading names it
         if entry.shape != tuple(ref.shape):
             raise ModelCheckError(
-                f"tensor '{name}' has shape {entry.shape} in the weights but config.json gives "
+                f"tensor '{name}' has shape {entry.shape} in {where} but config.json expects "
                 f"{tuple(ref.shape)}; restore the config that was saved with these weights"
             )
         if ref.is_floating_point() and not entry.is_float:

@@ -12,6 +12,11 @@ is reported with the command that clears it, never taken over silently, because 
 mid-save may have left files that deserve a look (``--resume`` continues from its last complete
 checkpoint once the lock is removed). Under ``torchrun`` only rank 0 takes the lock; the other
 ranks write only inside rank 0's checkpoint directories, after rank 0 holds it.
+
+``calm train`` holds the lock around its output-directory check, and
+:meth:`calm_core.recipes.Recipe.run` takes it again with ``reentrant=True`` (so a Python program
+that runs a recipe directly is covered too): that inner hold is a no-op when this process holds
+the lock already.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ __all__ = ["LOCK_NAME", "RunLockError", "lock_info", "run_lock"]
 
 #: the lock file inside a run directory (hidden, so it never counts as a run's output)
 LOCK_NAME = ".calm.lock"
+
+#: run directories whose lock this process holds (resolved paths), for the re-entrant holds
+_HELD: set[Path] = set()
 
 
 class RunLockError(RuntimeError):
@@ -91,14 +99,23 @@ def _refusal(out: Path, info: dict[str, Any]) -> RunLockError:
 
 
 @contextlib.contextmanager
-def run_lock(out: str | Path, *, command: str | None = None) -> Iterator[Path]:
+def run_lock(
+    out: str | Path, *, command: str | None = None, reentrant: bool = False
+) -> Iterator[Path]:
     """Hold the lock of run directory ``out`` (created if missing) for the ``with`` block.
+
+    ``reentrant``: when this process holds the lock already (an outer ``with run_lock``), go on
+    under that hold instead of refusing.
 
     Raises:
         RunLockError: another run holds it (live or stale), named with its pid and host.
     """
     p = Path(out)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 holds it for the job
+        yield p
+        return
+    key = p.resolve()
+    if reentrant and key in _HELD:
         yield p
         return
     lock = p / LOCK_NAME
@@ -126,8 +143,10 @@ def run_lock(out: str | Path, *, command: str | None = None) -> Iterator[Path]:
         except BaseException:  # e.g. a full disk: leave no empty lock behind
             lock.unlink(missing_ok=True)
             raise
+        _HELD.add(key)
         yield p
     finally:
+        _HELD.discard(key)
         # only our own lock: never remove one another run wrote after ours was cleared by hand
         if lock_info(p) == info:
             lock.unlink(missing_ok=True)

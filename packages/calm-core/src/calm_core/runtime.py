@@ -3,10 +3,9 @@
 PyTorch allocates CPU tensors with ``malloc``. glibc serves blocks above its mmap threshold
 (adaptive, 128 KiB to 32 MiB) with fresh ``mmap`` pages and unmaps them on ``free``, so the large
 activations of every training step (the codec's ``[4096, 4096]`` logits are 64 MiB) are
-page-faulted in again, step after step: on the 2-core benchmark machine that was ~29,000 minor page
-faults and ~20% of a codec training step (a 64 MiB matmul output alone: 16,385 faults, 99 ms
-instead of 65 ms). Raising the mmap and trim thresholds keeps freed memory
-in the heap for the next step (the process's resident size stays at its peak instead).
+page-faulted in again, step after step, a visible share of a small model's step on a CPU.
+Raising the mmap and trim thresholds keeps freed memory in the heap for the next step (the
+process's resident size stays at its peak instead).
 
 This changes the whole process, so it is opt-in: the ``calm`` command line and the benchmarks call
 :func:`tune_malloc`; programs using the library directly may call it once at start-up. Setting
@@ -29,6 +28,7 @@ __all__ = [
     "DEVICE_PATTERN",
     "DeviceError",
     "available_devices",
+    "available_memory",
     "check_device_spec",
     "resolve_device",
     "tune_malloc",
@@ -158,3 +158,18 @@ def tune_malloc() -> bool:
     ok = int(mallopt(_M_TRIM_THRESHOLD, min(TRIM_THRESHOLD, 2**31 - 1))) == 1 and ok
     _applied = ok
     return ok
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (None where the OS does not say)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,20 +31,17 @@ from pydantic import BaseModel
 
 from calm_core.config import ConfigError
 from calm_core.data.packing import DataError
+from calm_core.runtime import available_memory
 
 __all__ = [
     "LOGITS_COPIES",
     "MAX_THREADS_PER_CPU",
     "SCAN_CHUNK",
-    "UnsafePathError",
-    "available_memory",
     "check_batch_memory",
-    "check_convert_paths",
     "check_finite_config",
     "check_noise_stds",
     "check_packed_split",
     "check_run_config",
-    "check_shard_path",
     "check_threads",
     "check_train_memory",
     "max_threads",
@@ -62,21 +58,6 @@ SCAN_CHUNK = 1 << 22
 def max_threads() -> int:
     """The largest ``--threads`` accepted on this machine."""
     return MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation now (None where the OS does not say)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _floats(value: Any, path: str) -> list[tuple[str, float]]:
@@ -188,32 +169,3 @@ def check_packed_split(tokens: np.ndarray, index: dict[str, Any], split: str, wh
                 f"{where}: split {split!r} holds token id {top} (first bad at position {at}) but "
                 f"the vocabulary has {vocab} ids; {fix}"
             )
-
-
-class UnsafePathError(ValueError):
-    """An output inside the input it is converted from, or a path leaving its directory."""
-
-
-def check_convert_paths(src: str | Path, dst: str | Path) -> None:
-    """``convert-reference``: DST may not be SRC or lie inside it (writing there, and
-    ``--overwrite`` above all, would destroy the reference checkpoint being read)."""
-    s, d = Path(src).resolve(), Path(dst).resolve()
-    if d == s or s in d.parents:
-        where = "is" if d == s else "lies inside"
-        raise UnsafePathError(
-            f"DST_DIR {dst} {where} SRC_DIR {src}: converting there would overwrite the "
-            "reference checkpoint; choose a DST_DIR outside SRC_DIR"
-        )
-
-
-def check_shard_path(src: str | Path, shard: str, index_name: str) -> Path:
-    """A shard named by a ``*.index.json`` as a path inside ``src`` (absolute paths, ``..`` and
-    links out of ``src`` are refused, so an index cannot make the converter read other files)."""
-    root = Path(src).resolve()
-    path = (root / shard).resolve()
-    if Path(shard).is_absolute() or root not in path.parents:
-        raise UnsafePathError(
-            f"{index_name} lists the shard {shard!r}, which is outside {src}; a shard index may "
-            "name only files inside its own directory"
-        )
-    return path

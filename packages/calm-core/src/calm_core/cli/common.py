@@ -33,7 +33,6 @@ from calm_core.runlock import RunLockError
 from calm_core.runtime import resolve_device
 from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
 from calm_core.training.trainer import NonFiniteLossError
-from calm_core.validation import UnsafePathError
 
 __all__ = [
     "CLIError",
@@ -41,10 +40,12 @@ __all__ = [
     "add_device_argument",
     "add_training_arguments",
     "check_input_path",
+    "open_loggers_arg",
     "prepare_output_dir",
     "print_json",
     "print_resolved_config",
     "resolve_config",
+    "resolve_model_arg",
     "resolved_device",
     "training_options",
     "usage_errors",
@@ -172,7 +173,6 @@ def usage_errors() -> Iterator[None]:
         RunLockError,  # issue 23: another run holds the output directory
         NonFiniteLossError,  # issue 23: a diverged run (the message says what to change)
         NonFiniteModelError,
-        UnsafePathError,
     ) as exc:
         raise CLIError(str(exc)) from None
 
@@ -200,6 +200,19 @@ def check_input_path(path: str | Path, what: str) -> Path:
     if not p.exists():
         raise CLIError(f"{what} {p} does not exist")
     return p
+
+
+def resolve_model_arg(ref: str | Path, what: str, *, revision: str | None = None) -> Path:
+    """A model directory named on the command line: a local directory, or a Hugging Face Hub id
+    (``org/name``, fetched into or read from the Hugging Face cache); a :class:`CLIError` naming
+    ``what`` when it is neither."""
+    from calm_core.hub import HubError, resolve_model_dir
+
+    try:
+        path = resolve_model_dir(ref, revision=revision)
+    except HubError as exc:
+        raise CLIError(str(exc)) from None
+    return check_input_path(path, what)
 
 
 def prepare_output_dir(
@@ -264,6 +277,26 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps_help: str) 
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.add_argument(
+        "--logger",
+        action="append",
+        metavar="NAME",
+        help="experiment tracker, repeatable: jsonl (metrics.jsonl, always on), tensorboard, "
+        "wandb, mlflow (each an extra: pip install 'calm-core[NAME]')",
+    )
+
+
+def open_loggers_arg(names: list[str] | None, out: Path, config: BaseModel) -> Any:
+    """The ``--logger`` trackers as a :class:`~calm_core.training.loggers.LoggerGroup` (a
+    ``with`` block yields the callbacks); an unknown name or a missing extra is a CLIError."""
+    from calm_core.training.loggers import LoggerNotInstalledError, open_loggers
+
+    try:
+        return open_loggers(
+            names or [], run_name=out.resolve().name, config=config.model_dump(mode="json")
+        )
+    except (ValueError, LoggerNotInstalledError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 def training_options(args: argparse.Namespace) -> dict[str, Any]:

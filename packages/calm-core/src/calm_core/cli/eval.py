@@ -22,6 +22,7 @@ from calm_core.cli.common import (
     check_input_path,
     check_same_tokenizer,
     print_json,
+    resolve_model_arg,
     resolved_device,
     usage_errors,
 )
@@ -41,7 +42,12 @@ HELP = "BrierLM (Brier-1..4 with standard errors) of a CALM or AR model, plus co
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_DIR", help="CALM, AR (or codec) model directory")
+    parser.add_argument(
+        "model", metavar="MODEL_DIR", help="CALM, AR (or codec) model directory, or Hub id"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument(
@@ -94,7 +100,7 @@ def _format(out: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_input_path(args.model, "model directory")
+    model_dir = resolve_model_arg(args.model, "model directory", revision=args.revision)
     check_input_path(args.data, "data directory")
     for flag in ("block_len", "batch_size", "num_blocks", "max_chunks"):
         value = getattr(args, flag)
@@ -110,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         data = PackedDataset(args.data, args.split)
     except DataError as exc:
         raise CLIError(str(exc)) from None
-    model = _load(args.model, resolved_device(args.device))
-    check_same_tokenizer(args.model, args.data, "model")
+    model = _load(str(model_dir), resolved_device(args.device))
+    check_same_tokenizer(model_dir, args.data, "model")
     out: dict[str, Any] = {"model": str(args.model), "split": args.split}
     codec: Codec | None = model if isinstance(model, Codec) else None
     if codec is None:
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         out.update(result.to_dict())
         out["brier_seconds"] = time.perf_counter() - t0
         out["block_len"] = args.block_len
+        out["seed"] = args.seed  # part of the protocol a BrierLM is reported with
         total = len(data.tokens) // args.block_len
         out["num_blocks"] = total if args.num_blocks is None else min(args.num_blocks, total)
     else:

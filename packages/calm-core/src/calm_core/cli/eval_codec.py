@@ -21,6 +21,7 @@ from calm_core.cli.common import (
     check_input_path,
     check_same_tokenizer,
     print_json,
+    resolve_model_arg,
     resolved_device,
     usage_errors,
 )
@@ -56,7 +57,12 @@ def load_codec(path: str, device: str | torch.device = "cpu") -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_DIR", help="codec (or CALM) model directory")
+    parser.add_argument(
+        "model", metavar="MODEL_DIR", help="codec (or CALM) model directory, or Hub id"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument(
@@ -71,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_input_path(args.model, "model directory")
+    model_dir = resolve_model_arg(args.model, "model directory", revision=args.revision)
     check_input_path(args.data, "data directory")
     with usage_errors():  # issue 23: bounded threads and noise, before any work
         check_threads(args.threads, "--threads")
@@ -84,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
         data = PackedDataset(args.data, args.split)
     except DataError as exc:
         raise CLIError(str(exc)) from None
-    codec = load_codec(args.model, resolved_device(args.device))
-    check_same_tokenizer(args.model, args.data, "codec")
+    codec = load_codec(str(model_dir), resolved_device(args.device))
+    check_same_tokenizer(model_dir, args.data, "codec")
     if codec.vocab_size < data.vocab_size:
         raise CLIError(
             f"the codec's vocabulary ({codec.vocab_size}) is smaller than the data's "

@@ -16,6 +16,7 @@ from calm_core.cli.common import (
     add_device_argument,
     check_input_path,
     print_json,
+    resolve_model_arg,
     resolved_device,
     usage_errors,
 )
@@ -29,7 +30,12 @@ HELP = "Generate a continuation of a text prompt with a trained CALM or AR model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model directory (calm train)")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="model directory (calm train) or Hub id org/name"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     parser.add_argument(
@@ -63,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
 
     from calm_core.calm import CALM
     from calm_core.data.tokenizer import Tokenizer
+    from calm_core.generation import GenerationOptions, LanguageModel
     from calm_core.model_dir import ModelLoadError, load_pretrained
     from calm_core.sampling import TemperatureSamplingError
-    from calm_core.transformer_lm import TransformerLM
 
-    model_dir = check_input_path(args.model_dir, "model directory")
+    model_dir = resolve_model_arg(args.model_dir, "model directory", revision=args.revision)
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.num_candidates < 1:
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(model_dir, map_location=device)
     except ModelLoadError as exc:
         raise CLIError(str(exc)) from None
-    if not isinstance(model, CALM | TransformerLM):
+    if not isinstance(model, LanguageModel):
         raise CLIError(
             f"{model_dir} holds a {type(model).__qualname__}; calm generate needs a CALM or AR "
             "model directory (written by calm train)"
@@ -99,12 +105,18 @@ def run(args: argparse.Namespace) -> int:
     if not ids:
         raise CLIError("the prompt encodes to no tokens; give some text")
     eos = None if args.no_eos_stop else model.config.eos_id
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    kwargs: dict[str, Any] = {"generator": generator, "stop_at_eos": not args.no_eos_stop}
+    calm_sampler: dict[str, Any] = {}
     if isinstance(model, CALM):
-        kwargs.update(sampling=args.sampling, num_candidates=args.num_candidates)
+        calm_sampler = {"sampling": args.sampling, "num_candidates": args.num_candidates}
     try:
-        stream = model.stream([ids], args.max_new_tokens, args.temperature, **kwargs)
+        options = GenerationOptions(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            generator=torch.Generator(device=device).manual_seed(args.seed),
+            stop_at_eos=not args.no_eos_stop,
+            **calm_sampler,
+        )
+        stream = model.stream([ids], options=options)
         new: list[int] = []
         shown = ""
         for step, piece in enumerate(stream):

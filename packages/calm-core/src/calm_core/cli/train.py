@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from calm_core.cli.common import (
     CLIError,
     add_training_arguments,
     check_input_path,
+    open_loggers_arg,
     prepare_output_dir,
     print_json,
     print_resolved_config,
+    resolve_model_arg,
     training_options,
     usage_errors,
 )
@@ -34,7 +37,9 @@ HELP = "Train CALM (with a frozen codec) or the AR baseline (--model ar) on a da
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
     parser.add_argument(
-        "--codec", metavar="MODEL_DIR", help="trained codec directory (required for CALM)"
+        "--codec",
+        metavar="MODEL_DIR",
+        help="trained codec directory or Hub id org/name (required for CALM)",
     )
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory")
     parser.add_argument(
@@ -64,18 +69,19 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(
             "--codec MODEL_DIR is required for --model calm (train one: calm train-codec)"
         )
-    if args.codec is not None:
-        check_input_path(args.codec, "codec directory")
+    codec_dir = None if args.codec is None else resolve_model_arg(args.codec, "codec directory")
     print_resolved_config("calm train config", config, device)
+    loggers = open_loggers_arg(args.logger, Path(args.out), config)  # a missing extra: now
     with usage_errors(), run_lock(args.out):  # issue 23: one run per --out, before any write
         out = prepare_output_dir(
             args.out, overwrite=args.overwrite, resume=args.resume, resumable=True
         )
-        recipe = ModelRecipe(
-            config, args.data, out, codec_dir=args.codec, resume=args.resume,
-            progress=not args.no_progress,
-        )  # fmt: skip
-        result = recipe.run()
+        with loggers as callbacks:
+            recipe = ModelRecipe(
+                config, args.data, out, codec_dir=codec_dir, resume=args.resume,
+                progress=not args.no_progress, callbacks=callbacks,
+            )  # fmt: skip
+            result = recipe.run()
     if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
         return 0
     print(f"wrote {config.model} model to {out}", file=sys.stderr)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from calm_core.cli.common import (
     add_training_arguments,
     check_input_path,
+    open_loggers_arg,
     prepare_output_dir,
     print_json,
     print_resolved_config,
@@ -49,14 +51,17 @@ def run(args: argparse.Namespace) -> int:
         config = resolve_codec_config(args.config, recipe=args.recipe, codec=args.codec, **options)
         device = resolve_device(config.train.device)
     print_resolved_config("calm train-codec config", config, device)
+    loggers = open_loggers_arg(args.logger, Path(args.out), config)  # a missing extra: now
     with usage_errors(), run_lock(args.out):  # issue 23: one run per --out, before any write
         out = prepare_output_dir(
             args.out, overwrite=args.overwrite, resume=args.resume, resumable=True
         )
-        recipe = CodecRecipe(
-            config, args.data, out, resume=args.resume, progress=not args.no_progress
-        )
-        result = recipe.run()
+        with loggers as callbacks:
+            recipe = CodecRecipe(
+                config, args.data, out, resume=args.resume, progress=not args.no_progress,
+                callbacks=callbacks,
+            )  # fmt: skip
+            result = recipe.run()
     if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
         return 0
     print(f"wrote codec to {out}", file=sys.stderr)

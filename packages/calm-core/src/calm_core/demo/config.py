@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from calm_core.config import ConfigModel
+from calm_core.presets import BENCH_BACKBONE, BENCH_CODEC, BENCH_ENERGY
 from calm_core.runtime import DEVICE_PATTERN, check_device_spec
 
 __all__ = ["QUICK_OVERRIDES", "DemoCodecConfig", "DemoConfig", "DemoEvalConfig", "DemoLMConfig"]
@@ -15,9 +16,13 @@ __all__ = ["QUICK_OVERRIDES", "DemoCodecConfig", "DemoConfig", "DemoEvalConfig",
 class DemoCodecConfig(ConfigModel):
     """The codec stage: the tuned ``calm train-codec`` recipe, shortened, plus a time budget."""
 
-    hidden_size: int = Field(256, ge=8, description="Codec width.")
-    intermediate_size: int = Field(640, ge=8, description="Codec SwiGLU inner width.")
-    latent_size: int = Field(64, ge=1, description="Latent size D per chunk.")
+    hidden_size: int = Field(BENCH_CODEC["hidden_size"], ge=8, description="Codec width.")
+    intermediate_size: int = Field(
+        BENCH_CODEC["intermediate_size"], ge=8, description="Codec SwiGLU inner width."
+    )
+    latent_size: int = Field(
+        BENCH_CODEC["latent_size"], ge=1, description="Latent size D per chunk."
+    )
     recipe: str = Field("default", description="The `calm train-codec` recipe to shorten.")
     steps: int = Field(
         700,
@@ -41,12 +46,16 @@ class DemoCodecConfig(ConfigModel):
 class DemoLMConfig(ConfigModel):
     """The CALM / AR stage: the shared backbone, the energy head and the training budget."""
 
-    hidden_size: int = Field(256, ge=8, description="Backbone width H.")
-    intermediate_size: int = Field(704, ge=8, description="Backbone SwiGLU inner width.")
-    num_layers: int = Field(4, ge=1, description="Backbone layers.")
-    num_heads: int = Field(4, ge=1, description="Attention heads.")
-    head_blocks: int = Field(2, ge=1, description="Energy-head residual blocks.")
-    noise_size: int = Field(32, ge=1, description="Energy-head noise size.")
+    hidden_size: int = Field(BENCH_BACKBONE["hidden_size"], ge=8, description="Backbone width H.")
+    intermediate_size: int = Field(
+        BENCH_BACKBONE["intermediate_size"], ge=8, description="Backbone SwiGLU inner width."
+    )
+    num_layers: int = Field(BENCH_BACKBONE["num_layers"], ge=1, description="Backbone layers.")
+    num_heads: int = Field(BENCH_BACKBONE["num_heads"], ge=1, description="Attention heads.")
+    head_blocks: int = Field(
+        BENCH_ENERGY["num_blocks"], ge=1, description="Energy-head residual blocks."
+    )
+    noise_size: int = Field(BENCH_ENERGY["noise_size"], ge=1, description="Energy-head noise size.")
     steps: int = Field(600, ge=1, description="Most optimizer steps (CALM; AR takes the same).")
     time_budget_s: float = Field(
         100.0, gt=0, description="Stop each model's training after this many seconds."

@@ -21,7 +21,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from calm_core.ar import ARModel
+from calm_core.calm import CALM
 from calm_core.corpus import load_corpus
+from calm_core.costs import flops_per_token
 from calm_core.data import BlockLoader, DataError, PackedDataset, Tokenizer
 from calm_core.data.packing import split_documents, write_data_dir
 from calm_core.demo.config import DemoConfig
@@ -30,7 +33,6 @@ from calm_core.demo.result import DemoResult
 from calm_core.metrics.brier_eval import evaluate_brier
 from calm_core.metrics.reconstruction import reconstruction_report
 from calm_core.model_dir import save_pretrained
-from calm_core.presets import flops_per_token
 from calm_core.recipes import (
     TrainCodecConfig,
     TrainModelConfig,
@@ -139,20 +141,16 @@ def _train(
 
 # ------------------------------------------------------------------------------------- FLOPs
 def training_flops(model: nn.Module, tokens: int, seq_len: int) -> float:
-    """Analytic training FLOPs for ``tokens`` tokens, via :func:`calm_core.presets.flops_per_token`.
+    """Analytic training FLOPs for ``tokens`` tokens, via :func:`calm_core.costs.flops_per_token`.
 
     The attention context is the causal average over a training sequence, ``(S + 1) / 2``
     backbone positions, with ``S = seq_len / K`` for a CALM and ``seq_len`` for the AR model.
     """
-
-    kind = getattr(model, "model_type", None)
-    config_dict = getattr(model, "config_dict", None)
-    if kind not in ("calm", "transformer_lm") or config_dict is None:
-        raise TypeError(f"{type(model).__name__} is not a CALM or TransformerLM")
-    K = int(getattr(model, "chunk_size", 1)) if kind == "calm" else 1
+    if not isinstance(model, CALM | ARModel):
+        raise TypeError(f"{type(model).__name__} is not a CALM or ARModel")
+    K = model.chunk_size if isinstance(model, CALM) else 1
     context = max(1, round((seq_len // K + 1) / 2))
-    shape = {"kind": kind, **config_dict()}
-    return float(tokens) * flops_per_token(shape, context=context, training=True)
+    return float(tokens) * flops_per_token(model, context=context, training=True)
 
 
 def _seconds_per_step(model: nn.Module, data: Any, batch_size: int, seq_len: int) -> float:

@@ -28,6 +28,7 @@ from calm_core.data.packing import DataError
 from calm_core.data.tokenizer import TokenizerError
 from calm_core.recipes.config import TrainCodecConfig, TrainModelConfig
 from calm_core.recipes.final_save import save_final_model
+from calm_core.runlock import run_lock
 from calm_core.runtime import resolve_device
 from calm_core.training.trainer import Evaluator, StepCallback, Trainer
 from calm_core.validation import check_run_config, check_train_memory
@@ -165,14 +166,21 @@ class Recipe(Generic[C]):
         return self.out
 
     def run(self) -> dict[str, Any]:
-        """``setup`` -> ``train`` -> ``save_checkpoint`` (rank 0); return the summary."""
-        self.setup()
-        summary = self.train()
-        if not self.is_main:  # under torchrun only rank 0 writes
-            rank = getattr(getattr(self.trainer, "info", None), "rank", 1)
-            return {"out": str(self.out), "steps": summary["steps"], "rank": rank}
-        self.save_checkpoint()
-        return self.result()
+        """``setup`` -> ``train`` -> ``save_checkpoint`` (rank 0); return the summary.
+
+        Holds the run lock of ``out`` (:func:`calm_core.runlock.run_lock`) throughout.
+
+        Raises:
+            RunLockError: another run (or the stale lock of a dead one) holds ``out``.
+        """
+        with run_lock(self.out, reentrant=True):  # held already when run by calm train
+            self.setup()
+            summary = self.train()
+            if not self.is_main:  # under torchrun only rank 0 writes
+                rank = getattr(getattr(self.trainer, "info", None), "rank", 1)
+                return {"out": str(self.out), "steps": summary["steps"], "rank": rank}
+            self.save_checkpoint()
+            return self.result()
 
     def result(self) -> dict[str, Any]:
         """The summary ``run`` returns on rank 0 (a subclass adds its own figures)."""

@@ -15,16 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from calm_core.ar import ARConfig, ARModel
 from calm_core.calm import CALM
 from calm_core.config import ConfigError
 from calm_core.data.dataset import PackedDataset
 from calm_core.data.packing import DataError
 from calm_core.data.tokenizer import TOKENIZER_FILE, BPETokenizer, Tokenizer
+from calm_core.hub_cache import resolve_model_dir
 from calm_core.interfaces import Codec
 from calm_core.model_dir import ModelLoadError, load_pretrained
 from calm_core.recipes.config import TrainCodecConfig, TrainModelConfig
 from calm_core.registry import codecs
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
 __all__ = [
     "build_codec",
@@ -64,7 +65,7 @@ def build_codec(
 
 def load_codec(codec_dir: str | Path, data: PackedDataset | None = None) -> Codec:
     """The trained codec in ``codec_dir``, checked against ``data`` (tokenizer, vocab, K)."""
-    path = Path(codec_dir)
+    path = resolve_model_dir(codec_dir)  # a local directory, or a Hub id (calm-core[hub])
     if not path.exists():
         raise ModelLoadError(f"codec directory {path} does not exist")
     codec = load_pretrained(path)
@@ -91,14 +92,14 @@ def build_model(
     ``device`` (default: where torch builds it, the CPU)."""
     model: nn.Module
     if config.model == "ar":
-        cfg = TransformerLMConfig(
+        cfg = ARConfig(
             backbone=config.backbone,
             vocab_size=data.vocab_size,
             tie_embeddings=config.tie_embeddings,
             pad_id=data.pad_id,
             eos_id=data.eos_id,
         )
-        model = TransformerLM(cfg)
+        model = ARModel(cfg)
     else:
         if codec_dir is None:
             raise ConfigError(

@@ -31,7 +31,9 @@ class NonFiniteModelError(ValueError):
 def describe_write_error(exc: BaseException) -> str:
     """A short reason for a failed write (``no space left on device`` for a full disk)."""
     text = str(exc)
-    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "os error 28" in text:
+    # safetensors' Rust I/O errors carry the errno as ``os error 28`` or ``code: 28``
+    rust_enospc = any(m in text for m in ("os error 28", "code: 28", "StorageFull"))
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or rust_enospc:
         return "no space left on device"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
