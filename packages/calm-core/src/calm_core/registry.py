@@ -17,7 +17,9 @@ Names without a dot are reserved for the first-party distributions; third partie
 
 :meth:`Registry.build` records the name it built under on the instance
 (:attr:`calm_core.interfaces.Component.registered_name`); saving a component reads that record, so
-nothing ever looks a class's name up in reverse.
+nothing ever looks a class's name up in reverse. A third-party entry point that resolves to a
+class of a first-party distribution (a re-export of a built-in component) is refused, so a
+plugin can never become the recorded provider of calm's own code.
 """
 
 from __future__ import annotations
@@ -58,6 +60,19 @@ T = TypeVar("T", bound=Component)
 
 def _normalise_dist(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _borrowed_builtin(obj: object, info: ComponentInfo) -> str | None:
+    """A third-party entry point whose class is defined by a first-party package (issue 23)."""
+    module = getattr(obj, "__module__", "") or ""
+    owner = _normalise_dist(module.split(".", 1)[0])
+    if info.first_party or owner not in FIRST_PARTY_DISTRIBUTIONS:
+        return None
+    qualname = getattr(obj, "__qualname__", repr(obj))
+    return (
+        f"it re-exports {module}.{qualname}, a built-in component of {owner}; a plugin may "
+        f"register only its own classes (use the built-in name, or subclass it)"
+    )
 
 
 @dataclass(frozen=True)
@@ -273,7 +288,7 @@ class Registry(Generic[T]):
                     f"{self.kind[:-1]} '{name}' from {info.distribution} {info.version} failed to "
                     f"load: {type(exc).__name__}: {exc}"
                 ) from exc
-            problem = self._check_class(obj)
+            problem = self._check_class(obj) or _borrowed_builtin(obj, info)
             if problem:
                 self._drop(name, problem)
                 raise UnknownComponentError(
