@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from calm_core import validation
 from calm_core.data import PackedDataset
 from calm_core.data.packing import DataError
 
@@ -115,7 +114,7 @@ def test_ids_beyond_the_vocab_are_found_across_scan_chunks(
     ws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The token scan is streamed in chunks: a bad id in a later chunk is still found."""
-    monkeypatch.setattr(validation, "SCAN_CHUNK", 100)
+    monkeypatch.setattr("calm_core.validation.SCAN_CHUNK", 100)
     data = copy_dir(ws["data"], tmp_path / "data")
     tokens = np.memmap(data / "train.bin", dtype=np.uint16, mode="r+")
     tokens[len(tokens) - 3] = 4000

@@ -11,10 +11,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from calm_core.recipes import train_codec
+import pytest
+from calm_core.recipes import CodecRecipe, resolve_codec_config, train_codec
 from calm_core.runlock import LOCK_NAME, RunLockError, run_lock
 
 RunCLI = Callable[..., tuple[int, str]]
+
+#: another process that takes the lock of argv[1] and keeps it until it is killed
+HOLDER = """
+import sys, time
+from calm_core.runlock import run_lock
+with run_lock(sys.argv[1], command="the holder"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
 
 
 def _train_codec_argv(ws: dict[str, Path], out: Path) -> list[str | Path]:
@@ -68,3 +78,22 @@ def test_lock_is_released_when_the_run_fails(ws, tmp_path: Path, run_cli: RunCLI
     code, err = run_cli(*_train_codec_argv(ws, out), "--seq-len", "100000")  # longer than data
     assert code == 2, err
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_recipe_run_from_python_refuses_a_directory_another_process_holds(
+    ws, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = resolve_codec_config(json.loads(ws["codec_cfg"].read_text()), steps=1)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockError, match=f"in use by another run \\(pid {holder.pid} "):
+            CodecRecipe(config, ws["data"], out, progress=False).run()
+    finally:
+        holder.kill()  # like kill -9: the holder cannot remove its lock
+        holder.wait()
+    with pytest.raises(RunLockError, match="stale lock"):
+        CodecRecipe(config, ws["data"], out, progress=False).run()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
