@@ -101,3 +101,13 @@ def test_shard_index_entries_outside_src_are_refused(
     assert code == 2, err
     assert f"lists the shard {shard!r}, which is outside" in err
     assert not (tmp_path / "ours").exists()
+
+
+def test_dst_inside_the_ae_directory_is_refused(src: Path, tmp_path: Path, run_cli: RunCLI) -> None:
+    ae = tmp_path / "ae"
+    ae.mkdir()
+    (ae / "config.json").write_text("{}")
+    code, err = run_cli("convert-reference", src, ae / "out", "--ae", ae)
+    assert code == 2, err
+    assert "lies inside --ae" in err and "choose a DST_DIR outside --ae" in err
+    assert sorted(p.name for p in ae.iterdir()) == ["config.json"]

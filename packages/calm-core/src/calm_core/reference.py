@@ -148,15 +148,16 @@ _LOADERS: tuple[tuple[str, str, Callable[[Path], dict[str, Tensor]]], ...] = (
 )
 
 
-def check_destination(src: str | Path, dst: str | Path) -> None:
-    """Refuse an output directory ``dst`` that is ``src`` or lies inside it: writing there (with
-    ``--overwrite`` above all) would destroy the reference checkpoint being converted."""
+def check_destination(src: str | Path, dst: str | Path, *, what: str = "SRC_DIR") -> None:
+    """Refuse an output directory ``dst`` that is the input directory ``src`` or lies inside it:
+    writing there (with ``--overwrite`` above all) would destroy the reference checkpoint being
+    converted. ``what`` names the input in the message (``SRC_DIR``, ``--ae``)."""
     s, d = Path(src).resolve(), Path(dst).resolve()
     if d == s or s in d.parents:
         where = "is" if d == s else "lies inside"
         raise ReferenceConversionError(
-            f"DST_DIR {dst} {where} SRC_DIR {src}: converting there would overwrite the "
-            "reference checkpoint; choose a DST_DIR outside SRC_DIR"
+            f"DST_DIR {dst} {where} {what} {src}: converting there would overwrite the "
+            f"reference checkpoint; choose a DST_DIR outside {what}"
         )
 
 
