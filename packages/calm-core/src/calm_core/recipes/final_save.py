@@ -11,7 +11,6 @@ the atomic writes of :mod:`calm_core.model_dir` leave any earlier model files in
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 import torch
@@ -19,25 +18,17 @@ from safetensors import SafetensorError
 from torch import nn
 
 from calm_core.model_dir import save_pretrained
-from calm_core.training.checkpoint import CheckpointWriteError, latest_checkpoint
+from calm_core.training.checkpoint import (
+    CheckpointWriteError,
+    describe_write_error,
+    latest_checkpoint,
+)
 
-__all__ = ["NonFiniteModelError", "describe_write_error", "save_final_model"]
+__all__ = ["NonFiniteModelError", "save_final_model"]
 
 
 class NonFiniteModelError(ValueError):
     """The trained weights hold NaN or infinite values; the model was not saved."""
-
-
-def describe_write_error(exc: BaseException) -> str:
-    """A short reason for a failed write (``no space left on device`` for a full disk)."""
-    text = str(exc)
-    # safetensors' Rust I/O errors carry the errno as ``os error 28`` or ``code: 28``
-    rust_enospc = any(m in text for m in ("os error 28", "code: 28", "StorageFull"))
-    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or rust_enospc:
-        return "no space left on device"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return text.split("\n")[0]
 
 
 def _first_non_finite(model: nn.Module) -> str | None:

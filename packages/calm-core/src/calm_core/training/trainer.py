@@ -549,7 +549,8 @@ class Trainer:
             good = ckpt.latest_checkpoint(self.checkpoint_dir)
             raise ckpt.CheckpointWriteError(
                 f"could not write the checkpoint of step {self.step} under "
-                f"{self.checkpoint_dir}: {exc}; the last good checkpoint is {good or 'none'} "
+                f"{self.checkpoint_dir}: {ckpt.describe_write_error(exc)}; the last good "
+                f"checkpoint is {good or 'none'} "
                 "(free space or fix permissions, then resume from it)"
             ) from exc
 
