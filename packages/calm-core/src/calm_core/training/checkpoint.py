@@ -24,6 +24,7 @@ everything else to JSON.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -51,6 +53,7 @@ __all__ = [
     "TrainingObjects",
     "capture_rng_state",
     "checkpoint_name",
+    "describe_write_error",
     "fsync_dir",
     "latest_checkpoint",
     "list_checkpoints",
@@ -79,6 +82,19 @@ class CheckpointError(RuntimeError):
 
 class CheckpointWriteError(CheckpointError):
     """Writing a checkpoint failed (disk full, permissions); earlier checkpoints are intact."""
+
+
+def describe_write_error(exc: BaseException) -> str:
+    """A short reason for a failed write (``No space left on device`` for a full disk, also
+    when safetensors reports it)."""
+    text = str(exc)
+    # safetensors' Rust I/O errors carry the errno as ``os error 28`` or ``code: 28``
+    rust_enospc = any(m in text for m in ("os error 28", "code: 28", "StorageFull"))
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or rust_enospc:
+        return os.strerror(errno.ENOSPC)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return text.split("\n")[0]
 
 
 def checkpoint_name(step: int) -> str:
@@ -320,13 +336,13 @@ def save_training_checkpoint(
             fsync_dir(root)
             prune_checkpoints(root, config.keep_checkpoints)
         barrier(info)
-    except OSError as exc:  # disk full, permissions: say where, and what is still good
+    except (OSError, SafetensorError) as exc:  # disk full, permissions (also safetensors')
         shutil.rmtree(tmp, ignore_errors=True)
         good = latest_checkpoint(root)
         raise CheckpointWriteError(
-            f"could not write the checkpoint of step {run.step} under {root}: {exc}; the last "
-            f"good checkpoint is {good or 'none'} (free space or fix permissions, then resume "
-            "from it)"
+            f"could not write the checkpoint of step {run.step} under {root}: "
+            f"{describe_write_error(exc)}; the last good checkpoint is {good or 'none'} (free "
+            "space or fix permissions, then resume from it)"
         ) from exc
     run.saved_at, run.last_checkpoint = run.step, final
     return final
