@@ -18,6 +18,7 @@ import numpy as np
 from calm_core.data.shards import DATA_FORMAT, INDEX_FILE, LEGACY_FORMAT
 from calm_core.data.sources import DataError
 from calm_core.data.tokenizer import Tokenizer
+from calm_core.validation import check_packed_split
 
 __all__ = ["PackedDataset"]
 
@@ -47,12 +48,43 @@ class PackedDataset:
         except json.JSONDecodeError as exc:
             msg = f"{index_path}: invalid JSON ({exc.msg}); re-run `calm tokenize`"
             raise DataError(msg) from None
-        if index.get("format") not in (DATA_FORMAT, LEGACY_FORMAT):
+        if not isinstance(index, dict) or index.get("format") not in (DATA_FORMAT, LEGACY_FORMAT):
+            found = index.get("format") if isinstance(index, dict) else type(index).__name__
             raise DataError(
-                f"{index_path}: unknown data format {index.get('format')!r} (expected "
+                f"{index_path}: unknown data format {found!r} (expected "
                 f"{DATA_FORMAT!r}); re-run `calm tokenize`"
             )
         self.index = index
+        try:  # issue 23: a hand-edited index is a DataError naming it, not a KeyError
+            files = self._read_index(index, split, index_path)
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(
+                f"{index_path}: malformed index ({type(exc).__name__}: {exc}); re-run "
+                "`calm tokenize`"
+            ) from None
+        info = index["splits"][split]
+        self.shards: list[np.ndarray] = [self._map(name, n, self._dtype) for name, n in files]
+        self._starts = np.cumsum([0] + [len(s) for s in self.shards])
+        if self._starts[-1] != self.num_tokens:
+            raise DataError(
+                f"{index_path}: the shards of split {split!r} hold {self._starts[-1]} tokens, not "
+                f"{self.num_tokens}; the data directory is corrupt, re-run `calm tokenize`"
+            )
+        legacy = index["format"] == LEGACY_FORMAT
+        self.doc_offsets: np.ndarray = (
+            np.asarray([int(o) for o in info["doc_offsets"]], dtype=np.int64)
+            if legacy
+            else self._offsets(info)
+        )
+        # issue 23: index consistency and token ids below the vocabulary, before any use
+        check_packed_split(self.shards, self.doc_offsets, index, split, str(self.data_dir))
+
+    def _read_index(
+        self, index: dict[str, Any], split: str, index_path: Path
+    ) -> list[tuple[str, int]]:
+        """Read the split's metadata into attributes; its token files and their lengths."""
         splits = index["splits"]
         if split not in splits:
             hint = "; re-run `calm tokenize` with --val-docs N to hold documents out" * (
@@ -73,26 +105,24 @@ class PackedDataset:
             raise DataError(
                 f"split {split!r} of {self.data_dir} is empty; re-run `calm tokenize`{hint}"
             )
-        dtype = np.dtype(index["dtype"])
-        legacy = index["format"] == LEGACY_FORMAT
-        files = [(info["file"], self.num_tokens)] if legacy else [
-            (s["file"], int(s["num_tokens"])) for s in info["shards"]
-        ]  # fmt: skip
-        self.shards: list[np.ndarray] = [self._map(name, n, dtype) for name, n in files]
-        self._starts = np.cumsum([0] + [len(s) for s in self.shards])
-        if self._starts[-1] != self.num_tokens:
+        self._dtype = np.dtype(index["dtype"])
+        if self._dtype.kind != "u":
             raise DataError(
-                f"{index_path}: the shards of split {split!r} hold {self._starts[-1]} tokens, not "
-                f"{self.num_tokens}; the data directory is corrupt, re-run `calm tokenize`"
+                f"{index_path}: token dtype {self._dtype} is not an unsigned integer type; "
+                "re-run `calm tokenize`"
             )
-        self.doc_offsets: np.ndarray = (
-            np.asarray(info["doc_offsets"], dtype=np.int64) if legacy else self._offsets(info)
-        )
-        if len(self.doc_offsets) != self.num_documents:
-            raise DataError(
-                f"{self.data_dir / str(info.get('offsets'))}: holds {len(self.doc_offsets)} "
-                f"document offsets, expected {self.num_documents}; re-run `calm tokenize`"
-            )
+        if index["format"] == LEGACY_FORMAT:
+            files = [(str(info["file"]), self.num_tokens)]
+        else:
+            files = [(str(s["file"]), int(s["num_tokens"])) for s in info["shards"]]
+            files.append((str(info["offsets"]), 0))  # checked like the token files' names
+        for name, _ in files:
+            if Path(name).name != name or name in ("", ".", ".."):  # a bare name in the dir
+                raise DataError(
+                    f"{index_path}: split {split!r} names the file {name!r}, which is "
+                    "not a file of the data directory; re-run `calm tokenize`"
+                )
+        return files if index["format"] == LEGACY_FORMAT else files[:-1]
 
     def _map(self, name: str, num_tokens: int, dtype: np.dtype[Any]) -> np.ndarray:
         path = self.data_dir / name
