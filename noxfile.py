@@ -26,6 +26,7 @@ TEST_DIRS = [
     "packages/calm-heads/tests",
     "packages/calm-codecs/tests",
     "tests",
+    "benchmarks/tests",
     f"{EXAMPLE_PLUGIN}/tests",
 ]
 
@@ -122,7 +123,8 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Speed benchmarks (benchmarks/run.py). ``nox -s bench`` is the full run and regenerates
     docs/benchmarks.md; ``nox -s bench -- --quick`` (run by CI after the tests) fails when a
-    within-run ratio falls below min(target, last full run) / 2."""
+    within-run ratio falls below min(target, last full run) / 2; ``nox -s bench -- --published``
+    measures the published shapes and adds them to the page."""
     _install_project(session, "matplotlib>=3.7")
     args = list(session.posargs)
     if "--quick" not in args and "--quality" not in args and "--docs" not in args:

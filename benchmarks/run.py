@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"comma-separated speed groups to run, from {', '.join(GROUPS)} (default all)",
     )
+    p.add_argument(
+        "--published",
+        action="store_true",
+        help="figures at the published shapes (calm-m, transformer-m): generation tokens/s and "
+        "training MFU, under the key `published` (with --docs: also shown in the page)",
+    )
     p.add_argument("--quality", action="store_true", help="run the quality sweep instead")
     p.add_argument(
         "--minutes",
@@ -107,9 +113,8 @@ def _parser() -> argparse.ArgumentParser:
         "--phases",
         default=None,
         help="--quality: comma-separated phases to run (data, codec, ar, calm, eval_ar, eval_calm, "
-        "baselines, heads; ksweep, k1_full, calm_x4, ar_brier, head_bigram, ar_reference_recipe "
-        "and ar_reference_steps only when named); "
-        "finished phases are reused from the work directory",
+        "baselines, heads; ksweep only when named); finished phases are reused from the work "
+        "directory",
     )
     p.add_argument(
         "--eval-blocks",
@@ -293,7 +298,43 @@ def main(argv: list[str] | None = None) -> int:
             stop_at=_utc_today(args.stop_at) if args.stop_at else None,
             out=RESULTS_DIR / ("quality_quick.json" if args.quick else "quality.json"),
         )
+    if args.published:
+        return _published(args)
     return _speed(args)
+
+
+def _published(args: argparse.Namespace) -> int:
+    """``--published``: the figures at the published shapes (:mod:`benchmarks.published`)."""
+    from benchmarks.published import run_published
+
+    set_threads(args.threads)
+    machine = machine_info()
+    machine["command"] = "python benchmarks/run.py " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:]
+    )
+    only = {g.strip() for g in args.only.split(",")} if args.only else None
+    start = time.perf_counter()
+    pub = run_published(reps=args.reps or 3, log=lambda msg: print(msg, file=sys.stderr), only=only)
+    machine["wall_s"] = round(time.perf_counter() - start, 1)
+    out = {
+        "published": {"gen_tok_s": pub["gen_tok_s"], "train_mfu": pub["train_mfu"]},
+        "matmul_gflops": pub["matmul_gflops"],
+        "machine": machine,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.docs:
+        from benchmarks.report import write_docs
+
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / "published.json").write_text(
+            json.dumps({**out, "details": pub}, indent=1) + "\n"
+        )
+        speed = json.loads((RESULTS_DIR / "speed.json").read_text())
+        write_docs(ROOT, speed, RESULTS_DIR / "quality.json")
+    print(json.dumps(out["published"], indent=1))
+    return 0
 
 
 if __name__ == "__main__":

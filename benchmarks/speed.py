@@ -108,7 +108,7 @@ def _tokens(batch: int, length: int, seed: int, vocab: int = M.VOCAB) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------- training
-def _train_step_fn(model: nn.Module, tokens: Tensor) -> Callable[[], None]:
+def train_step_fn(model: nn.Module, tokens: Tensor) -> Callable[[], None]:
     """One BENCHMARKS.md training step on ``tokens`` (AdamW 3e-4, (0.9, 0.95), wd 0.1, clip 1)."""
     from calm_core.training.config import TrainConfig
     from calm_core.training.optim import build_optimizer
@@ -132,7 +132,7 @@ def _train_step_fn(model: nn.Module, tokens: Tensor) -> Callable[[], None]:
 
 def _time_training(model: nn.Module, settings: Settings) -> Measurement:
     tokens = _tokens(M.TRAIN_BATCH, M.SEQ_LEN, seed=1)
-    return measure(_train_step_fn(model, tokens), reps=settings.reps, warmup=settings.train_warmup)
+    return measure(train_step_fn(model, tokens), reps=settings.reps, warmup=settings.train_warmup)
 
 
 def _training(run: SpeedRun, settings: Settings) -> None:
