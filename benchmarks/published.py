@@ -30,6 +30,7 @@ PROMPT_LEN = 32
 NEW_TOKENS = 64
 BATCHES = (1, 8)
 TRAIN_TOKENS = 2048
+MATMUL_N = 2048
 WARMUP_NEW_TOKENS = 8
 
 
@@ -54,7 +55,8 @@ def _vocab(name: str) -> int:
 
 def _train_flops_per_token(name: str) -> float:
     data = get_preset(name)
-    positions = TRAIN_TOKENS // (4 if data["kind"] == "calm" else 1)
+    chunk = data["codec"]["config"]["chunk_size"] if data["kind"] == "calm" else 1
+    positions = TRAIN_TOKENS // chunk
     return flops_per_token(data, context=(positions + 1) // 2, training=True)
 
 
@@ -63,12 +65,12 @@ def run_published(
 ) -> dict[str, Any]:
     """Measure ``published.{gen_tok_s, train_mfu}`` (``only``: a subset of {"gen", "train"})."""
     out: dict[str, Any] = {"gen_tok_s": {}, "train_mfu": {}, "train_tok_s": {}, "timings": {}}
-    gemm, gemm_m = matmul_gflops(2048)
+    gemm, gemm_m = matmul_gflops(MATMUL_N)
     out["matmul_gflops"] = gemm
-    log(f"  matmul 2048^3 fp32: {gemm:.1f} GFLOP/s")
+    log(f"  matmul {MATMUL_N}^3 fp32: {gemm:.1f} GFLOP/s")
     if only is None or "gen" in only:
         models = {key: build_preset(name).eval() for key, name in MODELS.items()}
-        vocab = _vocab("calm-m")
+        vocab = min(_vocab(name) for name in MODELS.values())
         for batch in BATCHES:
             prompts = _tokens(batch, PROMPT_LEN, vocab, seed=2)
             calls = {f"{k}_b{batch}": _generate_call(m, prompts) for k, m in models.items()}
@@ -95,6 +97,6 @@ def run_published(
             out["train_mfu"][key] = tok_s * fpt / 1e9 / gemm
             out["timings"][f"train.{key}"] = {**m.as_dict(), "flops_per_token": fpt}
             log(f"  train {key}: {tok_s:.0f} tok/s, MFU {out['train_mfu'][key]:.2f}")
-    out["matmul_end_gflops"] = matmul_gflops(2048)[0]
+    out["matmul_end_gflops"] = matmul_gflops(MATMUL_N)[0]
     out["timings"]["matmul"] = gemm_m.as_dict()
     return out
