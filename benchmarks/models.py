@@ -12,14 +12,14 @@ compared at equal network size.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from calm_core.calm import CALM
-    from calm_core.interfaces import Codec
-    from calm_core.transformer_lm import TransformerLM
+from calm_core import registry
+from calm_core.backbone import BackboneConfig
+from calm_core.calm import CALM
+from calm_core.interfaces import Codec
+from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
 from benchmarks.flops import BackboneShape, CodecShape, EnergyHeadShape
 
@@ -142,8 +142,6 @@ def build_codec(
     *, chunk: int = CHUNK, vocab: int = VOCAB, seed: int = 0, **overrides: Any
 ) -> Codec:
     """The bench chunk autoencoder (registry codec ``autoencoder``), seeded, fp32."""
-    from calm_core import registry
-
     if "autoencoder" not in registry.codecs:
         raise MissingFigureError("codec 'autoencoder' is not installed (package calm-codecs)")
     torch.manual_seed(seed)
@@ -156,11 +154,6 @@ def build_ar(
     *, vocab: int = VOCAB, context_tokens: int = 2048, seed: int = 0, pad_id: int | None = None
 ) -> TransformerLM:
     """The AR baseline: the bench backbone over tokens, untied input/output embeddings."""
-    try:
-        from calm_core.backbone import BackboneConfig
-        from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
-    except ImportError as exc:
-        raise MissingFigureError(f"the AR baseline is not available: {exc}") from None
     torch.manual_seed(seed)
     backbone = BackboneConfig.model_validate(
         {**BACKBONE, "max_positions": max(2048, context_tokens + 8)}
@@ -183,10 +176,6 @@ def build_calm(
     pad_id: int | None = None,
 ) -> CALM:
     """A CALM with the bench backbone, the named head and a (given or freshly built) codec."""
-    try:
-        from calm_core.calm import CALM
-    except ImportError as exc:
-        raise MissingFigureError(f"the CALM model is not available: {exc}") from None
     if codec is None:
         codec = build_codec(chunk=chunk, vocab=vocab, seed=seed)
     torch.manual_seed(seed + 1)

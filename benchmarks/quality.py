@@ -43,11 +43,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from calm_core.cli.train_codec import recipe
+from calm_core.corpus import load_bundled_corpus
+from calm_core.data import BPETokenizer, PackedDataset, Tokenizer, write_data_dir
+from calm_core.data.packing import split_documents
+from calm_core.model_dir import load_pretrained
+from calm_core.training import TrainConfig, Trainer
+from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from benchmarks import models as M
+from benchmarks.baselines import chunk_sampler_brier, chunk_sampler_energy, unigram_brier
 from benchmarks.flops import ar_flops_per_token, calm_flops_per_token, causal_context
 from benchmarks.speed import brier_eval
+from benchmarks.timing import measure
 
 __all__ = ["QualityPlan", "run_quality"]
 
@@ -127,20 +136,8 @@ def _data_dir(state: State, chunk: int) -> Path:
 
 
 def _phase_data(state: State, chunks: tuple[int, ...]) -> dict[str, Any]:
-    from calm_core.data import BPETokenizer, Tokenizer, write_data_dir
-    from calm_core.data.packing import split_documents
-
-    try:
-        from calm_core.corpus import load_bundled_corpus
-
-        docs = load_bundled_corpus()
-        source = "calm_core.corpus (bundled WikiText-103 test articles)"
-    except ImportError:
-        from calm_core.data import read_documents
-
-        path = Path("/work/shared/data/wikitext103-test-docs.jsonl")
-        docs = read_documents([path])
-        source = str(path)
+    docs = load_bundled_corpus()
+    source = "calm_core.corpus (bundled WikiText-103 test articles)"
     train_idx, val_idx = split_documents(len(docs), VAL_DOCS, SPLIT_SEED)
     tok_dir = state.work / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():
@@ -160,8 +157,6 @@ def _phase_data(state: State, chunks: tuple[int, ...]) -> dict[str, Any]:
 
 
 def _datasets(state: State, chunk: int) -> tuple[Any, Any]:
-    from calm_core.data import PackedDataset
-
     d = _data_dir(state, chunk)
     return PackedDataset(d, "train"), PackedDataset(d, "val")
 
@@ -178,8 +173,6 @@ def _val_blocks(val: Any, seq_len: int, limit: int | None) -> Tensor:
 # ------------------------------------------------------------------------------------ training
 def _train_config(plan: QualityPlan, steps: int | None, fields: dict[str, Any] | None) -> Any:
     """The protocol's trainer settings (``fields`` replace some) for ``steps`` or the plan's cap."""
-    from calm_core.training import TrainConfig
-
     total = steps if steps is not None else plan.max_steps
     return TrainConfig.model_validate(
         {
@@ -212,9 +205,6 @@ def _train(
     weights: called again with the same request, it loads the final weights into ``model`` and
     returns the same record without training, so phases can be re-evaluated (e.g. on other
     held-out blocks) without retraining."""
-    from calm_core.training import Trainer
-    from safetensors.torch import load_model, save_model
-
     config = _train_config(state.plan, steps, fields)
     run_dir = state.work / "runs" / name
     request = train_request(config.model_dump(mode="json"), minutes, snapshots, resume)
@@ -287,8 +277,6 @@ def _codec(state: State, chunk: int) -> Any:
 def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
     """The bench-shape codec trained with the library's default recipe (``calm train-codec``):
     its codec options and schedule, stopped early only if ``minutes`` run out."""
-    from calm_core.cli.train_codec import recipe
-
     default = recipe("default")
     train, val = _datasets(state, chunk)
     codec = M.build_codec(chunk=chunk, **default["codec"]["config"]).eval()
@@ -312,8 +300,6 @@ def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
 
 
 def _load_codec(state: State, chunk: int) -> Any:
-    from calm_core.model_dir import load_pretrained
-
     codec = load_pretrained(state.work / f"codec_k{chunk}")
     codec.eval()
     for p in codec.parameters():
@@ -368,8 +354,6 @@ def _eval_snapshots(
     state: State, model: nn.Module, trained: dict[str, Any], blocks: Tensor, kind: str, pad_id: int
 ) -> list[dict[str, Any]]:
     """Every snapshot of a training phase (and its final weights) on ``blocks``, in step order."""
-    from safetensors.torch import load_model
-
     fpt = trained["train_flops_per_token"]
     tokens_per_step = state.plan.batch * state.plan.seq_len
     points = dict(trained["snapshots"])
@@ -403,8 +387,6 @@ def _phase_eval(state: State, kind: str) -> dict[str, Any]:
 
 def _phase_baselines(state: State) -> dict[str, Any]:
     """Context-free predictors on the held-out blocks (:mod:`benchmarks.baselines`)."""
-    from benchmarks.baselines import chunk_sampler_brier, chunk_sampler_energy, unigram_brier
-
     train, val = _datasets(state, M.CHUNK)
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     train_tokens = np.asarray(train.tokens, dtype=np.int64)
@@ -429,8 +411,6 @@ def _phase_baselines(state: State) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- heads, K sweep
 def _sampling_cost(model: nn.Module, positions: int = 64, reps: int = 3) -> dict[str, float]:
-    from benchmarks.timing import measure
-
     head: Any = model.head  # type: ignore[union-attr]
     hidden = torch.randn(positions, M.BACKBONE["hidden_size"], generator=torch.Generator())
     with torch.no_grad():
@@ -442,8 +422,6 @@ def _sampling_cost(model: nn.Module, positions: int = 64, reps: int = 3) -> dict
 
 
 def _phase_heads(state: State) -> dict[str, Any]:
-    from safetensors.torch import load_model
-
     train, val = _datasets(state, M.CHUNK)
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     steps = state.plan.head_steps

@@ -21,6 +21,7 @@ rely on the schema; everything else (every repetition, targets, FLOPs) goes to `
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import shlex
 import sys
@@ -32,7 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the ``benchmarks`` package importable
     sys.path.insert(0, str(ROOT))
 
+from calm_core.runtime import tune_malloc  # noqa: E402
+
+from benchmarks import speed as S  # noqa: E402
 from benchmarks import targets as T  # noqa: E402
+from benchmarks.published import run_published  # noqa: E402
+from benchmarks.quality import run_quality  # noqa: E402
+from benchmarks.report import write_docs  # noqa: E402
 from benchmarks.timing import machine_info, matmul_gflops, set_threads  # noqa: E402
 
 __all__ = ["main", "output_keys"]
@@ -153,12 +160,10 @@ def output_keys(results: dict[str, Any], missing: dict[str, str]) -> dict[str, A
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from benchmarks.speed import Settings, run_speed
-
     quick = bool(args.quick)
     check = bool(args.check or quick)
     reps = args.reps if args.reps is not None else (3 if quick else 5)
-    settings = Settings(
+    settings = S.Settings(
         reps=reps,
         warmup=1,
         train_warmup=1 if quick else 2,
@@ -180,7 +185,7 @@ def _speed(args: argparse.Namespace) -> int:
     settings.log(f"threads={threads}; measuring fp32 matmul throughput")
     gemm, gemm_m = matmul_gflops()
     settings.log(f"  matmul 1024^3 fp32: {gemm:.1f} GFLOP/s")
-    run = run_speed(settings, gemm, only=only)
+    run = S.run_speed(settings, gemm, only=only)
     # GEMM again at the end: the machine is shared, so its speed can drift during the run
     gemm_end, gemm_end_m = matmul_gflops()
     results: dict[str, Any] = dict(run.results)
@@ -219,8 +224,6 @@ def _speed(args: argparse.Namespace) -> int:
         args.details.parent.mkdir(parents=True, exist_ok=True)
         args.details.write_text(json.dumps(details, indent=1) + "\n")
     if args.docs:
-        from benchmarks.report import write_docs
-
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         (RESULTS_DIR / "speed.json").write_text(json.dumps(details, indent=1) + "\n")
         write_docs(ROOT, details, RESULTS_DIR / "quality.json")
@@ -253,8 +256,6 @@ def _print_summary(details: dict[str, Any]) -> None:
 
 def _utc_today(hhmm: str) -> float:
     """Epoch seconds of ``HH:MM`` UTC today."""
-    import calendar
-
     hour, minute = (int(x) for x in hhmm.split(":"))
     now = time.gmtime()
     return float(calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, hour, minute, 0)))
@@ -262,15 +263,11 @@ def _utc_today(hhmm: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from calm_core.runtime import tune_malloc
-
     tune_malloc()  # as the `calm` command does: large freed buffers are reused, not re-faulted
     if args.reps is not None and args.reps < 3:
         print("--reps must be >= 3 (the benchmark rule is a median of >= 3 repetitions)")
         return 2
     if args.report_only:
-        from benchmarks.report import write_docs
-
         speed = RESULTS_DIR / "speed.json"
         if not speed.is_file():
             print(f"{speed} does not exist; run `python benchmarks/run.py --docs` first")
@@ -284,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         print(write_docs(ROOT, details, RESULTS_DIR / "quality.json"))
         return 0
     if args.quality:
-        from benchmarks.quality import run_quality
-
         set_threads(args.threads)
         return run_quality(
             ROOT,
@@ -305,8 +300,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _published(args: argparse.Namespace) -> int:
     """``--published``: the figures at the published shapes (:mod:`benchmarks.published`)."""
-    from benchmarks.published import run_published
-
     set_threads(args.threads)
     machine = machine_info()
     machine["command"] = "python benchmarks/run.py " + " ".join(
@@ -325,8 +318,6 @@ def _published(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     if args.docs:
-        from benchmarks.report import write_docs
-
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         (RESULTS_DIR / "published.json").write_text(
             json.dumps({**out, "details": pub}, indent=1) + "\n"

@@ -31,13 +31,18 @@ from functools import partial
 from typing import Any
 
 import torch
+from calm_core.calm import CALM
+from calm_core.metrics.brier import BrierAccumulator
+from calm_core.metrics.brier_ar import ar_brier_scores
+from calm_core.metrics.brier_calm import calm_brier_scores
+from calm_core.presets import decode_weights_per_token
+from calm_core.training.config import TrainConfig
+from calm_core.training.optim import build_optimizer
 from torch import Tensor, nn
 
 from benchmarks import models as M
 from benchmarks.flops import (
-    ar_brier_flops,
     ar_flops_per_token,
-    backbone_flops_per_position,
     calm_flops_per_token,
     causal_context,
 )
@@ -110,9 +115,6 @@ def _tokens(batch: int, length: int, seed: int, vocab: int = M.VOCAB) -> Tensor:
 # ----------------------------------------------------------------------------------- training
 def train_step_fn(model: nn.Module, tokens: Tensor) -> Callable[[], None]:
     """One BENCHMARKS.md training step on ``tokens`` (AdamW 3e-4, (0.9, 0.95), wd 0.1, clip 1)."""
-    from calm_core.training.config import TrainConfig
-    from calm_core.training.optim import build_optimizer
-
     config = TrainConfig.model_validate(
         {"lr": 3e-4, "betas": (0.9, 0.95), "weight_decay": 0.1, "grad_clip": 1.0}
     )
@@ -315,13 +317,6 @@ def brier_eval(
 ) -> dict[str, Any]:
     """Brier-1..4 and BrierLM of ``model`` (CALM or AR) on ``blocks [n, T]`` with the library's
     estimators, ``batch`` blocks per call; the :class:`BrierResult` as a dict."""
-    try:
-        from calm_core.calm import CALM
-        from calm_core.metrics.brier import BrierAccumulator
-        from calm_core.metrics.brier_ar import ar_brier_scores
-        from calm_core.metrics.brier_calm import calm_brier_scores
-    except ImportError as exc:
-        raise M.MissingFigureError(f"the BrierLM estimators are not available: {exc}") from None
     gen = torch.Generator().manual_seed(seed)
     score = calm_brier_scores if isinstance(model, CALM) else ar_brier_scores
     acc = BrierAccumulator()
@@ -350,21 +345,13 @@ def _evaluation(run: SpeedRun, settings: Settings) -> None:
 
     # BENCHMARKS.md also gives the reference AR estimator when its two samples always agree
     # (16.2 s: its rollouts go on while they agree). A sharpened lm_head makes ours agree too.
-    def agreeing() -> nn.Module:
-        model = M.build_ar()
+    def agree() -> None:
+        model = M.build_ar().eval()
         with torch.no_grad():
             model.lm_head.weight.mul_(1e4)  # softmax ~ one-hot: both samples are the argmax
-        return model
-
-    def agree() -> None:
-        model = agreeing().eval()
         m = measure(lambda: brier_eval(model, tokens), reps=settings.reps, warmup=settings.warmup)
         run.put("eval_extra_s", "ar_brier_always_agree", m.seconds, m)
         run.extra["ar_brier_always_agree_s"] = m.seconds
-        # its matmul work (flops.py), for the floor the report derives from the GEMM rate
-        run.extra["ar_brier_always_agree_gflop"] = (
-            ar_brier_flops(M.backbone_shape(), M.VOCAB, M.TRAIN_BATCH, M.SEQ_LEN, 4) / 1e9
-        )
 
     _attempt(run, "eval_extra_s", ["ar_brier_always_agree"], settings, agree)
 
@@ -372,7 +359,6 @@ def _evaluation(run: SpeedRun, settings: Settings) -> None:
 # ------------------------------------------------------------------------------ decode weights
 def _decode_weights(run: SpeedRun) -> None:
     """Weights a batch-1 generation step reads per new token (analytic; what bounds CALM/AR)."""
-    from calm_core.presets import decode_weights_per_token
 
     def mb(preset: dict[str, Any] | str) -> float:
         return 4 * decode_weights_per_token(preset) / 1e6  # fp32
@@ -383,8 +369,6 @@ def _decode_weights(run: SpeedRun) -> None:
         "calm-m": mb("calm-m"),
         "transformer-m": mb("transformer-m"),
     }
-    # the backbone's share (matmul weights = half its FLOPs per position without attention)
-    run.extra["backbone_weight_mb"] = 4 * backbone_flops_per_position(M.backbone_shape(), 0) / 2e6
 
 
 # ------------------------------------------------------------------------------------------ MFU
