@@ -125,7 +125,7 @@ def bench(session: nox.Session) -> None:
     docs/benchmarks.md; ``nox -s bench -- --quick`` (run by CI after the tests) fails when a
     within-run ratio falls below min(target, last full run) / 2; ``nox -s bench -- --published``
     measures the published shapes and adds them to the page."""
-    _install_project(session, "matplotlib>=3.7")
+    _install_project(session)
     args = list(session.posargs)
     if "--quick" not in args and "--quality" not in args and "--docs" not in args:
         args.append("--docs")

@@ -1,4 +1,4 @@
-"""``docs/benchmarks.md`` and ``docs/img/bench_*.png`` from the committed result files.
+"""``docs/benchmarks.md`` from the committed result files.
 
 Every number in the page comes from ``benchmarks/results/{speed,published,quality}.json``; the page
 holds tables and fixed explanations only. Findings that need prose (why CALM scores what it does
@@ -104,13 +104,7 @@ def _speed_section(d: dict[str, Any]) -> list[str]:
     lines += md_table(["figure", "ours", "reference", "ours/reference", "spread"], rows)
     extra = d.get("extra", {})
     agree = extra.get("ar_brier_always_agree_s")
-    ar_ctx = extra.get("ar_gen_token_s_ctx")
     rows = [["AR BrierLM evaluation, samples always agree (s)", fmt(agree, 4), "16.2"]]
-    if isinstance(ar_ctx, dict):
-        rows += [
-            [f"AR per-token generation time at {k} tokens of context (s)", fmt(v), "—"]
-            for k, v in ar_ctx.items()
-        ]
     lines += md_table(["further figure", "ours", "reference"], rows)
     lines += ["### Targets (ratios within this run)", ""]
     rows = []
@@ -206,84 +200,6 @@ def _published_section(p: dict[str, Any] | None) -> list[str]:
     rows = [[k, fmt(det["train_tok_s"].get(k), 4), fmt(mfu.get(k)), "≥ 0.8"] for k in mfu]
     lines += md_table(["model", "training tokens/s", "MFU vs measured fp32 matmul", "target"], rows)
     return lines
-
-
-def _plot(path: Path, draw: Callable[[Any], bool]) -> bool:
-    """Draw a figure with matplotlib (optional) into ``path``; False when unavailable or empty."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    ok = draw(plt)
-    if ok:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        plt.gcf().tight_layout()
-        plt.savefig(path, dpi=110)
-    plt.close("all")
-    return ok
-
-
-def _draw_speed(d: dict[str, Any]) -> Callable[[Any], bool]:
-    keys = [
-        "gen_tok_s.calm_t1_b1",
-        "gen_tok_s.calm_t1_b8",
-        "gen_tok_s.calm_t05batch_b1",
-        "gen_tok_s.calm_t05batch_b8",
-        "gen_tok_s.ar_b1",
-        "gen_tok_s.ar_b8",
-        "train_tok_s.codec",
-        "train_tok_s.calm_energy",
-        "train_tok_s.ar",
-    ]
-
-    def draw(plt: Any) -> bool:
-        ours = [d[k.split(".")[0]].get(k.split(".")[1]) or 0.0 for k in keys]
-        refs = [REFERENCE.get(k, 0.0) for k in keys]
-        _, ax = plt.subplots(figsize=(10, 4))
-        xs = range(len(keys))
-        ax.bar([x - 0.2 for x in xs], ours, width=0.4, label="ours (this run)")
-        ax.bar([x + 0.2 for x in xs], refs, width=0.4, label="reference (BENCHMARKS.md)")
-        ax.set_xticks(list(xs), [k.split(".")[1] for k in keys], rotation=30, ha="right")
-        ax.set_yscale("log")
-        ax.set_ylabel("tokens / s")
-        ax.legend()
-        return True
-
-    return draw
-
-
-def _draw_quality(phases: dict[str, Any]) -> Callable[[Any], bool]:
-    def draw(plt: Any) -> bool:
-        _, axes = plt.subplots(1, 2, figsize=(11, 4))
-        drawn = False
-        for kind, label in (("ar", "AR baseline"), ("calm", "CALM (energy, K=4)")):
-            curve = phases.get(f"eval_{kind}", {}).get("curve")
-            if not curve:
-                continue
-            drawn = True
-            x = [r["train_flops"] for r in curve]
-            axes[0].errorbar(
-                x,
-                [r["brier"]["1"] for r in curve],
-                marker="o",
-                capsize=3,
-                yerr=[1.96 * r["brier_se"]["1"] for r in curve],
-                label=label,
-            )
-            axes[1].plot(x, [r["brierlm"] for r in curve], marker="o", label=label)
-        for ax, title in zip(
-            axes, ("held-out Brier-1 (95% CI)", "held-out BrierLM (x100)"), strict=True
-        ):
-            ax.set_xscale("log")
-            ax.set_xlabel("training FLOPs (analytic)")
-            ax.set_title(title)
-            ax.legend()
-        return drawn
-
-    return draw
 
 
 # ------------------------------------------------------------------------------------ quality
@@ -475,7 +391,7 @@ def _ksweep_table(phases: dict[str, Any]) -> list[str]:
     ]
 
 
-def _quality_section(q: dict[str, Any] | None, img: Path) -> list[str]:
+def _quality_section(q: dict[str, Any] | None) -> list[str]:
     lines = ["## Quality at equal compute (bundled corpus, held-out articles)", ""]
     if q is None:
         return [*lines, "No quality results: run `python benchmarks/run.py --quality`.", ""]
@@ -508,8 +424,6 @@ def _quality_section(q: dict[str, Any] | None, img: Path) -> list[str]:
         if ev := phases.get(f"eval_{kind}"):
             lines += [f"### {title} ({ev['val_blocks']} held-out blocks)", ""]
             lines += _curve_table(ev, kind)
-    if _plot(img / "bench_quality_flops.png", _draw_quality(phases)):
-        lines += ["![quality vs training FLOPs](img/bench_quality_flops.png)", ""]
     lines += ["### Training FLOPs to reach a quality level", "", *_crossing_table(phases)]
     lines += _baselines_table(phases) + _targets_table(phases)
     lines += _heads_table(phases) + _ksweep_table(phases)
@@ -524,7 +438,7 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 def write_docs(root: Path, speed: dict[str, Any], quality_json: Path) -> Path:
-    """Write ``docs/benchmarks.md`` (and its PNGs) from a speed run's details, the quality JSON
+    """Write ``docs/benchmarks.md`` from a speed run's details, the quality JSON
     and, beside it, ``published.json`` when present."""
     docs = root / "docs"
     m = speed["machine"]
@@ -543,10 +457,8 @@ def write_docs(root: Path, speed: dict[str, Any], quality_json: Path) -> Path:
         "",
         *_speed_section(speed),
     ]
-    if _plot(docs / "img" / "bench_speed.png", _draw_speed(speed)):
-        lines += ["![throughput, ours vs reference](img/bench_speed.png)", ""]
     lines += _published_section(_load(quality_json.parent / "published.json"))
-    lines += _quality_section(_load(quality_json), docs / "img")
+    lines += _quality_section(_load(quality_json))
     out = docs / "benchmarks.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines).rstrip() + "\n")

@@ -7,9 +7,10 @@ measured in the same run; ratios (CALM/AR, ours/reference) are computed from thi
 * ``--quick``: 3 repetitions, short warm-ups (under 2 minutes); implies ``--check``.
 * ``--check``: exit 1 when a ratio CI checks falls below min(target, last full run) / 2 (see
   :mod:`benchmarks.targets` for the rule).
-* ``--docs``: regenerate ``docs/benchmarks.md`` and ``docs/img/bench_*.png`` from this run and the
-  latest quality results (``benchmarks/results/quality.json``), and save this run's details to
-  ``benchmarks/results/speed.json``.
+* ``--docs``: regenerate ``docs/benchmarks.md`` from this run and the committed result files, and
+  save this run's details to ``benchmarks/results/speed.json``.
+* ``--published``: generation tokens/s and training MFU at the published shapes
+  (:mod:`benchmarks.published`), under the key ``published``.
 * ``--report-only``: regenerate the page from the saved ``results/*.json`` without measuring.
 * ``--quality``: run the quality sweep instead (long; see :mod:`benchmarks.quality`).
 
@@ -98,48 +99,18 @@ def _parser() -> argparse.ArgumentParser:
         "training MFU, under the key `published` (with --docs: also shown in the page)",
     )
     p.add_argument("--quality", action="store_true", help="run the quality sweep instead")
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help="--quality: training minutes per main model (default 15, the protocol)",
-    )
-    p.add_argument(
-        "--codec-minutes",
-        type=float,
-        default=None,
-        help="--quality: codec training minutes (default 0.8 x --minutes)",
-    )
-    p.add_argument(
-        "--stop-at",
-        default=None,
-        metavar="HH:MM",
-        help="--quality: skip phases not started by this UTC time today",
-    )
-    p.add_argument(
-        "--phases",
-        default=None,
-        help="--quality: comma-separated phases to run (data, codec, ar, calm, eval_ar, eval_calm, "
-        "baselines, heads; ksweep only when named); finished phases are reused from the work "
-        "directory",
-    )
-    p.add_argument(
-        "--eval-blocks",
-        type=int,
-        default=None,
-        metavar="N",
-        help="--quality: evaluate on the first N held-out 512-token blocks (default 0 = all of "
-        "them, 98 on the bundled corpus). Phases finished before "
-        "keep the blocks they were evaluated on: delete a phase's file under phases/ to "
-        "re-evaluate it (its training is reused)",
-    )
-    p.add_argument(
-        "--quality-dir",
-        type=Path,
-        default=None,
-        help="--quality: working directory for data and runs (default benchmarks/.work/quality, "
-        "or quality_quick with --quick)",
-    )
+    quality_options: tuple[tuple[str, type, str], ...] = (
+        ("--minutes", float, "training minutes per main model (default 15, the protocol)"),
+        ("--codec-minutes", float, "codec training minutes (default 0.8 x --minutes)"),
+        ("--stop-at", str, "HH:MM (UTC): skip phases not started by then"),
+        ("--phases", str, "comma-separated phases (data, codec, ar, calm, eval_ar, eval_calm, "
+         "baselines, heads; ksweep only when named); finished ones are reused"),
+        ("--eval-blocks", int, "score the first N held-out 512-token blocks (default 0 = all); "
+         "delete a phase's file under phases/ to re-evaluate it"),
+        ("--quality-dir", Path, "work directory (default benchmarks/.work/quality[_quick])"),
+    )  # fmt: skip
+    for flag, kind, text in quality_options:
+        p.add_argument(flag, type=kind, default=None, help=f"--quality: {text}")
     return p
 
 

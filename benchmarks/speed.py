@@ -297,19 +297,6 @@ def _context(run: SpeedRun, settings: Settings) -> None:
 
     _attempt(run, "gen_token_s_ctx", keys, settings, _calm)
 
-    # AR per-token time at the same contexts: a detail for the report, not an output key
-    try:
-        ar = M.build_ar(context_tokens=max(CONTEXTS) + new).eval()
-        detail: dict[str, float] = {}
-        for ctx in CONTEXTS:
-            prompt = _tokens(1, ctx, seed=3)
-            rep = _stream_per_token(partial(ar.stream, prompt, new + 1, 0.0, stop_at_eos=False))
-            with torch.no_grad():
-                detail[str(ctx)] = _median_of(rep, settings).seconds
-        run.extra["ar_gen_token_s_ctx"] = detail
-    except Exception as exc:  # a detail: report why it is absent
-        run.extra["ar_gen_token_s_ctx"] = f"not measured: {type(exc).__name__}: {exc}"
-
 
 # --------------------------------------------------------------------------------- evaluation
 def brier_eval(
