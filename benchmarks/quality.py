@@ -270,10 +270,6 @@ def train_request(
     return {"config": config, "minutes": minutes, "snapshots": list(snapshots), "resume": resume}
 
 
-def _codec(state: State, chunk: int) -> Any:
-    return M.build_codec(chunk=chunk).eval()
-
-
 def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
     """The bench-shape codec trained with the library's default recipe (``calm train-codec``):
     its codec options and schedule, stopped early only if ``minutes`` run out."""

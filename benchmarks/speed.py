@@ -183,29 +183,16 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
         # CALM at T=1 and the AR baseline are timed interleaved, round by round, at each batch
         # size: their ratio is a target, and figures timed a minute apart on a shared machine can
         # disagree by more than the ratio's own noise
-        models: dict[str, Any] = {}
-        for name, build in (("calm", lambda: M.build_calm("energy")), ("ar", M.build_ar)):
-            try:
-                models[name] = build().eval()
-            except M.MissingFigureError as exc:  # time the other one alone
-                keys = ["calm_t1_b1", "calm_t1_b8"] if name == "calm" else ["ar_b1", "ar_b8"]
-                run.fail("gen_tok_s", keys, f"missing code: {exc}")
+        calm, ar = M.build_calm("energy").eval(), M.build_ar().eval()
         for batch in (1, 8):
             prompts = _tokens(batch, M.PROMPT_LEN, seed=2)
-            calls: dict[str, Callable[[int], object]] = {}
-            if "calm" in models:
-                gen = torch.Generator().manual_seed(0)
-                calls[f"calm_t1_b{batch}"] = partial(
-                    models["calm"].generate,
-                    prompts,
-                    temperature=1.0,
-                    generator=gen,
-                    stop_at_eos=False,
-                )
-            if "ar" in models:
-                calls[f"ar_b{batch}"] = partial(
-                    models["ar"].generate, prompts, temperature=0.0, stop_at_eos=False
-                )
+            gen = torch.Generator().manual_seed(0)
+            calls: dict[str, Callable[[int], object]] = {
+                f"calm_t1_b{batch}": partial(
+                    calm.generate, prompts, temperature=1.0, generator=gen, stop_at_eos=False
+                ),
+                f"ar_b{batch}": partial(ar.generate, prompts, temperature=0.0, stop_at_eos=False),
+            }
             for call in calls.values():
                 _short_warmup(call, settings)
             timed = measure_interleaved(
@@ -283,8 +270,6 @@ def _context(run: SpeedRun, settings: Settings) -> None:
 
     def _calm() -> None:
         model = M.build_calm("energy", context_tokens=max(CONTEXTS) + new).eval()
-        if not hasattr(model, "stream"):
-            raise M.MissingFigureError("CALM has no stream() iterator to time steps after prefill")
         for ctx in CONTEXTS:
             prompt = _tokens(1, ctx, seed=3)
             gen = torch.Generator().manual_seed(0)
