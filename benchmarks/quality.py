@@ -8,7 +8,7 @@ same for CALM and AR: peak lr 1e-3 instead of 3e-4 and 50 warm-up steps instead 
 15-minute budget buys only several hundred steps); the codec uses the library's default recipe.
 Phases, each resumable from its result file in the work directory:
 
-1. ``data``: tokenizer + packed data for K=4 (and each K of the K sweep).
+1. ``data``: tokenizer + packed data for K=4.
 2. ``codec``: the bench codec, trained for 0.8 x the budget; held-out token accuracy.
 3. ``ar`` and ``calm``: the AR baseline and CALM (energy head, K=4), each for the budget, with
    snapshots at steps 10, 20, 50, 100, ... (the lr is constant after warm-up, so a snapshot at
@@ -17,15 +17,12 @@ Phases, each resumable from its result file in the work directory:
    for AR, the energy loss for CALM) on consecutive 512-token held-out blocks (all by default,
    the first N with ``--eval-blocks N``): the quality-vs-training-FLOPs curve.
 5. ``baselines``: context-free predictors on the same blocks (:mod:`benchmarks.baselines`).
-6. ``heads``: diffusion and flow CALMs trained for the steps of one energy snapshot; BrierLM and
-   sampling cost.
-7. ``ksweep`` (only when named): CALM at K = 1, 2, 8, each with its own codec.
 
 Training FLOPs are the analytic FLOPs per token of :mod:`benchmarks.flops` times tokens seen. A
 phase that cannot run is recorded with its reason, never filled in. A finished training run is
 reused for an equal request (its ``trained.json``), so deleting a phase's result file and running
 again re-evaluates it without retraining. The diagnosis probes of 2026-11 are recorded in
-``docs/benchmarks-diagnosis-2026-12.md``.
+``docs/benchmarks-diagnosis-2026-12.md`` (with the heads and K comparisons at 100 steps).
 """
 
 from __future__ import annotations
@@ -56,14 +53,12 @@ from benchmarks import models as M
 from benchmarks.baselines import chunk_sampler_brier, chunk_sampler_energy, unigram_brier
 from benchmarks.flops import ar_flops_per_token, calm_flops_per_token, causal_context
 from benchmarks.speed import brier_eval
-from benchmarks.timing import measure
 
 __all__ = ["QualityPlan", "run_quality"]
 
 SPLIT_SEED = 0
 VAL_DOCS = 6
 SNAPSHOT_STEPS = (10, 20, 50, 100, 200, 400, 800, 1600, 3200, 6400)
-K_SWEEP = (1, 2, 8)
 
 
 def _log(msg: str) -> None:
@@ -76,8 +71,6 @@ class QualityPlan:
 
     lm_minutes: float = 15.0
     codec_minutes: float = 12.0
-    head_steps: int = 100
-    ksweep_codec_minutes: float = 3.0
     batch: int = M.TRAIN_BATCH
     seq_len: int = M.SEQ_LEN
     warmup_steps: int = 50
@@ -86,7 +79,7 @@ class QualityPlan:
     eval_blocks: int | None = None  # every held-out block
     snapshot_steps: tuple[int, ...] = SNAPSHOT_STEPS
     phases: tuple[str, ...] = (
-        "data", "codec", "ar", "calm", "eval_ar", "eval_calm", "baselines", "heads"
+        "data", "codec", "ar", "calm", "eval_ar", "eval_calm", "baselines"
     )  # fmt: skip
 
     @classmethod
@@ -95,14 +88,12 @@ class QualityPlan:
     ) -> QualityPlan:
         if quick:  # a smoke test of the whole pipeline, a few minutes; not a measurement
             return cls(
-                lm_minutes=1.0, codec_minutes=1.0, head_steps=2,
-                ksweep_codec_minutes=0.1,
-                batch=2, seq_len=128, warmup_steps=2, max_steps=6, eval_blocks=2,
-                snapshot_steps=(2, 4),
+                lm_minutes=1.0, codec_minutes=1.0, batch=2, seq_len=128, warmup_steps=2,
+                max_steps=6, eval_blocks=2, snapshot_steps=(2, 4),
             )  # fmt: skip
         m = 15.0 if minutes is None else minutes
         c = 0.8 * m if codec_minutes is None else codec_minutes
-        return cls(lm_minutes=m, codec_minutes=c, ksweep_codec_minutes=min(4.0, 0.27 * m))
+        return cls(lm_minutes=m, codec_minutes=c)
 
 
 @dataclass
@@ -405,64 +396,6 @@ def _phase_baselines(state: State) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------- heads, K sweep
-def _sampling_cost(model: nn.Module, positions: int = 64, reps: int = 3) -> dict[str, float]:
-    head: Any = model.head  # type: ignore[union-attr]
-    hidden = torch.randn(positions, M.BACKBONE["hidden_size"], generator=torch.Generator())
-    with torch.no_grad():
-        m = measure(lambda: head.sample(hidden, 1), reps=reps, warmup=1)
-    return {
-        "network_calls_per_sample": float(head.network_calls_per_sample),
-        "sample_ms_per_64_positions": 1000 * m.seconds,
-    }
-
-
-def _phase_heads(state: State) -> dict[str, Any]:
-    train, val = _datasets(state, M.CHUNK)
-    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-    steps = state.plan.head_steps
-    out: dict[str, Any] = {"steps": steps}
-    for head in ("energy", "diffusion", "flow"):
-        model = _build(state, "calm", val.pad_id, head=head)
-        if head == "energy":  # the main CALM run's snapshot at the same step
-            snap = state.work / "runs" / "calm" / f"snapshot-{steps}.safetensors"
-            if not snap.is_file():
-                out[head] = {"missing": f"no energy snapshot at step {steps} ({snap})"}
-                continue
-            load_model(model, str(snap))
-        else:
-            _train(state, model, train, f"calm_{head}", minutes=None, steps=steps)
-        row = _eval_model(model, blocks, "calm", val.pad_id)
-        row.update(_sampling_cost(model))
-        out[head] = row
-        _log(f"head {head}: {row}")
-    return out
-
-
-def _phase_ksweep(state: State, deadline: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"steps": state.plan.head_steps}
-    for k in K_SWEEP:
-        if time.perf_counter() > deadline:
-            out[f"k{k}"] = {"missing": "not run: out of the time budget"}
-            continue
-        try:
-            codec_info = _phase_codec(state, k, state.plan.ksweep_codec_minutes)
-            train, val = _datasets(state, k)
-            blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-            model = _build(state, "calm", val.pad_id, chunk=k)
-            _train(state, model, train, f"calm_k{k}", minutes=None, steps=state.plan.head_steps)
-            row = _eval_model(model, blocks, "calm", val.pad_id)
-            row["codec_steps"] = codec_info["steps"]
-            row["codec_val_token_accuracy"] = codec_info["val_token_accuracy"]
-            row["train_flops_per_token"] = _flops_per_token("calm", k)
-            out[f"k{k}"] = row
-        except Exception as exc:  # one K failing must not lose the others
-            traceback.print_exc()
-            out[f"k{k}"] = {"missing": f"error: {type(exc).__name__}: {exc}"}
-        _log(f"K={k}: {out[f'k{k}']}")
-    return out
-
-
 # ------------------------------------------------------------------------------------- driver
 def run_quality(
     root: Path,
@@ -494,15 +427,13 @@ def run_quality(
     # phases (and K-sweep points) not started by ``stop_at`` (epoch seconds) are skipped
     deadline = time.perf_counter() + (stop_at - time.time() if stop_at else 3 * 3600)
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("data", lambda: _phase_data(state, (M.CHUNK, *K_SWEEP))),
+        ("data", lambda: _phase_data(state, (M.CHUNK,))),
         ("codec", lambda: _phase_codec(state, M.CHUNK, plan.codec_minutes)),
         ("ar", lambda: _phase_lm(state, "ar")),
         ("calm", lambda: _phase_lm(state, "calm")),
         ("eval_ar", lambda: _phase_eval(state, "ar")),
         ("eval_calm", lambda: _phase_eval(state, "calm")),
         ("baselines", lambda: _phase_baselines(state)),
-        ("heads", lambda: _phase_heads(state)),
-        ("ksweep", lambda: _phase_ksweep(state, deadline)),
     ]
     missing: dict[str, str] = {}
     for name, fn in steps:

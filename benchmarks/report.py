@@ -328,69 +328,6 @@ def _targets_table(phases: dict[str, Any]) -> list[str]:
     return ["### Quality targets", "", *md_table(header, rows)]
 
 
-def _heads_table(phases: dict[str, Any]) -> list[str]:
-    heads = phases.get("heads")
-    if not heads:
-        return []
-    rows = []
-    for name in ("energy", "diffusion", "flow"):
-        h = heads.get(name, {})
-        if "brier" not in h:
-            rows.append([name, h.get("missing", "missing"), "", "", "", ""])
-            continue
-        rows.append(
-            [
-                name,
-                f"{fmt(h['brier']['1'])} ± {fmt(h['brier_se']['1'], 2)}",
-                fmt(h["brier"]["2"]),
-                fmt(h["brierlm"]),
-                fmt(h["network_calls_per_sample"]),
-                fmt(h["sample_ms_per_64_positions"], 4),
-            ]
-        )
-    header = [
-        "head",
-        "Brier-1",
-        "Brier-2",
-        "BrierLM",
-        "network calls / sample",
-        "ms / sample (64 pos.)",
-    ]
-    return [
-        f"### Heads at equal training steps ({heads['steps']} steps each)",
-        "",
-        *md_table(header, rows),
-    ]
-
-
-def _ksweep_table(phases: dict[str, Any]) -> list[str]:
-    ks = phases.get("ksweep")
-    if not ks:
-        return []
-    rows = []
-    for k in (1, 2, 4, 8):
-        r = phases.get("heads", {}).get("energy", {}) if k == 4 else ks.get(f"k{k}", {})
-        if "brier" not in r:
-            rows.append([str(k), r.get("missing", "missing"), "", "", ""])
-            continue
-        acc = r.get("codec_val_token_accuracy")
-        rows.append(
-            [
-                str(k),
-                f"{fmt(r['brier']['1'])} ± {fmt(r['brier_se']['1'], 2)}",
-                fmt(r["brierlm"]),
-                "main codec" if k == 4 else fmt(acc and 100 * acc, 4),
-                fmt(r.get("train_flops_per_token")),
-            ]
-        )
-    header = ["K", "Brier-1", "BrierLM", "codec held-out token acc. %", "training FLOPs / token"]
-    return [
-        f"### K sweep (CALM energy, {ks['steps']} steps each, own codec per K)",
-        "",
-        *md_table(header, rows),
-    ]
-
-
 def _quality_section(q: dict[str, Any] | None) -> list[str]:
     lines = ["## Quality at equal compute (bundled corpus, held-out articles)", ""]
     if q is None:
@@ -426,7 +363,6 @@ def _quality_section(q: dict[str, Any] | None) -> list[str]:
             lines += _curve_table(ev, kind)
     lines += ["### Training FLOPs to reach a quality level", "", *_crossing_table(phases)]
     lines += _baselines_table(phases) + _targets_table(phases)
-    lines += _heads_table(phases) + _ksweep_table(phases)
     if q.get("missing"):
         lines += ["### Quality phases not run", ""]
         lines += [f"- {k}: {v}" for k, v in q["missing"].items()] + [""]

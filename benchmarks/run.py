@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--codec-minutes", float, "codec training minutes (default 0.8 x --minutes)"),
         ("--stop-at", str, "HH:MM (UTC): skip phases not started by then"),
         ("--phases", str, "comma-separated phases (data, codec, ar, calm, eval_ar, eval_calm, "
-         "baselines, heads; ksweep only when named); finished ones are reused"),
+         "baselines); finished ones are reused"),
         ("--eval-blocks", int, "score the first N held-out 512-token blocks (default 0 = all); "
          "delete a phase's file under phases/ to re-evaluate it"),
         ("--quality-dir", Path, "work directory (default benchmarks/.work/quality[_quick])"),
