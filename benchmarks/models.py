@@ -1,8 +1,9 @@
-"""The benchmark configuration ("bench" of BENCHMARKS.md) as model builders and FLOP shapes.
+"""The benchmark configuration ("bench" of BENCHMARKS.md) as model builders and cost specs.
 
-Every speed figure and the quality sweep build their models here, so the shapes are written once.
-The shapes are BENCHMARKS.md's; they are spelled out below rather than taken from a preset so the
-benchmark keeps measuring the same thing if a preset's defaults move.
+Every speed figure and the quality sweep build their models here. The shapes are BENCHMARKS.md's,
+read from their one home, :mod:`calm_core.presets` (``BENCH_BACKBONE``, ``BENCH_CODEC``,
+``BENCH_ENERGY``); the training objective's settings are spelled out below. FLOPs and weights read
+come from :mod:`calm_core.costs` on :func:`preset_data`.
 
 What is unusual: the diffusion and flow heads have no bench shape in BENCHMARKS.md; they are
 given the energy head's depth (2 blocks, width = backbone width) and their SPEC.md defaults
@@ -16,12 +17,11 @@ from typing import Any
 
 import torch
 from calm_core import registry
+from calm_core.ar import ARConfig, ARModel
 from calm_core.backbone import BackboneConfig
 from calm_core.calm import CALM
 from calm_core.interfaces import Codec
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
-
-from benchmarks.flops import BackboneShape, CodecShape, EnergyHeadShape
+from calm_core.presets import BENCH_BACKBONE, BENCH_CODEC, BENCH_ENERGY
 
 __all__ = [
     "BACKBONE",
@@ -33,17 +33,14 @@ __all__ = [
     "TRAIN_BATCH",
     "VOCAB",
     "MissingFigureError",
-    "backbone_shape",
     "build_ar",
     "build_calm",
     "build_codec",
-    "codec_shape",
-    "energy_shape",
     "preset_data",
 ]
 
-VOCAB = 4096
-CHUNK = 4
+VOCAB = BENCH_CODEC["vocab_size"]
+CHUNK = BENCH_CODEC["chunk_size"]
 SEQ_LEN = 512
 TRAIN_BATCH = 8
 PROMPT_LEN = 32
@@ -52,11 +49,7 @@ NEW_TOKENS = 256
 #: codec: width 256, FFN 640, D=64, K=4, one FFN layer per stage, KL 1e-3 (floor 0.5), mask and
 #: latent dropout 0.15 (the AutoencoderConfig fields)
 CODEC: dict[str, Any] = {
-    "vocab_size": VOCAB,
-    "chunk_size": CHUNK,
-    "latent_size": 64,
-    "hidden_size": 256,
-    "intermediate_size": 640,
+    **BENCH_CODEC,
     "ffn_layers_per_stage": 1,
     "kl_weight": 1e-3,
     "kl_floor": 0.5,
@@ -66,18 +59,14 @@ CODEC: dict[str, Any] = {
 
 #: Llama backbone shared by CALM and the AR baseline (BackboneConfig fields)
 BACKBONE: dict[str, Any] = {
-    "hidden_size": 256,
-    "intermediate_size": 704,
-    "num_layers": 4,
-    "num_heads": 4,
-    "num_kv_heads": 4,
+    **BENCH_BACKBONE,
+    "num_kv_heads": BENCH_BACKBONE["num_heads"],
     "rope_theta": 10000.0,
 }
 
 #: energy head: 2 blocks, noise 32, N=8 samples, M=100 target draws, a=1
 ENERGY: dict[str, Any] = {
-    "num_blocks": 2,
-    "noise_size": 32,
+    **BENCH_ENERGY,
     "num_samples": 8,
     "num_target_samples": 100,
     "alpha": 1.0,
@@ -94,42 +83,13 @@ class MissingFigureError(RuntimeError):
     """A figure cannot be measured because the code it needs does not exist (yet)."""
 
 
-def backbone_shape() -> BackboneShape:
-    return BackboneShape(
-        hidden=BACKBONE["hidden_size"],
-        intermediate=BACKBONE["intermediate_size"],
-        layers=BACKBONE["num_layers"],
-        heads=BACKBONE["num_heads"],
-        kv_heads=BACKBONE["num_kv_heads"],
-    )
-
-
-def codec_shape(chunk: int = CHUNK) -> CodecShape:
-    return CodecShape(
-        hidden=CODEC["hidden_size"],
-        intermediate=CODEC["intermediate_size"],
-        latent=CODEC["latent_size"],
-        chunk=chunk,
-        layers_per_stage=CODEC["ffn_layers_per_stage"],
-    )
-
-
-def energy_shape() -> EnergyHeadShape:
-    return EnergyHeadShape(
-        blocks=ENERGY["num_blocks"],
-        noise=ENERGY["noise_size"],
-        samples=ENERGY["num_samples"],
-        target_samples=ENERGY["num_target_samples"],
-    )
-
-
-def preset_data(kind: str) -> dict[str, Any]:
-    """The bench CALM (``kind="calm"``, energy head) or AR model as a preset-shaped dict, for the
-    analytic counts of :mod:`calm_core.presets` (built here from the shapes above, not a preset)."""
+def preset_data(kind: str, chunk: int = CHUNK) -> dict[str, Any]:
+    """The bench CALM (``kind="calm"``, energy head, K = ``chunk``) or AR model as a
+    preset-shaped dict, for :mod:`calm_core.costs`."""
     backbone = {**BACKBONE, "max_positions": SEQ_LEN}
     if kind == "ar":
-        return {"kind": "transformer_lm", "backbone": backbone, "vocab_size": VOCAB}
-    codec = {"name": "autoencoder", "config": {**CODEC, "chunk_size": CHUNK, "vocab_size": VOCAB}}
+        return {"kind": "ar", "backbone": backbone, "vocab_size": VOCAB}
+    codec = {"name": "autoencoder", "config": {**CODEC, "chunk_size": chunk, "vocab_size": VOCAB}}
     head = {"name": "energy", "config": ENERGY}
     return {"kind": "calm", "backbone": backbone, "head": head, "codec": codec}
 
@@ -152,16 +112,16 @@ def build_codec(
 
 def build_ar(
     *, vocab: int = VOCAB, context_tokens: int = 2048, seed: int = 0, pad_id: int | None = None
-) -> TransformerLM:
+) -> ARModel:
     """The AR baseline: the bench backbone over tokens, untied input/output embeddings."""
     torch.manual_seed(seed)
     backbone = BackboneConfig.model_validate(
         {**BACKBONE, "max_positions": max(2048, context_tokens + 8)}
     )
-    config = TransformerLMConfig.model_validate(
+    config = ARConfig.model_validate(
         {"backbone": backbone, "vocab_size": vocab, "tie_embeddings": False, "pad_id": pad_id}
     )
-    return TransformerLM(config)
+    return ARModel(config)
 
 
 def build_calm(

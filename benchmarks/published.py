@@ -4,9 +4,9 @@
 fp32. Generation: prompt 32 tokens, 64 new tokens, KV cache, T=1 (one head sample per CALM step,
 softmax sampling for the AR model), batch 1 and 8; the two models are timed interleaved so their
 ratio sees the same machine. Training: a few optimizer steps of the BENCHMARKS.md step on one
-sequence of 2,048 tokens; MFU = analytic training FLOPs per token (``presets.flops_per_token``,
-attention at the average causal context) x tokens/s, over the fp32 rate of a 2048^3 matmul
-measured in the same run.
+sequence of 2,048 tokens; MFU = analytic training FLOPs per token
+(``calm_core.costs.flops_per_token``, attention at the average causal context) x tokens/s, over
+the fp32 rate of a 2048^3 matmul measured in the same run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from functools import partial
 from typing import Any
 
 import torch
-from calm_core.presets import build_preset, decode_weights_per_token, flops_per_token, get_preset
+from calm_core.builders import build_preset
+from calm_core.costs import causal_context, decode_weights_per_token, flops_per_token
+from calm_core.presets import get_preset
 from torch import Tensor, nn
 
 from benchmarks.speed import train_step_fn
@@ -57,7 +59,7 @@ def _train_flops_per_token(name: str) -> float:
     data = get_preset(name)
     chunk = data["codec"]["config"]["chunk_size"] if data["kind"] == "calm" else 1
     positions = TRAIN_TOKENS // chunk
-    return flops_per_token(data, context=(positions + 1) // 2, training=True)
+    return flops_per_token(data, context=causal_context(positions), training=True)
 
 
 def run_published(

@@ -18,7 +18,7 @@ Phases, each resumable from its result file in the work directory:
    the first N with ``--eval-blocks N``): the quality-vs-training-FLOPs curve.
 5. ``baselines``: context-free predictors on the same blocks (:mod:`benchmarks.baselines`).
 
-Training FLOPs are the analytic FLOPs per token of :mod:`benchmarks.flops` times tokens seen. A
+Training FLOPs are the analytic FLOPs per token of :mod:`calm_core.costs` times tokens seen. A
 phase that cannot run is recorded with its reason, never filled in. A finished training run is
 reused for an equal request (its ``trained.json``), so deleting a phase's result file and running
 again re-evaluates it without retraining. The diagnosis probes of 2026-11 are recorded in
@@ -40,18 +40,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from calm_core.cli.train_codec import recipe
 from calm_core.corpus import load_bundled_corpus
+from calm_core.costs import causal_context, flops_per_token
 from calm_core.data import BPETokenizer, PackedDataset, Tokenizer, write_data_dir
 from calm_core.data.packing import split_documents
-from calm_core.model_dir import load_pretrained
+from calm_core.model_dir import load_pretrained, save_pretrained
+from calm_core.recipes import codec_recipe
 from calm_core.training import TrainConfig, Trainer
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from benchmarks import models as M
 from benchmarks.baselines import chunk_sampler_brier, chunk_sampler_energy, unigram_brier
-from benchmarks.flops import ar_flops_per_token, calm_flops_per_token, causal_context
 from benchmarks.speed import brier_eval
 
 __all__ = ["QualityPlan", "run_quality"]
@@ -264,7 +264,7 @@ def train_request(
 def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
     """The bench-shape codec trained with the library's default recipe (``calm train-codec``):
     its codec options and schedule, stopped early only if ``minutes`` run out."""
-    default = recipe("default")
+    default = codec_recipe("default")
     train, val = _datasets(state, chunk)
     codec = M.build_codec(chunk=chunk, **default["codec"]["config"]).eval()
     plan_owned = ("eval_every", "checkpoint_every", "log_every", "batch_size", "seq_len")
@@ -275,7 +275,7 @@ def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
         state, codec, train, f"codec_k{chunk}", minutes=minutes, steps=None, fields=fields
     )
     codec_dir = state.work / f"codec_k{chunk}"
-    codec.save_pretrained(codec_dir)
+    save_pretrained(codec, codec_dir)
     codec.eval()
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     with torch.no_grad():
@@ -295,12 +295,13 @@ def _load_codec(state: State, chunk: int) -> Any:
 
 
 def _flops_per_token(kind: str, chunk: int = M.CHUNK) -> float:
-    bb = M.backbone_shape()
+    """Training FLOPs per token, attention over the causal average of a training sequence."""
     if kind == "ar":
-        return ar_flops_per_token(bb, M.VOCAB, causal_context(M.SEQ_LEN))
-    return calm_flops_per_token(
-        bb, M.codec_shape(chunk), M.energy_shape(), causal_context(M.SEQ_LEN // chunk)
-    )
+        return flops_per_token(
+            M.preset_data("ar"), context=causal_context(M.SEQ_LEN), training=True
+        )
+    context = causal_context(M.SEQ_LEN // chunk)
+    return flops_per_token(M.preset_data("calm", chunk), context=context, training=True)
 
 
 def _build(

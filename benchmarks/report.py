@@ -141,7 +141,7 @@ def _speed_section(d: dict[str, Any]) -> list[str]:
         )
         lines += [
             "A batch-1 step reads each weight it uses once "
-            "(`calm_core.presets.decode_weights_per_token`), so at equal speed per weight read "
+            "(`calm_core.costs.decode_weights_per_token`), so at equal speed per weight read "
             "CALM/AR is bounded by the ratio of the two counts: "
             f"{fmt(weights['ar'] / weights['calm'])} here (measured {fmt(calm_s / ar_s)}).",
             "",
@@ -156,7 +156,7 @@ def _speed_section(d: dict[str, Any]) -> list[str]:
         lines += ["### Model FLOPs and utilisation", ""]
         header = ["model", "training FLOPs / token", "achieved GFLOP/s", "fraction of fp32 matmul"]
         lines += md_table(header, rows)
-        lines += ["FLOPs per token are analytic (`benchmarks/flops.py`).", ""]
+        lines += ["FLOPs per token are analytic (`calm_core.costs`).", ""]
     if d.get("missing"):
         lines += ["### Missing figures", ""]
         lines += [f"- `{k}`: {v}" for k, v in d["missing"].items()] + [""]
@@ -175,7 +175,8 @@ def _published_section(p: dict[str, Any] | None) -> list[str]:
         f"fp32, {m['threads']} threads, {m['cpu']}; {m['date']}, `{m.get('command')}`. "
         "Generation: prompt 32, 64 new tokens, KV cache, T=1, the two models timed interleaved; "
         "median of 3 repetitions. Training: the BENCHMARKS.md step on 1 x 2,048 tokens; MFU = "
-        "analytic training FLOPs/token (`presets.flops_per_token`, average causal context) x "
+        "analytic training FLOPs/token (`calm_core.costs.flops_per_token`, average causal "
+        "context) x "
         f"tokens/s over a 2048³ fp32 matmul measured in the same run "
         f"({fmt(p['matmul_gflops'], 4)} GFLOP/s at the start, "
         f"{fmt(det.get('matmul_end_gflops'), 4)} at the end).",

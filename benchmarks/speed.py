@@ -32,20 +32,15 @@ from typing import Any
 
 import torch
 from calm_core.calm import CALM
+from calm_core.costs import causal_context, decode_weights_per_token, flops_per_token
 from calm_core.metrics.brier import BrierAccumulator
 from calm_core.metrics.brier_ar import ar_brier_scores
 from calm_core.metrics.brier_calm import calm_brier_scores
-from calm_core.presets import decode_weights_per_token
 from calm_core.training.config import TrainConfig
 from calm_core.training.optim import build_optimizer
 from torch import Tensor, nn
 
 from benchmarks import models as M
-from benchmarks.flops import (
-    ar_flops_per_token,
-    calm_flops_per_token,
-    causal_context,
-)
 from benchmarks.timing import Measurement, measure, measure_interleaved
 
 __all__ = ["Settings", "SpeedRun", "brier_eval", "run_speed"]
@@ -345,9 +340,10 @@ def _decode_weights(run: SpeedRun) -> None:
 
 # ------------------------------------------------------------------------------------------ MFU
 def _mfu(run: SpeedRun, gemm_gflops: float) -> None:
-    bb, codec, head = M.backbone_shape(), M.codec_shape(), M.energy_shape()
-    calm_fpt = calm_flops_per_token(bb, codec, head, causal_context(M.SEQ_LEN // M.CHUNK))
-    ar_fpt = ar_flops_per_token(bb, M.VOCAB, causal_context(M.SEQ_LEN))
+    calm_context = causal_context(M.SEQ_LEN // M.CHUNK)
+    calm_fpt = flops_per_token(M.preset_data("calm"), context=calm_context, training=True)
+    ar_context = causal_context(M.SEQ_LEN)
+    ar_fpt = flops_per_token(M.preset_data("ar"), context=ar_context, training=True)
     run.extra["train_flops_per_token"] = {"calm": calm_fpt, "ar": ar_fpt}
     run.extra["achieved_gflops"] = {}
     for name, key, fpt in (("calm", "calm_energy", calm_fpt), ("ar", "ar", ar_fpt)):

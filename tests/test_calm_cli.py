@@ -78,7 +78,7 @@ def test_ar_train_then_greedy_generate(workdir: Path, capsys: pytest.CaptureFixt
     [
         (["--model", "calm"], "--codec MODEL_DIR is required"),
         (["--model", "ar", "--head", "energy"], "--head applies to CALM only"),
-        (["--model", "ar", "--preset", "calm-tiny"], "is a calm preset but --model is ar"),
+        (["--model", "ar", "--preset", "calm-tiny"], "is a calm preset but the model is ar"),
     ],
 )
 def test_train_usage_errors(

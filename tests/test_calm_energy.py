@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from calm_core.builders import build_preset
 from calm_core.calm import CALM
-from calm_core.presets import build_preset, get_preset
+from calm_core.model_dir import save_pretrained
+from calm_core.presets import get_preset
 from calm_core.registry import codecs
 
 pytest.importorskip("calm_heads")
@@ -70,7 +72,7 @@ def test_calm_energy_low_temperature_and_round_trip(tmp_path: Path) -> None:
 
 def test_calm_from_codec_directory_and_mismatch_errors(tmp_path: Path) -> None:
     codec = codecs.build(get_preset("calm-tiny")["codec"])
-    codec.save_pretrained(tmp_path / "codec")
+    save_pretrained(codec, tmp_path / "codec")
     model = CALM.from_codec(tmp_path / "codec", backbone={"hidden_size": 32, "num_heads": 4})
     assert model.vocab_size == codec.vocab_size and model.chunk_size == codec.chunk_size
     with pytest.raises(ValueError, match=r"chunk_size is 4 .* chunk_size=2"):

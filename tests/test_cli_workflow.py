@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from calm_core.cli import VERBS, build_parser, main
+from calm_core.model_dir import save_pretrained
+from calm_core.registry import codecs
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A byte-level data directory (K=4), a matching random codec and a mismatched codec."""
-    from calm_core.registry import codecs
-
     root = tmp_path_factory.mktemp("cli")
     corpus = root / "corpus.jsonl"
     corpus.write_text(
@@ -34,9 +34,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     small = {"hidden_size": 16, "intermediate_size": 32, "latent_size": 4}
     codec = codecs.build({"name": "autoencoder", "config": {"vocab_size": 258, **small}})
-    codec.save_pretrained(root / "codec")
+    save_pretrained(codec, root / "codec")
     other = codecs.build({"name": "autoencoder", "config": {"vocab_size": 200, **small}})
-    other.save_pretrained(root / "codec_v200")
+    save_pretrained(other, root / "codec_v200")
     blocker = root / "a_file"
     blocker.write_text("not a directory")
     return {"root": root, "corpus": corpus, "data": data, "codec": root / "codec",
@@ -200,3 +200,32 @@ def test_train_with_a_codec_that_does_not_fit_the_data(workspace, tmp_path, caps
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "vocab_size is 200, smaller than the data's 258" in err
+
+
+DEVICE_VERBS = ["train-codec", "train", "eval", "eval-codec", "generate", "demo"]
+
+
+@pytest.mark.parametrize("verb", DEVICE_VERBS)
+def test_device_cuda_without_cuda_is_a_usage_error(
+    verb: str, workspace, tmp_path, capsys, monkeypatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    argv = _argv(verb, workspace, tmp_path / "out")
+    assert argv is not None
+    assert main([*argv, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert f"calm {verb}: error: device 'cuda' is not available" in err
+    assert "available: cpu" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before any work
+    assert main([*argv, "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", DEVICE_VERBS)
+def test_every_compute_verb_documents_device(verb: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    assert "--device DEVICE" in capsys.readouterr().out

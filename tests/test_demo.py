@@ -159,8 +159,7 @@ def test_demo_unknown_flag_suggests(capsys) -> None:
 def test_follow_up_commands_quote_paths_with_spaces(tmp_path: Path) -> None:
     import shlex
 
-    from calm_core.demo import DemoConfig, DemoResult
-    from calm_core.demo_report import next_steps
+    from calm_core.demo import DemoConfig, DemoResult, next_steps
 
     out = tmp_path / "my demo"
     result = DemoResult(out_dir=out, config=DemoConfig(), quick=True, corpus="bundled")

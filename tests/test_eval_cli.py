@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from calm_core.ar import ARConfig, ARModel
 from calm_core.calm import CALM
 from calm_core.cli import main
+from calm_core.model_dir import save_pretrained
 from calm_core.registry import codecs
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 from word_corpus import write_word_corpus
 
 BACKBONE = {
@@ -33,10 +34,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     codec = codecs.build(
         {"name": "autoencoder", "config": {"vocab_size": 258, "chunk_size": 2, **shape}}
     )
-    codec.save_pretrained(d / "codec")
+    save_pretrained(codec, d / "codec")
     head = {"name": "energy", "config": {"noise_size": 4, "num_blocks": 1}}
     CALM.from_codec(codec, backbone=BACKBONE, head=head).save_pretrained(d / "calm")
-    lm = TransformerLM(TransformerLMConfig(backbone=BACKBONE, vocab_size=258))
+    lm = ARModel(ARConfig(backbone=BACKBONE, vocab_size=258))
     lm.save_pretrained(d / "ar")
     return d
 

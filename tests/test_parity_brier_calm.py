@@ -19,6 +19,7 @@ import pytest
 import torch
 from calm_core.calm import CALM
 from calm_core.metrics.brier_calm import calm_brier_scores
+from calm_core.reference import calm_from_reference
 from calm_core.testing.fixtures import Fixture, fixture_names, load_fixture, require_fixture
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -29,7 +30,7 @@ def _calm(energy: Fixture, overrides: dict[str, torch.Tensor] | None = None) -> 
     state = energy.params("calm.")
     state.update({"ae_model." + k: v for k, v in ae.params("ae.").items()})
     state.update(overrides or {})
-    return CALM.from_reference(
+    return calm_from_reference(
         state, energy.meta["calm_config"], codec_config=ae.meta["ae_config"]
     ).eval()
 

@@ -1,8 +1,8 @@
 """Parity of our CALM (backbone, compressor, energy head, codec targets) with the reference.
 
 Parametrised over every ``energy_*`` fixture present; shapes and configs come from each fixture's
-JSON. The reference weights are loaded through ``CALM.from_reference`` (the one place the key
-mapping lives), the codec through the registry's ``autoencoder``. Tolerances follow the fixture
+JSON. The reference weights are loaded through ``calm_core.reference.calm_from_reference`` (the
+one place the key mapping lives), the codec through the registry's ``autoencoder``. Tolerances follow the fixture
 README: rtol = atol = 1e-5 for hidden states and generator outputs, atol 1e-4 for scalar losses.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from calm_core.calm import CALM
+from calm_core.reference import calm_from_reference
 from calm_core.testing.fixtures import Fixture, fixture_names, load_fixture, require_fixture
 
 pytest.importorskip("calm_heads")
@@ -34,7 +35,7 @@ def _load(fx: Fixture, perturb: str | None = None) -> CALM:
     if perturb is not None:
         state = dict(state)
         state[perturb] = state[perturb] + 1e-2 * torch.randn_like(state[perturb])
-    model = CALM.from_reference(state, fx.meta["calm_config"], codec_config=ae.meta["ae_config"])
+    model = calm_from_reference(state, fx.meta["calm_config"], codec_config=ae.meta["ae_config"])
     return model.eval()
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from calm_core.presets import flops_per_token
+from calm_core.costs import causal_context, flops_per_token
 
 from benchmarks import published as P
 from benchmarks import run as R
@@ -43,10 +43,10 @@ def test_published_figures_on_tiny_presets(tiny: None) -> None:
         )
     # causal training: attention at the average context (CALM: 64 tokens = 16 chunks of K=4)
     assert out["timings"]["train.calm_m"]["flops_per_token"] == flops_per_token(
-        "calm-tiny", context=8, training=True
+        "calm-tiny", context=causal_context(16), training=True
     )
     assert out["timings"]["train.transformer_m"]["flops_per_token"] == flops_per_token(
-        "transformer-tiny", context=32, training=True
+        "transformer-tiny", context=causal_context(64), training=True
     )
     # each generation figure is batch x new tokens over the median of its repetitions
     t = out["timings"]["gen_tok_s.calm_m_b8"]

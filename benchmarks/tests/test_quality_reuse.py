@@ -29,15 +29,15 @@ def _tiny_setup(tmp_path: Path) -> tuple[Q.State, Any]:
 
 
 def _model(vocab: int) -> torch.nn.Module:
+    from calm_core.ar import ARConfig, ARModel
     from calm_core.backbone import BackboneConfig
-    from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
     torch.manual_seed(0)
     bb = BackboneConfig.model_validate(
         {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
          "max_positions": 64}
     )  # fmt: skip
-    return TransformerLM(TransformerLMConfig(backbone=bb, vocab_size=vocab))
+    return ARModel(ARConfig(backbone=bb, vocab_size=vocab))
 
 
 def test_a_finished_run_is_reused_for_an_equal_request_only(tmp_path: Path) -> None:

@@ -244,7 +244,7 @@ def test_bad_inputs_have_clear_errors() -> None:
 
 
 def test_fused_cross_entropy_matches_torch() -> None:
-    from calm_codecs.autoencoder import linear_cross_entropy
+    from calm_codecs.fused_ce import linear_cross_entropy
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(64, 12, generator=g, dtype=torch.float64).requires_grad_(True)
@@ -265,7 +265,7 @@ def test_fused_cross_entropy_matches_torch() -> None:
 def test_logits_workspace_is_reused_and_never_aliased() -> None:
     """The reused logits buffer gives the same loss and gradients as fresh buffers, comes back
     after each backward (or a no-grad forward), and is never shared by two live graphs."""
-    from calm_codecs.autoencoder import LogitsWorkspace, linear_cross_entropy
+    from calm_codecs.fused_ce import LogitsWorkspace, linear_cross_entropy
 
     g = torch.Generator().manual_seed(1)
     w = torch.randn(30, 8, generator=g, dtype=torch.float64).requires_grad_(True)

@@ -9,10 +9,11 @@ import pytest
 import torch
 from calm_codecs import ChunkAutoencoder
 from calm_core.cli import main
-from calm_core.cli.train_codec import RECIPES, recipe
 from calm_core.corpus import load_bundled_corpus
 from calm_core.data import Document, Tokenizer, write_data_dir
 from calm_core.model_dir import load_pretrained
+from calm_core.recipes import RECIPES, TrainCodecConfig
+from calm_core.recipes import codec_recipe as recipe
 from calm_core.training import read_metrics
 
 TINY_CODEC = {"hidden_size": 16, "intermediate_size": 24, "latent_size": 8}
@@ -105,8 +106,6 @@ def test_cli_errors_are_clear(
 
 
 def test_recipes_are_valid_and_shorten() -> None:
-    from calm_core.cli.train_codec import TrainCodecConfig
-
     for name in RECIPES:
         cfg = TrainCodecConfig.model_validate(recipe(name))
         assert cfg.codec.name == "autoencoder"

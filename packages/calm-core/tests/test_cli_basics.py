@@ -83,16 +83,16 @@ def test_bad_options_file_names_the_field(
 # ------------------------------------------------------------------------ calm generate output
 def _uniform_byte_lm(path: Path) -> None:
     """An AR model over the byte tokenizer (PAD 0, EOS 1) whose next-token law is uniform."""
+    from calm_core.ar import ARConfig, ARModel
     from calm_core.data.tokenizer import Tokenizer
-    from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
     torch.manual_seed(0)
     backbone = {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
                 "max_positions": 512}  # fmt: skip
-    cfg = TransformerLMConfig.model_validate(
+    cfg = ARConfig.model_validate(
         {"backbone": backbone, "vocab_size": 258, "pad_id": 0, "eos_id": 1}
     )
-    model = TransformerLM(cfg)
+    model = ARModel(cfg)
     with torch.no_grad():
         model.lm_head.weight.zero_()
     model.save_pretrained(path)
@@ -267,3 +267,21 @@ def test_overwrite_removes_the_old_model_before_training(tmp_path: Path) -> None
     # a run cut short after this must not leave the old model loadable as if it were the new one
     prepare_output_dir(out, overwrite=True, resumable=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_train_honours_device_cpu_and_prints_the_resolved_device(
+    byte_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _train_ar(byte_data, tmp_path / "r", "--steps", "1", "--device", "cpu", "--json") == 0
+    captured = capsys.readouterr()
+    assert "\ndevice: cpu\n" in captured.err
+    assert '"device": "cpu"' in captured.err  # the resolved config's train.device
+    assert json.loads(captured.out.strip().splitlines()[-1])["device"] == "cpu"
+    # a config file may set it too; the flag wins over the file
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"train": {"device": "cuda:7"}}))
+    out = tmp_path / "r2"
+    assert _train_ar(byte_data, out, "--steps", "1", "--config", str(cfg), "--device", "cpu") == 0
+    assert "\ndevice: cpu\n" in capsys.readouterr().err
+    assert _train_ar(byte_data, tmp_path / "r3", "--steps", "1", "--config", str(cfg)) == 2
+    assert "device 'cuda:7' is not available" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from calm_core.config import ConfigError, ConfigModel
 from calm_core.interfaces import GenerativeHead, LatentPosterior
 from calm_core.registry import codecs, heads
 from pydantic import Field
-from tiny_components import TinyCodec, TinyCodecConfig
+from tiny_components import TinyCodec
 from torch import Tensor, nn
 
 V, K = 11, 2
@@ -115,7 +115,7 @@ def test_a_model_built_on_meta_materialises_with_to_empty() -> None:
 
 
 def test_codec_whose_vocab_or_k_disagrees_is_refused_naming_both_values() -> None:
-    codec = TinyCodec(TinyCodecConfig(vocab_size=V, chunk_size=K))
+    codec = codecs.build({"name": "test.tinycodec", "config": {"vocab_size": V, "chunk_size": K}})
     with pytest.raises(ConfigError, match=r"vocab_size is 11 .* vocab_size=12"):
         CALM.from_codec(codec, backbone={"hidden_size": 16, "num_heads": 2}, head="test.scaled",
                         vocab_size=12)  # fmt: skip

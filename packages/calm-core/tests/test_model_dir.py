@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import calm_core
 import pytest
 import torch
 from calm_core.model_dir import (
@@ -21,6 +22,10 @@ from safetensors.torch import load_file, save_file
 from tiny_components import TinyCodec, TinyCodecConfig, TinyHead, TinyHeadConfig
 
 
+class OtherCodec(TinyCodec):
+    """Another codec class, to register under another name."""
+
+
 @pytest.fixture
 def registered() -> Iterator[None]:
     heads.register("test.tiny", TinyHead)
@@ -32,21 +37,23 @@ def registered() -> Iterator[None]:
 
 def _codec() -> TinyCodec:
     torch.manual_seed(0)
-    return TinyCodec(TinyCodecConfig(vocab_size=13))
+    codec = codecs.build({"name": "test.codec", "config": {"vocab_size": 13}})
+    assert isinstance(codec, TinyCodec)
+    return codec
 
 
 def test_codec_round_trip_is_bitwise_and_keeps_ties(registered: None, tmp_path: Path) -> None:
     codec = _codec()
     save_pretrained(codec, tmp_path / "m")
     record = read_config(tmp_path / "m")
-    assert record["type"] == "codec" and record["library_version"] == "0.1.0"
+    assert record["type"] == "codec" and record["library_version"] == calm_core.__version__
     assert record["component"]["name"] == "test.codec"
     assert record["component"]["distribution"] == "<in-process>"
     assert record["config"] == {"vocab_size": 13, "chunk_size": 2, "latent_size": 4}
     stored = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert "out.weight" not in stored, "tied weight stored twice"
-    loaded = TinyCodec.from_pretrained(tmp_path / "m")
-    assert not loaded.training
+    loaded = load_pretrained(tmp_path / "m", expected=TinyCodec)
+    assert not loaded.training and loaded.registered_name == "test.codec"
     for k, v in codec.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     assert loaded.out.weight is loaded.embed.weight or torch.equal(
@@ -56,15 +63,49 @@ def test_codec_round_trip_is_bitwise_and_keeps_ties(registered: None, tmp_path: 
 
 def test_head_round_trip_records_context(registered: None, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    head = TinyHead(TinyHeadConfig(width=3), hidden_size=5, latent_size=2)
-    head.save_pretrained(tmp_path / "h")
+    head = heads.build({"name": "test.tiny", "config": {"width": 3}}, hidden_size=5, latent_size=2)
+    save_pretrained(head, tmp_path / "h")
     assert read_config(tmp_path / "h")["context"] == {"hidden_size": 5, "latent_size": 2}
     loaded = load_pretrained(tmp_path / "h")
     assert isinstance(loaded, TinyHead) and loaded.hidden_size == 5
     for k, v in head.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
     with pytest.raises(TypeError, match="holds a TinyHead, not a TinyCodec"):
-        TinyCodec.from_pretrained(tmp_path / "h")
+        load_pretrained(tmp_path / "h", expected=TinyCodec)
+
+
+def test_saving_uses_the_name_the_registry_built_under(registered: None, tmp_path: Path) -> None:
+    # one class under two names (a plugin re-exporting a built-in): the name it was built under
+    # is the one saved, never a reverse lookup of the class
+    codecs.register("test.alias", TinyCodec)
+    try:
+        codec = codecs.build({"name": "test.alias", "config": {"vocab_size": 13}})
+        assert codec.registered_name == "test.alias"
+        save_pretrained(codec, tmp_path / "m")
+        assert read_config(tmp_path / "m")["component"]["name"] == "test.alias"
+        assert load_pretrained(tmp_path / "m").registered_name == "test.alias"
+    finally:
+        codecs.unregister("test.alias")
+
+
+def test_a_component_constructed_directly_needs_a_name(registered: None, tmp_path: Path) -> None:
+    codec = TinyCodec(TinyCodecConfig(vocab_size=13))
+    with pytest.raises(TypeError, match=r"constructed directly.*codecs\.build.*name="):
+        save_pretrained(codec, tmp_path / "m")
+    assert not (tmp_path / "m").exists(), "refused before writing anything"
+    save_pretrained(codec, tmp_path / "m", name="test.codec")
+    assert read_config(tmp_path / "m")["component"]["name"] == "test.codec"
+    codecs.register("test.other", OtherCodec)
+    try:
+        with pytest.raises(TypeError, match=r"codec 'test.other' is .*OtherCodec, not this "):
+            save_pretrained(codec, tmp_path / "x", name="test.other")
+    finally:
+        codecs.unregister("test.other")
+    with pytest.raises(KeyError, match="no codec named 'test.nope'"):
+        save_pretrained(codec, tmp_path / "x", name="test.nope")
+    head = TinyHead(TinyHeadConfig(width=3), hidden_size=5, latent_size=2)
+    save_pretrained(head, tmp_path / "h", name="test.tiny")
+    assert load_pretrained(tmp_path / "h").registered_name == "test.tiny"
 
 
 def test_missing_provider_names_distribution(registered: None, tmp_path: Path) -> None:
@@ -160,8 +201,14 @@ def test_not_a_model_directory(tmp_path: Path) -> None:
 
 
 def test_unregistered_component_cannot_be_saved(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="not registered as one of the codecs"):
-        save_pretrained(_codec(), tmp_path / "m")
+    codecs.register("test.codec", TinyCodec)
+    codec = _codec()
+    codecs.unregister("test.codec")  # its name no longer resolves: nothing could load it
+    with pytest.raises(KeyError, match="no codec named 'test.codec'"):
+        save_pretrained(codec, tmp_path / "m")
+    with pytest.raises(TypeError, match="constructed directly"):
+        save_pretrained(TinyCodec(TinyCodecConfig(vocab_size=13)), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_files_of_two_saves_are_refused_not_paired(registered: None, tmp_path: Path) -> None:

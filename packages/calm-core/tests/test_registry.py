@@ -28,11 +28,14 @@ def tiny_head() -> Iterator[str]:
     heads.unregister("test.tiny")
 
 
-def test_register_get_and_identify(tiny_head: str) -> None:
+def test_register_get_and_build_records_the_name(tiny_head: str) -> None:
     assert tiny_head in heads.names()
     assert heads.get(tiny_head) is TinyHead
-    info = heads.identify(TinyHead)
+    info = heads.info(tiny_head)
     assert info.name == tiny_head and info.distribution == IN_PROCESS
+    head = heads.build(tiny_head, hidden_size=4, latent_size=2)
+    assert isinstance(head, TinyHead) and head.registered_name == tiny_head
+    assert TinyHead(head.config, hidden_size=4, latent_size=2).registered_name is None
 
 
 def test_register_twice_needs_replace(tiny_head: str) -> None:
@@ -145,14 +148,15 @@ def fake_entry_points(
     heads.refresh()
 
 
-def test_identify_finds_a_class_published_through_a_re_export(
+def test_build_records_the_entry_point_name_of_a_re_export(
     fake_entry_points: Callable[[dict[str, str]], None],
 ) -> None:
     fake_entry_points({"fake.reexported": "fake_calm_plugin:ReexportedHead"})
-    from fake_calm_plugin.impl import ReexportedHead
-
-    # never loaded through the registry: the entry point names the package, not the module
-    assert heads.identify(ReexportedHead).name == "fake.reexported"
+    # the entry point names the package, the class lives in a submodule: the name is the one
+    # built under, found without any reverse lookup
+    head = heads.build("fake.reexported", hidden_size=4, latent_size=2)
+    assert type(head).__module__ == "fake_calm_plugin.impl"
+    assert head.registered_name == "fake.reexported"
 
 
 def test_a_plugin_that_exits_at_import_is_recorded_not_fatal(

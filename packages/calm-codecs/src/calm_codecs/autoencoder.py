@@ -19,6 +19,8 @@ What is unusual:
 * ``mask_token="dedicated"`` adds one embedding row used only as the mask input; it is never a
   decoding target (the logits use the first ``vocab_size`` rows only). The reference replaces
   masked tokens with id 0 (``mask_token=0``, the default).
+* The reconstruction loss never materialises log-probabilities: it is the fused linear +
+  cross-entropy of :mod:`calm_codecs.fused_ce`, with one logits buffer reused across steps.
 * The reference rounds activations to bfloat16 in its train-mode encoder; that is a bug and is
   not replicated: train and eval modes run the same arithmetic.
 """
@@ -26,15 +28,18 @@ What is unusual:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 
 import torch
 import torch.nn.functional as F
 from calm_core.config import ConfigModel
-from calm_core.interfaces import Codec, LatentPosterior
+from calm_core.interfaces import Codec, CodecCost, LatentPosterior, weight_count
+from calm_core.presets import BENCH_CODEC
 from calm_core.reductions import argmax_last
 from pydantic import Field, model_validator
 from torch import Tensor, nn
+
+from calm_codecs.fused_ce import LogitsWorkspace, linear_cross_entropy
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -50,15 +55,24 @@ FEW_ROWS = 64
 class AutoencoderConfig(ConfigModel):
     """Shape and training objective of :class:`ChunkAutoencoder`.
 
-    The defaults are the benchmark ("bench") shape of BENCHMARKS.md with the paper's objective;
-    the tuned training recipe lives in ``calm_core.cli.train_codec.RECIPES``.
+    The defaults are the benchmark ("bench") shape of BENCHMARKS.md
+    (``calm_core.presets.BENCH_CODEC``) with the paper's objective; the tuned training recipe
+    lives in ``calm_core.recipes.RECIPES``.
     """
 
-    vocab_size: int = Field(4096, ge=2, description="V, token vocabulary size.")
-    chunk_size: int = Field(4, ge=1, description="K, tokens per chunk.")
-    latent_size: int = Field(64, ge=1, description="D, latent vector size per chunk.")
-    hidden_size: int = Field(256, ge=1, description="Width H of every layer.")
-    intermediate_size: int = Field(640, ge=1, description="Inner size of each SwiGLU FFN.")
+    vocab_size: int = Field(
+        BENCH_CODEC["vocab_size"], ge=2, description="V, token vocabulary size."
+    )
+    chunk_size: int = Field(BENCH_CODEC["chunk_size"], ge=1, description="K, tokens per chunk.")
+    latent_size: int = Field(
+        BENCH_CODEC["latent_size"], ge=1, description="D, latent vector size per chunk."
+    )
+    hidden_size: int = Field(
+        BENCH_CODEC["hidden_size"], ge=1, description="Width H of every layer."
+    )
+    intermediate_size: int = Field(
+        BENCH_CODEC["intermediate_size"], ge=1, description="Inner size of each SwiGLU FFN."
+    )
     ffn_layers_per_stage: int = Field(
         1,
         ge=0,
@@ -81,7 +95,7 @@ class AutoencoderConfig(ConfigModel):
     token_mask_rate: float = Field(
         0.15, ge=0, lt=1, description="Probability of replacing each input token (training only)."
     )
-    mask_token: int | Literal["dedicated"] = Field(
+    mask_token: Annotated[int, Field(ge=0)] | Literal["dedicated"] = Field(
         0,
         description="Replacement id for masked input tokens: an id in [0, vocab_size) (the "
         "reference uses 0), or 'dedicated' for an extra embedding row used only as the mask.",
@@ -170,104 +184,6 @@ class FFNStack(nn.Sequential):
 UNIQUE_MIN_TOKENS = 512
 #: ... when the distinct ids are at most this fraction of the positions
 UNIQUE_MAX_FRACTION = 0.8
-
-
-class LogitsWorkspace:
-    """A reusable ``[M, V]`` buffer for :func:`linear_cross_entropy`.
-
-    The fused cross-entropy writes the logits of a training step into one large buffer (64 MiB at
-    the bench shape) and consumes it in the backward. Allocating it afresh each step costs page
-    faults and cold writes (the logits matmul ran ~30% slower into a fresh buffer); this hands the
-    same buffer back step after step. It is checked out for the life of one autograd graph, so a
-    second forward before the first backward simply gets a new buffer: reuse never aliases.
-    """
-
-    def __init__(self) -> None:
-        self._free: Tensor | None = None
-
-    def take(self, rows: int, cols: int, like: Tensor) -> Tensor:
-        buf = self._free
-        if (
-            buf is not None
-            and buf.shape == (rows, cols)
-            and buf.dtype == like.dtype
-            and (buf.device == like.device)
-        ):
-            self._free = None
-            return buf
-        return like.new_empty(rows, cols)
-
-    def give(self, buf: Tensor) -> None:
-        self._free = buf
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``hidden[M, H] @ weight[V, H]^T`` against ``labels[M]``, and hits.
-
-    Same value and gradients as ``F.cross_entropy(F.linear(hidden, weight), labels)``, with one
-    ``[M, V]`` buffer instead of four: the logits are turned into shifted exponentials in place,
-    kept for the backward, and turned into the logits' gradient ``(p - onehot) * g / M`` in place
-    there (one scaling pass). No log-softmax buffer, no zero-filled NLL gradient; the accuracy
-    compares the label's logit with the row maximum that stabilises the exponent (no argmax).
-    The buffer comes from a :class:`LogitsWorkspace` when one is given, and goes back to it once
-    the backward (or, without gradients, the forward) is done with it.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        hidden: Tensor,
-        weight: Tensor,
-        labels: Tensor,
-        workspace: LogitsWorkspace | None,
-        will_backward: bool,
-    ) -> tuple[Tensor, Tensor]:
-        rows, cols = hidden.shape[0], weight.shape[0]
-        if workspace is None:
-            logits = hidden @ weight.t()
-        else:
-            logits = torch.mm(hidden, weight.t(), out=workspace.take(rows, cols, hidden))
-        # amax, not max(dim): CPU index reductions are ~8x slower than value reductions
-        top = logits.amax(dim=-1)
-        target = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        exp = logits.sub_(top.unsqueeze(-1)).exp_()
-        total = exp.sum(dim=-1, keepdim=True)
-        loss = (top + total.squeeze(-1).log() - target).mean()
-        hits = (target >= top).sum()  # the label's logit is the largest (argmax up to exact ties)
-        ctx.mark_non_differentiable(hits)
-        ctx.workspace = workspace
-        if will_backward:
-            ctx.save_for_backward(hidden, weight, exp, total, labels)
-        elif workspace is not None:  # no backward will come: the buffer is free again
-            workspace.give(exp)
-        return loss, hits
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_loss: Tensor, _grad_hits: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
-        hidden, weight, exp, total, labels = ctx.saved_tensors
-        scale = grad_loss / exp.shape[0]
-        grad = exp.mul_(scale / total)  # the saved exponentials are used once: reuse them
-        grad.scatter_add_(-1, labels.unsqueeze(-1), (-scale).expand(labels.shape[0], 1))
-        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
-        if ctx.workspace is not None:
-            ctx.workspace.give(exp)
-        return grad_hidden, grad_weight, None, None, None
-
-
-def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, labels: Tensor, workspace: LogitsWorkspace | None = None
-) -> tuple[Tensor, Tensor]:
-    """``(mean CE, argmax hits)`` of the logits ``hidden[M, H] @ weight[V, H]^T`` vs ``labels[M]``.
-
-    The backward consumes its saved buffer in place, so it may run once per forward. Pass a
-    :class:`LogitsWorkspace` to reuse one logits buffer across calls (training loops).
-    """
-    will_backward = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    loss, hits = _LinearCrossEntropy.apply(hidden, weight, labels, workspace, will_backward)
-    return loss, hits
 
 
 class ChunkAutoencoder(Codec):
@@ -533,6 +449,21 @@ class ChunkAutoencoder(Codec):
         }
 
     # ------------------------------------------------------------------------------- reference
+    def cost(self) -> CodecCost:
+        """Exact matmul MACs per chunk: the per-token FFN stages and the logits run at each of
+        the K positions, the chunk stages once."""
+        c = self.config
+        K, H, D, V = c.chunk_size, c.hidden_size, c.latent_size, c.vocab_size
+        ffn = c.ffn_layers_per_stage * 3 * H * c.intermediate_size  # gate_up + down
+        encoder = K * ffn + K * H * H + ffn + H * self.to_latent.out_features
+        decoder_weights = D * H + ffn + H * K * H + ffn  # from_latent, chunk, expand, token
+        return CodecCost(
+            params=weight_count(self),
+            encoder_macs=encoder,
+            decoder_macs=decoder_weights + (K - 1) * ffn + K * V * H,
+            decoder_params=decoder_weights + V * H,
+        )
+
     @classmethod
     def from_reference(
         cls, state_dict: Mapping[str, Tensor], ref_config: Mapping[str, Any], **context: Any

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from calm_core._version import __version__
 
 # public name -> module that defines it, imported on first attribute access
 _LAZY: dict[str, str] = {
@@ -22,12 +22,13 @@ _LAZY: dict[str, str] = {
     "ConfigModel": "calm_core.config",
     "load_pretrained": "calm_core.model_dir",
     "save_pretrained": "calm_core.model_dir",
+    "push_to_hub": "calm_core.hub",
     "Backbone": "calm_core.backbone",
     "BackboneConfig": "calm_core.backbone",
     "CALM": "calm_core.calm",
     "CALMConfig": "calm_core.calm",
-    "TransformerLM": "calm_core.transformer_lm",
-    "TransformerLMConfig": "calm_core.transformer_lm",
+    "ARModel": "calm_core.ar",
+    "ARConfig": "calm_core.ar",
     "exact_temperature_sample": "calm_core.sampling",
     "batch_temperature_sample": "calm_core.sampling",
     "evaluate_brier": "calm_core.metrics.brier_eval",

@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from calm_core.config import ConfigModel
+from calm_core.presets import BENCH_BACKBONE
 
 __all__ = [
     "Attention",
@@ -48,12 +49,20 @@ __all__ = [
 
 
 class BackboneConfig(ConfigModel):
-    """Shape of the decoder stack."""
+    """Shape of the decoder stack; the defaults are the bench shape (``presets.BENCH_BACKBONE``)."""
 
-    hidden_size: int = Field(256, gt=0, description="Model width H.")
-    intermediate_size: int = Field(704, gt=0, description="SwiGLU inner width.")
-    num_layers: int = Field(4, gt=0, description="Number of decoder blocks.")
-    num_heads: int = Field(4, gt=0, description="Query heads; hidden_size % num_heads == 0.")
+    hidden_size: int = Field(BENCH_BACKBONE["hidden_size"], gt=0, description="Model width H.")
+    intermediate_size: int = Field(
+        BENCH_BACKBONE["intermediate_size"], gt=0, description="SwiGLU inner width."
+    )
+    num_layers: int = Field(
+        BENCH_BACKBONE["num_layers"], gt=0, description="Number of decoder blocks."
+    )
+    num_heads: int = Field(
+        BENCH_BACKBONE["num_heads"],
+        gt=0,
+        description="Query heads; hidden_size % num_heads == 0.",
+    )
     num_kv_heads: int | None = Field(
         None, gt=0, description="Key/value heads (grouped-query attention); None = num_heads."
     )

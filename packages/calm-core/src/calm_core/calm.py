@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Self, Unpack
 
 import torch
 from pydantic import Field
@@ -42,16 +42,22 @@ from calm_core.config import (
     validate_config,
 )
 from calm_core.generation import (
+    GenerationKwargs,
+    GenerationOptions,
     PaddingState,
     PromptsLike,
     check_context,
-    check_generation_args,
-    collect,
     make_stop_state,
     prepare_prompts,
+    resolve_options,
+    run_to_end,
 )
+from calm_core.hub_cache import HubOptions
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
-from calm_core.model_dir import PretrainedMixin
+from calm_core.model_dir import component_name, component_record, load_pretrained
+from calm_core.model_dir import save_pretrained as save_model_dir
+from calm_core.registry import codecs, heads
+from calm_core.sampling import exact_temperature_sample, lazy_batch_temperature_sample
 
 __all__ = ["CALM", "CALMConfig", "validate_calm_config"]
 
@@ -88,8 +94,6 @@ def validate_calm_config(data: Any) -> CALMConfig:
 
     Errors name the full path, e.g. ``head.config.noise_size``.
     """
-    from calm_core.registry import codecs, heads
-
     if isinstance(data, CALMConfig):  # never mutate the caller's object
         data = data.model_dump()
     config = validate_config(CALMConfig, data)
@@ -103,13 +107,11 @@ def validate_calm_config(data: Any) -> CALMConfig:
 
 
 def _codec_spec(codec: Codec) -> ComponentSpec:
-    from calm_core.registry import codecs
-
-    name = codecs.identify(type(codec)).name
-    return ComponentSpec(name=name, config=codec.config.model_dump(mode="json"))
+    """The spec of a built codec, named by the registry name it was built (or loaded) under."""
+    return ComponentSpec(name=component_name(codec), config=codec.config.model_dump(mode="json"))
 
 
-class CALM(PretrainedMixin, nn.Module):
+class CALM(nn.Module):
     """Continuous autoregressive LM: ``embed_tokens``, ``embed_proj``, ``backbone``, ``head``,
     ``codec`` (frozen).
 
@@ -123,8 +125,6 @@ class CALM(PretrainedMixin, nn.Module):
 
     def __init__(self, config: CALMConfig | Mapping[str, Any], codec: Codec | None = None) -> None:
         super().__init__()
-        from calm_core.registry import codecs, heads
-
         if codec is not None:
             data = config.model_dump() if isinstance(config, CALMConfig) else dict(config)
             data["codec"] = _codec_spec(codec).model_dump()
@@ -191,7 +191,7 @@ class CALM(PretrainedMixin, nn.Module):
             **fields: further :class:`CALMConfig` fields (``pad_id``, ``eos_id``, ...).
         """
         if not isinstance(codec, Codec):
-            codec = Codec.from_pretrained(codec)
+            codec = load_pretrained(codec, expected=Codec)  # type: ignore[type-abstract]
         spec = ComponentSpec(name=head) if isinstance(head, str) else head
         data: dict[str, Any] = {
             "backbone": backbone if backbone is not None else {},
@@ -280,40 +280,30 @@ class CALM(PretrainedMixin, nn.Module):
         return tokens.reshape(B, T // self.chunk_size, self.chunk_size)
 
     # -------------------------------------------------------------------------- generation
-    def _next_chunk(
-        self,
-        hidden: Tensor,
-        temperature: float,
-        sampling: str,
-        num_candidates: int,
-        generator: torch.Generator | None,
-        max_draws: int,
-        on_exhausted: Literal["raise", "fallback"],
-    ) -> Tensor:
+    def _next_chunk(self, hidden: Tensor, options: GenerationOptions) -> Tensor:
         """``hidden [B, H]`` -> the next chunk's tokens ``[B, K]``."""
+        generator = options.generator
 
         def sampler(num: int) -> Tensor:
             latents = self.head.sample(hidden, num, generator)  # [num, B, D]
             return self.codec.decode_tokens(latents.float())  # [num, B, K]
 
-        if temperature == 1.0:
+        if options.temperature == 1.0:
             return sampler(1)[0]
-        from calm_core.sampling import exact_temperature_sample, lazy_batch_temperature_sample
-
-        if sampling == "exact":
+        if options.sampling == "exact":
             return exact_temperature_sample(
                 sampler,
-                temperature,
-                max_draws=max_draws,
-                on_exhausted=on_exhausted,
+                options.temperature,
+                max_draws=options.max_draws,
+                on_exhausted=options.on_exhausted,
                 generator=generator,
             )
         # the batch approximation decodes lazily: only candidates whose prefix can still repeat
-        latents = self.head.sample(hidden, num_candidates, generator).float()
+        latents = self.head.sample(hidden, options.num_candidates, generator).float()
         return lazy_batch_temperature_sample(
             self.codec.decode_states(latents),
             self.codec.tokens_from_states,
-            temperature,
+            options.temperature,
             generator=generator,
         )
 
@@ -321,31 +311,22 @@ class CALM(PretrainedMixin, nn.Module):
     def stream(
         self,
         prompts: PromptsLike,
-        max_new_tokens: int,
-        temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
         *,
-        sampling: Literal["exact", "batch"] = "exact",
-        num_candidates: int = 200,
-        generator: torch.Generator | None = None,
-        eos_id: int | None = None,
-        stop_at_eos: bool = True,
-        max_draws: int = 10_000,
-        on_exhausted: Literal["raise", "fallback"] = "raise",
+        options: GenerationOptions | None = None,
+        **overrides: Unpack[GenerationKwargs],
     ) -> Iterator[Tensor]:
         """Yield new tokens ``[B, K]`` one chunk at a time (see :meth:`generate`).
 
         The last chunk is cut so that exactly ``max_new_tokens`` tokens come out in total.
         """
-        check_generation_args(max_new_tokens, temperature)
-        if not 0 < temperature <= 1:
+        opts = resolve_options(options, max_new_tokens, temperature, overrides)
+        if not 0 < opts.temperature <= 1:
             raise ValueError(
                 f"CALM temperature must be in (0, 1] (likelihood-free sampling can only sharpen), "
-                f"got {temperature}"
+                f"got {opts.temperature}"
             )
-        if sampling not in ("exact", "batch"):
-            raise ValueError(f"sampling must be 'exact' or 'batch', got {sampling!r}")
-        if num_candidates < 1:
-            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
         K = self.chunk_size
         device = self.embed_tokens.weight.device
         batch = prepare_prompts(
@@ -357,20 +338,21 @@ class CALM(PretrainedMixin, nn.Module):
         )
         B, T0 = batch.tokens.shape
         L0 = T0 // K
-        steps = -(-max_new_tokens // K)
+        steps = -(-opts.max_new_tokens // K)
         check_context(L0, steps - 1, self.config.backbone.max_positions, "chunks")
         chunk_valid = batch.valid.reshape(B, L0, K).any(dim=-1)
         capacity = L0 + steps - 1
         cache = StaticKVCache.for_module(self.backbone, B, capacity)
         pad = PaddingState(chunk_valid, capacity)
-        stop = make_stop_state(B, device, self.config, eos_id=eos_id, stop_at_eos=stop_at_eos)
-        args = (temperature, sampling, num_candidates, generator, max_draws, on_exhausted)
+        stop = make_stop_state(
+            B, device, self.config, eos_id=opts.eos_id, stop_at_eos=opts.stop_at_eos
+        )
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, cache, positions=positions, attn_mask=mask)
         h = hidden[:, -1]
-        remaining = max_new_tokens
+        remaining = opts.max_new_tokens
         for step in range(steps):
-            chunk = self._next_chunk(h, *args)  # [B, K]
+            chunk = self._next_chunk(h, opts)  # [B, K]
             out = stop.apply(chunk)
             yield out if remaining >= K else out[:, :remaining]
             remaining -= K
@@ -384,16 +366,11 @@ class CALM(PretrainedMixin, nn.Module):
     def generate(
         self,
         prompts: PromptsLike,
-        max_new_tokens: int,
-        temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
         *,
-        sampling: Literal["exact", "batch"] = "exact",
-        num_candidates: int = 200,
-        generator: torch.Generator | None = None,
-        eos_id: int | None = None,
-        stop_at_eos: bool = True,
-        max_draws: int = 10_000,
-        on_exhausted: Literal["raise", "fallback"] = "raise",
+        options: GenerationOptions | None = None,
+        **overrides: Unpack[GenerationKwargs],
     ) -> Tensor:
         """Generate continuations, one backbone call per chunk of K tokens (KV-cached).
 
@@ -403,118 +380,44 @@ class CALM(PretrainedMixin, nn.Module):
                 its first chunk; rows shorter than the longest get whole masked chunks.
             max_new_tokens: tokens per row (>= 1); ``ceil(max_new_tokens / K)`` steps.
             temperature: in ``(0, 1]``. At 1, one head sample per step. Below 1, ``"exact"`` uses
-                the exact rejection sampler (:func:`calm_core.sampling.exact_temperature_sample`,
-                at most ``max_draws`` draws per row, then ``on_exhausted``) and ``"batch"`` the
-                batch approximation over ``num_candidates`` samples.
-            generator: random source for the head's noise and the samplers.
-            eos_id: stop id (default ``config.eos_id``); tokens after a row's EOS are the pad
-                id, and generation ends when every row has produced one.
-            stop_at_eos: False turns EOS stopping off (every row gets ``max_new_tokens``), even
-                when the config has an ``eos_id``.
+                the exact rejection sampler (at most ``max_draws`` draws per row, then
+                ``on_exhausted``) and ``"batch"`` the batch approximation over
+                ``num_candidates`` samples.
+            options: a :class:`~calm_core.generation.GenerationOptions`; keyword arguments
+                (these two and ``generator``, ``eos_id``, ``stop_at_eos``, ``sampling``,
+                ``num_candidates``, ``max_draws``, ``on_exhausted``) override its fields.
 
         Returns:
             LongTensor ``[B, n]`` of new tokens, ``n <= max_new_tokens``.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            it = self.stream(
-                prompts,
-                max_new_tokens,
-                temperature,
-                sampling=sampling,
-                num_candidates=num_candidates,
-                generator=generator,
-                eos_id=eos_id,
-                stop_at_eos=stop_at_eos,
-                max_draws=max_draws,
-                on_exhausted=on_exhausted,
-            )
-            return collect(it, max_new_tokens)
-        finally:
-            self.train(was_training)
+        opts = resolve_options(options, max_new_tokens, temperature, overrides)
+        return run_to_end(self, lambda: self.stream(prompts, options=opts), opts.max_new_tokens)
 
     # ------------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to the directory ``path`` (the codec's
+        weights included); see :func:`calm_core.model_dir.save_pretrained`."""
+        return save_model_dir(self, path)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        map_location: str | torch.device = "cpu",
+        **hub: Unpack[HubOptions],
+    ) -> Self:
+        """Load a directory written by :meth:`save_pretrained` (in eval mode), or a Hub id
+        (``hub``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``); see
+        :func:`calm_core.model_dir.load_pretrained`."""
+        return load_pretrained(path, map_location=map_location, expected=cls, **hub)
+
     def config_dict(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
     def component_records(self) -> dict[str, dict[str, str]]:
-        from calm_core.model_dir import component_record
-
         return {"head": component_record(self.head), "codec": component_record(self.codec)}
 
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> Self:
         return cls(dict(config))
-
-    @classmethod
-    def from_reference(
-        cls,
-        state_dict: Mapping[str, Tensor],
-        ref_config: Mapping[str, Any],
-        *,
-        codec: Codec | None = None,
-        codec_config: Mapping[str, Any] | None = None,
-        head: str = "energy",
-        **fields: Any,
-    ) -> CALM:
-        """Load a reference CALM state dict (``transformer.*``, ``embed_proj.*``, head keys).
-
-        Args:
-            state_dict: reference key names with the fixture prefix stripped. ``ae_model.*`` keys,
-                if present, give the codec (with ``codec_config``, the reference AE config).
-            ref_config: the reference CALM config dict (``calm_config``).
-            codec: an already converted codec; otherwise built via the registry's
-                ``autoencoder.from_reference``.
-            codec_config: the reference AE config, needed when ``codec`` is not given.
-            head: registered head whose ``from_reference`` reads the generator keys.
-            **fields: further :class:`CALMConfig` fields (``eos_id``, ...).
-        """
-        from calm_core.registry import codecs, heads
-        from calm_core.transformer_lm import (
-            backbone_config_from_reference,
-            special_ids_from_reference,
-        )
-
-        if codec is None:
-            ae_state = {
-                k[len("ae_model.") :]: v for k, v in state_dict.items() if k.startswith("ae_model.")
-            }
-            if not ae_state or codec_config is None:
-                raise ValueError(
-                    "no codec: pass codec=..., or include the 'ae_model.*' weights in state_dict "
-                    "together with codec_config (the reference AE config)"
-                )
-            codec = codecs.get("autoencoder").from_reference(ae_state, codec_config)  # type: ignore[attr-defined]
-        assert codec is not None
-        head_module = heads.get(head).from_reference(  # type: ignore[attr-defined]
-            state_dict,
-            ref_config,
-            hidden_size=int(ref_config["hidden_size"]),
-            latent_size=codec.latent_size,
-        )
-        data: dict[str, Any] = {
-            "backbone": backbone_config_from_reference(ref_config).model_dump(),
-            "head": {"name": head, "config": head_module.config.model_dump(mode="json")},
-            "vocab_size": int(ref_config["vocab_size"]),
-            "chunk_size": int(ref_config["patch_size"]),
-            **special_ids_from_reference(ref_config),
-        }
-        data.update(fields)
-        model = cls(data, codec=codec)
-        ours: dict[str, Tensor] = {}
-        for key, value in state_dict.items():
-            if key.endswith("rotary_emb.inv_freq"):  # recomputed from the config
-                continue
-            if key == "transformer.embed_tokens.weight":
-                ours["embed_tokens.weight"] = value
-            elif key.startswith("transformer."):
-                ours["backbone." + key[len("transformer.") :]] = value
-            elif key.startswith("embed_proj."):
-                ours[key] = value
-        ours.update({f"head.{k}": v for k, v in head_module.state_dict().items()})
-        ours.update({f"codec.{k}": v for k, v in codec.state_dict().items()})
-        from calm_core.model_dir import load_state_into
-
-        load_state_into(model, ours, "reference CALM state dict")
-        return model

@@ -15,20 +15,27 @@ What is unusual:
   CALM) are replaced by the fill id and the row is marked finished; the loop ends when every row
   has finished. Finished rows keep being computed (batch shapes stay fixed), never looped over.
 * The streaming iterator (:meth:`stream`) is the primitive; ``generate`` just concatenates it.
+* Sampling settings travel as one frozen :class:`GenerationOptions`. ``generate`` and ``stream``
+  take it as ``options=``, or build it from keyword arguments (``max_new_tokens=8,
+  temperature=0.5``), which also override the fields of a given ``options``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from calm_core.reductions import argmax_last
 
 __all__ = [
+    "GenerationKwargs",
+    "GenerationOptions",
+    "LanguageModel",
     "PaddedPrompts",
     "PaddingState",
     "PromptsLike",
@@ -38,11 +45,156 @@ __all__ = [
     "collect",
     "make_stop_state",
     "prepare_prompts",
+    "resolve_options",
+    "run_to_end",
     "sample_from_logits",
     "to_lists",
 ]
 
 PromptsLike = Tensor | Sequence[Sequence[int]] | Sequence[Tensor]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate: length, temperature, randomness, stopping, and CALM's sampler knobs.
+
+    Attributes:
+        max_new_tokens: tokens per row (>= 1).
+        temperature: the AR model: softmax temperature, 0 = greedy. CALM: in ``(0, 1]``; at 1 one
+            head sample per step, below 1 the sampler chosen by ``sampling``.
+        generator: random source for sampling (a seeded ``torch.Generator`` reproduces a run).
+        eos_id: stop id (default: the model config's ``eos_id``); tokens after a row's EOS are
+            the pad id, and generation ends when every row has produced one.
+        stop_at_eos: False turns EOS stopping off (every row gets ``max_new_tokens``), even
+            when the config has an ``eos_id``.
+        sampling: CALM below temperature 1: ``"exact"`` rejection sampling
+            (:func:`calm_core.sampling.exact_temperature_sample`) or the ``"batch"``
+            approximation over ``num_candidates`` head samples.
+        num_candidates: CALM's batch sampler: head samples per step (>= 1).
+        max_draws: CALM's exact sampler: head draws per row and step before ``on_exhausted``.
+        on_exhausted: CALM's exact sampler out of draws: ``"raise"`` or ``"fallback"`` (to a
+            plain sample).
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    generator: torch.Generator | None = None
+    eos_id: int | None = None
+    stop_at_eos: bool = True
+    sampling: Literal["exact", "batch"] = "exact"
+    num_candidates: int = 200
+    max_draws: int = 10_000
+    on_exhausted: Literal["raise", "fallback"] = "raise"
+
+    def __post_init__(self) -> None:
+        check_generation_args(self.max_new_tokens, self.temperature)
+        if self.sampling not in ("exact", "batch"):
+            raise ValueError(f"sampling must be 'exact' or 'batch', got {self.sampling!r}")
+        if self.num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
+        if self.on_exhausted not in ("raise", "fallback"):
+            raise ValueError(
+                f"on_exhausted must be 'raise' or 'fallback', got {self.on_exhausted!r}"
+            )
+
+    @property
+    def uses_calm_sampler(self) -> bool:
+        """Whether a CALM-only knob differs from its default (the AR model refuses those)."""
+        return any(
+            getattr(self, f.name) != f.default
+            for f in dataclasses.fields(self)
+            if f.name in _CALM_ONLY
+        )
+
+
+_CALM_ONLY = ("sampling", "num_candidates", "max_draws", "on_exhausted")
+
+
+class GenerationKwargs(TypedDict, total=False):
+    """The fields of :class:`GenerationOptions` besides length and temperature, as keywords of
+    ``generate`` / ``stream`` (for type checkers; the dataclass holds defaults and docs)."""
+
+    generator: torch.Generator | None
+    eos_id: int | None
+    stop_at_eos: bool
+    sampling: Literal["exact", "batch"]
+    num_candidates: int
+    max_draws: int
+    on_exhausted: Literal["raise", "fallback"]
+
+
+def resolve_options(
+    options: GenerationOptions | None,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    overrides: GenerationKwargs,
+) -> GenerationOptions:
+    """One :class:`GenerationOptions` from ``options`` and keyword arguments (which win).
+
+    Raises:
+        TypeError: neither ``max_new_tokens`` nor ``options`` given, or an unknown keyword.
+        ValueError: a value out of range (see :class:`GenerationOptions`).
+    """
+    fields: dict[str, object] = dict(overrides)
+    if max_new_tokens is not None:
+        fields["max_new_tokens"] = max_new_tokens
+    if temperature is not None:
+        fields["temperature"] = temperature
+    if options is not None:
+        return dataclasses.replace(options, **fields)  # type: ignore[arg-type]
+    if "max_new_tokens" not in fields:
+        raise TypeError(
+            "generation needs max_new_tokens (or options=GenerationOptions(max_new_tokens=...))"
+        )
+    return GenerationOptions(**fields)  # type: ignore[arg-type]
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What CALM and the AR baseline share: a vocabulary, special ids, and batched generation.
+
+    ``stream`` yields the new tokens ``[B, k]`` step by step (k = 1 for the AR model, K for
+    CALM; the last piece cut to ``max_new_tokens`` in total); ``generate`` returns them all,
+    ``[B, n]`` with ``n <= max_new_tokens`` (fewer when every row stopped at EOS).
+    """
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def config(self) -> TokenIds: ...
+
+    def stream(
+        self,
+        prompts: PromptsLike,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        *,
+        options: GenerationOptions | None = None,
+        **overrides: Unpack[GenerationKwargs],
+    ) -> Iterator[Tensor]: ...
+
+    def generate(
+        self,
+        prompts: PromptsLike,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        *,
+        options: GenerationOptions | None = None,
+        **overrides: Unpack[GenerationKwargs],
+    ) -> Tensor: ...
+
+
+def run_to_end(
+    model: nn.Module, stream: Callable[[], Iterator[Tensor]], max_new_tokens: int
+) -> Tensor:
+    """``generate`` from ``stream``: in eval mode (the caller's mode restored), concatenated."""
+    was_training = model.training
+    model.eval()
+    try:
+        return collect(stream(), max_new_tokens)
+    finally:
+        model.train(was_training)
 
 
 @dataclass(frozen=True)
@@ -199,7 +351,7 @@ class StopState:
 
 
 class TokenIds(Protocol):
-    """The special ids of a model config (CALMConfig, TransformerLMConfig)."""
+    """The special ids of a model config (CALMConfig, ARConfig)."""
 
     pad_id: int | None
     eos_id: int | None

@@ -5,9 +5,10 @@ N flattened positions.
 
 A component is an ``nn.Module`` with a pydantic ``config_class``; it is constructed as
 ``Cls(config, **context)`` where ``context`` is what the host model supplies (a head gets
-``hidden_size`` and ``latent_size``; a codec gets nothing). Every component can be saved to and
-loaded from a model directory (``save_pretrained`` / ``from_pretrained``, see
-:mod:`calm_core.model_dir`).
+``hidden_size`` and ``latent_size``; a codec gets nothing). Persistence is not part of the
+contract: :func:`calm_core.model_dir.save_pretrained` / ``load_pretrained`` save and load any
+component, under the name recorded in :attr:`Component.registered_name` when
+:meth:`calm_core.registry.Registry.build` built it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ import torch
 from torch import Tensor, nn
 
 from calm_core.config import ConfigModel
-from calm_core.model_dir import PretrainedMixin
 from calm_core.reductions import argmax_last
 
-__all__ = ["Codec", "Component", "GenerativeHead", "LatentPosterior"]
+__all__ = [
+    "Codec",
+    "CodecCost",
+    "Component",
+    "GenerativeHead",
+    "HeadCost",
+    "LatentPosterior",
+    "weight_count",
+]
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,59 @@ class LatentPosterior:
         return 0.5 * (self.mean.pow(2) + self.std.pow(2) - 1.0 - 2.0 * self.log_std)
 
 
-class Component(PretrainedMixin, nn.Module, ABC):
+@dataclass(frozen=True)
+class HeadCost:
+    """What a generative head costs at one backbone position (see :meth:`GenerativeHead.cost`).
+
+    MACs are multiply-accumulates of matrix multiplies (2 FLOPs each); norms, activations and
+    the optimizer are not counted.
+
+    Attributes:
+        params: weight-matrix entries (biases and norm gains aside, as the paper's Table 1 counts).
+        macs_once: MACs per position shared by all samples (e.g. projecting the hidden state).
+        macs_per_sample: MACs of one sample drawn by ``sample`` (all its network calls).
+        calls_per_sample: network calls per sample; a batch-1 step reads ``params`` per call.
+        loss_macs: MACs of one ``loss`` forward at one position, all its samples included.
+        loss_flops: FLOPs of that loss outside matrix multiplies worth counting (the energy
+            score's pairwise distances); 0 if none.
+        exact: False when the MACs are :meth:`GenerativeHead.cost`'s default estimate.
+    """
+
+    params: int
+    macs_once: int
+    macs_per_sample: int
+    loss_macs: int
+    calls_per_sample: int = 1
+    loss_flops: int = 0
+    exact: bool = True
+
+
+@dataclass(frozen=True)
+class CodecCost:
+    """What a codec costs per chunk of K tokens (see :meth:`Codec.cost`); MACs as in
+    :class:`HeadCost`.
+
+    Attributes:
+        params: weight-matrix entries, tied matrices counted once.
+        encoder_macs: MACs of encoding one chunk to its posterior.
+        decoder_macs: MACs of decoding one latent to the chunk's ``[K, V]`` logits.
+        decoder_params: weight entries one decode reads (each once), output matrix included.
+        exact: False when the numbers are :meth:`Codec.cost`'s default estimate.
+    """
+
+    params: int
+    encoder_macs: int
+    decoder_macs: int
+    decoder_params: int
+    exact: bool = True
+
+
+def weight_count(module: nn.Module) -> int:
+    """Entries of a module's weight matrices (parameters of 2 or more dims), shared ones once."""
+    return sum(p.numel() for p in module.parameters() if p.dim() >= 2)
+
+
+class Component(nn.Module, ABC):
     """Base of every registered component: a module with a typed config.
 
     Subclasses set ``config_class`` to their pydantic config class (derived from
@@ -99,12 +159,19 @@ class Component(PretrainedMixin, nn.Module, ABC):
     """
 
     config_class: ClassVar[type[ConfigModel]]
+    #: "head" or "codec": the registry the component belongs to
+    kind: ClassVar[str]
     #: keyword arguments supplied by the host model, recorded on save (e.g. hidden_size).
     context_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ConfigModel) -> None:
         super().__init__()
         self.config = config
+        #: the registry name this instance was built under: set by ``Registry.build`` and by
+        #: ``load_pretrained``, read when saving (``config.json`` names the component by it).
+        #: None for an instance constructed directly; name it (set it, or pass ``name=`` to
+        #: ``save_pretrained``) before saving it or putting it into a model.
+        self.registered_name: str | None = None
 
     def context(self) -> dict[str, Any]:
         """The host-supplied constructor arguments, so the component can be rebuilt from disk."""
@@ -167,6 +234,19 @@ class Codec(Component):
         """Per-position states ``[..., S]`` from :meth:`decode_states` -> token ids ``[...]``."""
         return states[..., 0].long()
 
+    def cost(self) -> CodecCost:
+        """Parameters and MACs per chunk, for :mod:`calm_core.costs` (FLOPs, MFU, weights read).
+
+        Optional: this default counts ``params`` from the module and *estimates* the rest as if
+        each of the K tokens met every weight once in the encoder and again in the decoder
+        (``K * params`` MACs each way; ``decoder_params = params``), which overstates a codec
+        whose encoder and decoder split the weights; ``exact`` is False. Override it with the
+        codec's own arithmetic (it may run on a module built on the ``meta`` device).
+        """
+        params = weight_count(self)
+        macs = self.chunk_size * params
+        return CodecCost(params, macs, macs, params, exact=False)
+
     def forward(self, tokens: Tensor) -> dict[str, Tensor]:
         return self.loss(tokens)
 
@@ -204,6 +284,30 @@ class GenerativeHead(Component):
     def network_calls_per_sample(self) -> int:
         """How many network evaluations one ``sample`` call makes (sampling cost)."""
         return 1
+
+    def cost(self, num_samples: int | None = None) -> HeadCost:
+        """Parameters and MACs at one position, for :mod:`calm_core.costs`.
+
+        Args:
+            num_samples: the samples (or network calls) the training loss makes per position;
+                None: the head's own setting.
+
+        Optional: this default counts ``params`` from the module and *estimates* the MACs as
+        every weight used once per network call: ``macs_per_sample = params *
+        network_calls_per_sample`` and ``loss_macs = params * (num_samples or 1)``, nothing
+        shared across samples and no non-matmul loss term; ``exact`` is False. Override it with
+        the head's own arithmetic (it may run on a module built on the ``meta`` device).
+        """
+        params = weight_count(self)
+        calls = self.network_calls_per_sample
+        return HeadCost(
+            params=params,
+            macs_once=0,
+            macs_per_sample=params * calls,
+            loss_macs=params * (num_samples or 1),
+            calls_per_sample=calls,
+            exact=False,
+        )
 
     def check_hidden(self, hidden: Tensor) -> int:
         """Validate ``hidden[N, H]`` and return N (heads call this at the top of loss/sample)."""

@@ -7,12 +7,14 @@ Each file is written to a temporary name and renamed, and both carry the same ra
 (``config.json`` and the safetensors metadata): a crash between the two renames leaves files from
 two saves, which loading detects and refuses instead of pairing new weights with an old config.
 
-Two kinds of object are saved here:
+Two kinds of object are saved here, by the functions :func:`save_pretrained` and
+:func:`load_pretrained` (persistence is not part of the plugin contract):
 
-* registered components (:class:`calm_core.interfaces.Component`: heads and codecs), rebuilt
-  through their registry;
+* registered components (:class:`calm_core.interfaces.Component`: heads and codecs), saved under
+  the name :meth:`calm_core.registry.Registry.build` recorded on them
+  (:attr:`~calm_core.interfaces.Component.registered_name`) and rebuilt through their registry;
 * core models (CALM, the AR baseline) that implement :class:`PretrainedModel`, rebuilt through
-  :data:`MODEL_TYPES`.
+  :data:`MODEL_TYPES` (imported by name on load: the models import this module, not the reverse).
 """
 
 from __future__ import annotations
@@ -23,12 +25,19 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, TypeVar, Unpack, overload, runtime_checkable
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from calm_core import __version__
+from calm_core.config import validate_component_config
+from calm_core.hub_cache import HubOptions, resolve_model_dir
+from calm_core.interfaces import Component
+from calm_core.load_errors import ComponentNotInstalledError, ModelLoadError
+from calm_core.registry import DISABLE_ENV, discovery_disabled, registry_for
 
 __all__ = [
     "CONFIG_NAME",
@@ -37,9 +46,9 @@ __all__ = [
     "WEIGHTS_NAME",
     "ComponentNotInstalledError",
     "ModelLoadError",
-    "PretrainedMixin",
     "PretrainedModel",
     "check_device",
+    "component_name",
     "component_record",
     "ensure_installed",
     "load_pretrained",
@@ -55,24 +64,20 @@ FORMAT_VERSION = 1
 _ALIASES_KEY = "calm.aliases"
 _SAVE_ID_KEY = "calm.save_id"
 
+M = TypeVar("M", bound=nn.Module)
+
 #: core model types, imported lazily by ``load_pretrained``: type name -> "module:Class".
 MODEL_TYPES: dict[str, str] = {
     "calm": "calm_core.calm:CALM",
-    "transformer_lm": "calm_core.transformer_lm:TransformerLM",
+    "ar": "calm_core.ar:ARModel",
+    # the AR baseline's type before it was named ``ar`` everywhere: old directories still load
+    "transformer_lm": "calm_core.ar:ARModel",
 }
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory that cannot be loaded (missing file, corrupted weights, wrong tensor)."""
-
-
-class ComponentNotInstalledError(ModelLoadError):
-    """The directory needs a component whose providing distribution is not installed."""
 
 
 @runtime_checkable
 class PretrainedModel(Protocol):
-    """A core model saved as a model directory (CALM, TransformerLM)."""
+    """A core model saved as a model directory (CALM, ARModel)."""
 
     model_type: ClassVar[str]
 
@@ -90,20 +95,41 @@ class PretrainedModel(Protocol):
         ...
 
 
-def _library_version() -> str:
-    from calm_core import __version__
+def component_name(component: Component, name: str | None = None) -> str:
+    """The registered name ``component`` is saved under: ``name`` if given, else the one
+    :meth:`~calm_core.registry.Registry.build` recorded on it.
 
-    return __version__
-
-
-def component_record(component: nn.Module) -> dict[str, str]:
-    """Name, group and provider of a registered component (for ``config.json``)."""
-    from calm_core.registry import registry_for
-
-    kind = getattr(component, "kind", None)
-    if kind is None:
+    Raises:
+        TypeError: a component constructed directly (no name recorded) and no ``name`` given, or
+            a name under which another class is registered.
+    """
+    if not isinstance(component, Component):
         raise TypeError(f"{type(component).__qualname__} is not a calm component")
-    info = registry_for(kind).identify(type(component))
+    cls = type(component)
+    registry = registry_for(component.kind)
+    chosen = name if name is not None else getattr(component, "registered_name", None)
+    if chosen is None:
+        raise TypeError(
+            f"this {cls.__qualname__} was constructed directly, so its registered name is "
+            f"unknown: build it with calm_core.registry.{registry.kind}.build({{'name': ..., "
+            f"'config': ...}}), or name it (save_pretrained(obj, path, name=...), or set "
+            "obj.registered_name)"
+        )
+    registered = registry.get(chosen)  # an unknown name raises, listing the available ones
+    if registered is not cls:
+        raise TypeError(
+            f"{registry.kind[:-1]} '{chosen}' is {registered.__module__}."
+            f"{registered.__qualname__}, not this {cls.__module__}.{cls.__qualname__}; name it "
+            "with the name its class is registered under"
+        )
+    return chosen
+
+
+def component_record(component: Component, name: str | None = None) -> dict[str, str]:
+    """Name, group and provider of a registered component (for ``config.json``); the name is
+    :func:`component_name`'s."""
+    chosen = component_name(component, name)
+    info = registry_for(component.kind).info(chosen)
     return {
         "group": info.group,
         "name": info.name,
@@ -115,8 +141,6 @@ def component_record(component: nn.Module) -> dict[str, str]:
 def ensure_installed(*records: Mapping[str, str]) -> None:
     """Raise :class:`ComponentNotInstalledError` naming every component of ``records`` that is
     not available (all of them at once, with the distribution to install for each)."""
-    from calm_core.registry import DISABLE_ENV, discovery_disabled, registry_for
-
     problems = []
     for record in records:
         group = record["group"]
@@ -311,32 +335,50 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def save_pretrained(model: nn.Module, path: str | Path) -> Path:
-    """Save a registered component or a core model as a model directory."""
-    from calm_core.interfaces import Component
+def save_pretrained(model: nn.Module, path: str | Path, *, name: str | None = None) -> Path:
+    """Save a registered component or a core model as a model directory (``config.json`` +
+    ``model.safetensors``); returns the directory.
 
-    d = Path(path)
-    d.mkdir(parents=True, exist_ok=True)
-    save_id = uuid.uuid4().hex
-    record: dict[str, Any] = {
-        "calm_format": FORMAT_VERSION,
-        "library_version": _library_version(),
-        "save_id": save_id,
-    }
+    Args:
+        model: a head or codec, or a core model (:class:`PretrainedModel`).
+        path: the directory (created if missing).
+        name: for a component, the registered name to save it under; default: the name
+            :meth:`~calm_core.registry.Registry.build` recorded on it. Not for core models.
+
+    Raises:
+        TypeError: neither a component nor a core model, or a component whose name is unknown.
+    """
     if isinstance(model, Component):
-        record["type"] = model.kind
-        record["component"] = component_record(model)
-        record["context"] = model.context()
-        record["config"] = model.config.model_dump(mode="json")
+        record: dict[str, Any] = {
+            "type": model.kind,
+            "component": component_record(model, name),
+            "context": model.context(),
+            "config": model.config.model_dump(mode="json"),
+        }
     elif isinstance(model, PretrainedModel):
-        record["type"] = model.model_type
-        record["components"] = model.component_records()
-        record["config"] = model.config_dict()
+        if name is not None:
+            raise TypeError(
+                "name= names a head or codec; a core model records its components' names itself"
+            )
+        record = {
+            "type": model.model_type,
+            "components": model.component_records(),
+            "config": model.config_dict(),
+        }
     else:
         raise TypeError(
             f"cannot save {type(model).__qualname__}: it is neither a registered component nor a "
             "calm core model"
         )
+    save_id = uuid.uuid4().hex
+    record = {
+        "calm_format": FORMAT_VERSION,
+        "library_version": __version__,
+        "save_id": save_id,
+        **record,
+    }
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
     save_weights(model.state_dict(), d / WEIGHTS_NAME, save_id=save_id)
     text = json.dumps(record, indent=2, sort_keys=False) + "\n"
     _atomic_write(d / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -345,16 +387,15 @@ def save_pretrained(model: nn.Module, path: str | Path) -> Path:
 
 def build_from_record(record: Mapping[str, Any]) -> nn.Module:
     """Construct (random weights) the object a ``config.json`` record describes."""
-    from calm_core.config import validate_component_config
-    from calm_core.registry import registry_for
-
     kind = record["type"]
     if kind in ("head", "codec"):
         comp = record["component"]
         ensure_installed(comp)
         cls = registry_for(kind).get(comp["name"])
         config = validate_component_config(cls, record["config"], path=kind)
-        return cls(config, **record.get("context", {}))  # type: ignore[no-any-return]
+        component: Component = cls(config, **record.get("context", {}))
+        component.registered_name = comp["name"]
+        return component
     if kind in MODEL_TYPES:
         ensure_installed(*record.get("components", {}).values())
         module_name, _, attr = MODEL_TYPES[kind].partition(":")
@@ -365,35 +406,61 @@ def build_from_record(record: Mapping[str, Any]) -> nn.Module:
     )
 
 
-class PretrainedMixin:
-    """``save_pretrained`` / ``from_pretrained`` for every module stored as a model directory."""
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to the directory ``path``."""
-        assert isinstance(self, nn.Module)
-        return save_pretrained(self, path)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> Self:
-        """Load a directory written by :meth:`save_pretrained` (in eval mode)."""
-        obj = load_pretrained(path, map_location=map_location)
-        if not isinstance(obj, cls):
-            raise TypeError(f"{path} holds a {type(obj).__qualname__}, not a {cls.__qualname__}")
-        return obj
+@overload
+def load_pretrained(
+    path: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    expected: None = None,
+    **hub: Unpack[HubOptions],
+) -> nn.Module: ...
 
 
-def load_pretrained(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load any model directory written by :func:`save_pretrained` (in eval mode)."""
-    d = Path(path)
+@overload
+def load_pretrained(
+    path: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    expected: type[M],
+    **hub: Unpack[HubOptions],
+) -> M: ...
+
+
+def load_pretrained(
+    path: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    expected: type[Any] | None = None,
+    **hub: Unpack[HubOptions],
+) -> nn.Module:
+    """Load any model directory written by :func:`save_pretrained` (in eval mode).
+
+    Args:
+        path: the model directory, or a Hugging Face Hub id (``org/name``, with
+            ``calm-core[hub]``).
+        map_location: device the weights are loaded onto.
+        expected: a class the loaded object must be an instance of (``Codec``, ``CALM``, ...);
+            checked before any weights are read.
+        hub: ``revision``, ``cache_dir``, ``local_files_only`` and ``token`` for a Hub id
+            (:class:`calm_core.hub.HubOptions`).
+
+    Raises:
+        ModelLoadError: a missing, torn or corrupted directory, or an unavailable device.
+        ComponentNotInstalledError: a component whose distribution is not installed.
+        TypeError: the directory holds something other than ``expected``.
+    """
+    d = resolve_model_dir(path, **hub)
     record = read_config(d)
-    expected = record.get("save_id")
+    save_id = record.get("save_id")
     found = _weights_save_id(d / WEIGHTS_NAME)
-    if expected is not None and found is not None and found != expected:
+    if save_id is not None and found is not None and found != save_id:
         raise ModelLoadError(
             f"{d}: {CONFIG_NAME} and {WEIGHTS_NAME} come from two different saves (a save was "
             "interrupted between writing them); save the model again"
         )
     model = build_from_record(record)
+    if expected is not None and not isinstance(model, expected):
+        raise TypeError(f"{d} holds a {type(model).__qualname__}, not a {expected.__qualname__}")
     state = load_weights(d / WEIGHTS_NAME, device=map_location)
     load_state_into(model, state, str(d / WEIGHTS_NAME))
     model.to(map_location)

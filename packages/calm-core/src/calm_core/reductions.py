@@ -1,13 +1,13 @@
 """A faster exact argmax over the last dimension, for the large ``[rows, vocab]`` decodes.
 
-PyTorch's CPU ``argmax`` (like ``max(dim)``) is an index reduction that runs several times slower
-than the value reduction ``amax``. Over a vocabulary this matters when many rows are decoded at
-once: the batch temperature sampler decodes ``[1600, 4096]`` logits per step, where ``argmax``
-took ~5 ms and this takes ~1.5 ms on the benchmark machine. The trick: ``amax`` over blocks of
-64 entries, ``argmax`` over the (64x fewer) block maxima, then ``argmax`` inside the winning block.
-Both argmaxes return the first maximum, so the result is the first maximum overall, exactly
-``torch.argmax`` (NaN included: a NaN block maximum wins like a NaN entry does). Small inputs take
-the plain ``argmax``, which is faster there.
+PyTorch's CPU ``argmax`` (like ``max(dim)``) is an index reduction, slower than the value
+reduction ``amax``. Over a vocabulary this matters when many rows are decoded at once (the batch
+temperature sampler decodes ``[candidates * batch, V]`` logits per step; ``benchmarks/`` measures
+the difference). The trick: ``amax`` over blocks of 64 entries, ``argmax`` over the (64x fewer)
+block maxima, then ``argmax`` inside the winning block. Both argmaxes return the first maximum,
+so the result is the first maximum overall, exactly ``torch.argmax`` (NaN included: a NaN block
+maximum wins like a NaN entry does). Small inputs take the plain ``argmax``, which is faster
+there.
 """
 
 from __future__ import annotations

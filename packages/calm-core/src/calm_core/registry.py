@@ -14,6 +14,10 @@ distribution.
 
 Names without a dot are reserved for the first-party distributions; third parties use
 ``vendor.name``.
+
+:meth:`Registry.build` records the name it built under on the instance
+(:attr:`calm_core.interfaces.Component.registered_name`); saving a component reads that record, so
+nothing ever looks a class's name up in reverse.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
-if TYPE_CHECKING:
-    from pydantic import BaseModel
+from pydantic import BaseModel
 
-    from calm_core.interfaces import Codec, Component, GenerativeHead
+from calm_core.config import ComponentSpec, validate_component_config, validate_config
+from calm_core.interfaces import Codec, Component, GenerativeHead
 
 __all__ = [
     "FIRST_PARTY_DISTRIBUTIONS",
@@ -48,7 +52,7 @@ FIRST_PARTY_DISTRIBUTIONS = frozenset({"calm-core", "calm-heads", "calm-codecs"}
 DISABLE_ENV = "CALM_DISABLE_PLUGINS"
 IN_PROCESS = "<in-process>"
 
-T = TypeVar("T", bound="Component")
+T = TypeVar("T", bound=Component)
 
 
 def _normalise_dist(name: str) -> str:
@@ -115,18 +119,16 @@ class Registry(Generic[T]):
     Args:
         kind: short plural name used in messages (``"heads"``).
         group: the entry-point group (``"calm.heads"``).
-        base_loader: returns the base class every component must subclass. A callable so that
-            building the registry imports no torch code.
+        base: the base class every component must subclass.
     """
 
-    def __init__(self, kind: str, group: str, base_loader: Callable[[], type[T]]) -> None:
+    def __init__(self, kind: str, group: str, base: type[Any]) -> None:
         self.kind = kind
         self.group = group
-        self._base_loader = base_loader
+        self.base = base
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] | None = None
         self._errors: list[PluginLoadError] = []
-        self._identity: dict[type, ComponentInfo] = {}
 
     # ----------------------------------------------------------------------------------- discovery
     def _discover(self) -> dict[str, _Entry]:
@@ -185,7 +187,6 @@ class Registry(Generic[T]):
         with self._lock:
             self._entries = None
             self._errors = []
-            self._identity = {}
 
     # -------------------------------------------------------------------------------------- lookup
     def names(self) -> list[str]:
@@ -277,7 +278,6 @@ class Registry(Generic[T]):
                     f"usable: {problem}"
                 )
             entry.cls = obj
-            self._identity[obj] = info
             return obj  # type: ignore[no-any-return]
 
     def _drop(self, name: str, error: str) -> None:
@@ -288,12 +288,10 @@ class Registry(Generic[T]):
         )
 
     def _check_class(self, obj: object) -> str | None:
-        base = self._base_loader()
+        base = self.base
         if not isinstance(obj, type) or not issubclass(obj, base):
             return f"{obj!r} is not a subclass of {base.__module__}.{base.__qualname__}"
         config_class = getattr(obj, "config_class", None)
-        from pydantic import BaseModel
-
         if not (isinstance(config_class, type) and issubclass(config_class, BaseModel)):
             return f"{obj.__qualname__} has no pydantic 'config_class'"
         if config_class.model_config.get("extra") != "forbid":
@@ -313,39 +311,6 @@ class Registry(Generic[T]):
             except (UnknownComponentError, PluginConflictError):
                 continue
         return out
-
-    def identify(self, cls: type) -> ComponentInfo:
-        """The registered name and provider of a component class (used when saving)."""
-        with self._lock:
-            if cls in self._identity:
-                return self._identity[cls]
-            for name, entry in list(self._discover().items()):
-                if entry.cls is cls:
-                    return entry.info
-                if entry.cls is None and entry.entry_point is not None and not entry.conflicts:
-                    module, _, attr = entry.entry_point.value.partition(":")
-                    same = module == cls.__module__ and attr == cls.__qualname__
-                    if same and self.get(name) is cls:
-                        return entry.info
-            # an entry point may name a re-export (``pkg:Cls`` for ``pkg.impl.Cls``): load the
-            # unloaded ones from the class's top-level package and compare the loaded objects
-            package = cls.__module__.partition(".")[0]
-            for name, entry in list(self._discover().items()):
-                if entry.cls is not None or entry.entry_point is None or entry.conflicts:
-                    continue
-                module = entry.entry_point.value.partition(":")[0]
-                if module.partition(".")[0] != package:
-                    continue
-                try:
-                    if self.get(name) is cls:
-                        return entry.info
-                except UnknownComponentError:  # broken: recorded by get(), not ours
-                    continue
-        raise UnknownComponentError(
-            f"{cls.__module__}.{cls.__qualname__} is not registered as one of the {self.kind}; "
-            f"publish it under the '{self.group}' entry point or call "
-            f"calm_core.registry.{self.kind}.register(name, cls) first."
-        )
 
     # --------------------------------------------------------------------------------- registering
     @overload
@@ -413,7 +378,6 @@ class Registry(Generic[T]):
                     name, self.group, IN_PROCESS, "", f"{c.__module__}:{c.__qualname__}"
                 )
                 entries[name] = _Entry(info=info, cls=c)
-                self._identity[c] = info
             return c
 
         return _do(cls) if cls is not None else _do
@@ -425,27 +389,28 @@ class Registry(Generic[T]):
             entry = entries.pop(name, None)
             if entry is None:
                 raise UnknownComponentError(self._unknown_message(name))
-            if entry.cls is not None:
-                self._identity.pop(entry.cls, None)
 
     # ------------------------------------------------------------------------------------ building
     def build(self, spec: Any, **context: Any) -> T:
         """Validate a spec's config against the component's config class and construct it.
+
+        The instance's :attr:`~calm_core.interfaces.Component.registered_name` is set to the
+        spec's name: saving the component (or a model holding it) records that name.
 
         Args:
             spec: a :class:`calm_core.config.ComponentSpec`, a mapping ``{"name", "config"}`` or a
                 bare name (default config).
             **context: values the host supplies (``hidden_size``/``latent_size`` for heads).
         """
-        from calm_core.config import ComponentSpec, validate_component_config, validate_config
-
         if isinstance(spec, str):
             spec = ComponentSpec(name=spec)
         elif isinstance(spec, Mapping):
             spec = validate_config(ComponentSpec, dict(spec), path=self.kind[:-1])
         cls = self.get(spec.name)
         config = validate_component_config(cls, spec.config, path=self.kind[:-1])
-        return cls(config, **context)
+        obj = cls(config, **context)
+        obj.registered_name = spec.name
+        return obj
 
 
 def discovery_disabled() -> bool:
@@ -453,20 +418,8 @@ def discovery_disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _head_base() -> type[GenerativeHead]:
-    from calm_core.interfaces import GenerativeHead
-
-    return GenerativeHead
-
-
-def _codec_base() -> type[Codec]:
-    from calm_core.interfaces import Codec
-
-    return Codec
-
-
-heads: Registry[GenerativeHead] = Registry("heads", "calm.heads", _head_base)
-codecs: Registry[Codec] = Registry("codecs", "calm.codecs", _codec_base)
+heads: Registry[GenerativeHead] = Registry("heads", "calm.heads", GenerativeHead)
+codecs: Registry[Codec] = Registry("codecs", "calm.codecs", Codec)
 
 
 def registry_for(kind: str) -> Registry[Any]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from calm_core.config import ConfigModel
+from calm_core.interfaces import GenerativeHead, HeadCost, weight_count
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -33,6 +34,7 @@ __all__ = [
     "AdaLNHeadConfig",
     "AdaLNMLP",
     "TimestepEmbedder",
+    "network_head_cost",
     "reference_net_shape",
     "strip_net_prefix",
     "timestep_features",
@@ -50,6 +52,21 @@ class AdaLNHeadConfig(ConfigModel):
     )
     num_target_samples: int = Field(
         8, ge=1, description="Draws from the codec posterior per position in the loss."
+    )
+
+
+def network_head_cost(head: GenerativeHead, loss_calls: int) -> HeadCost:
+    """Cost of a head built on :class:`AdaLNMLP`: each network call runs every weight once per
+    row (the condition is embedded again at each call), ``sample`` makes
+    ``network_calls_per_sample`` calls and ``loss`` makes ``loss_calls`` (one per target draw)."""
+    params = weight_count(head)
+    calls = head.network_calls_per_sample
+    return HeadCost(
+        params=params,
+        macs_once=0,
+        macs_per_sample=params * calls,
+        loss_macs=params * loss_calls,
+        calls_per_sample=calls,
     )
 
 

@@ -19,11 +19,17 @@ from typing import Any, ClassVar
 
 import torch
 from calm_core.config import ConfigModel
-from calm_core.interfaces import GenerativeHead, LatentPosterior
+from calm_core.interfaces import GenerativeHead, HeadCost, LatentPosterior
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from calm_heads.adaln_mlp import AdaLNHeadConfig, AdaLNMLP, reference_net_shape, strip_net_prefix
+from calm_heads.adaln_mlp import (
+    AdaLNHeadConfig,
+    AdaLNMLP,
+    network_head_cost,
+    reference_net_shape,
+    strip_net_prefix,
+)
 from calm_heads.diffusion_schedule import LINEAR_MIN_STEPS, DiffusionSchedule, ScheduleName
 
 __all__ = ["DiffusionHead", "DiffusionHeadConfig"]
@@ -37,6 +43,13 @@ class DiffusionHeadConfig(AdaLNHeadConfig):
         100, ge=1, description="Respaced reverse steps at sampling time (<= train_steps)."
     )
     schedule: ScheduleName = Field("cosine", description="Noise schedule: 'cosine' or 'linear'.")
+    clip_x0: float | None = Field(
+        None,
+        gt=0,
+        description="Sampling only: clamp each step's predicted clean latent to [-clip_x0, "
+        "clip_x0] (None = off, the reference). Keeps the samples of a briefly trained head "
+        "bounded; pick a bound a little above the largest |latent| the codec produces.",
+    )
 
     @model_validator(mode="after")
     def _sampling_within_training(self) -> DiffusionHeadConfig:
@@ -87,6 +100,11 @@ class DiffusionHead(GenerativeHead):
     def network_calls_per_sample(self) -> int:
         return self.sample_schedule.num_steps
 
+    def cost(self, num_samples: int | None = None) -> HeadCost:
+        """Every weight once per network call and row; the loss makes one call per target draw."""
+        n = num_samples if num_samples is not None else self.config.num_target_samples
+        return network_head_cost(self, n)
+
     # ------------------------------------------------------------------------------- training
     def loss_terms(self, x0: Tensor, cond: Tensor, t: Tensor, noise: Tensor) -> dict[str, Tensor]:
         """Loss for explicit draws (the parity entry point).
@@ -134,7 +152,7 @@ class DiffusionHead(GenerativeHead):
             out = self.net(x, sched.model_timesteps(t, x.dtype), cond)
             eps, var_values = out.split(self.latent_size, dim=-1)
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = sched.p_sample_step(eps, var_values, x, t, noise)
+            x = sched.p_sample_step(eps, var_values, x, t, noise, self.config.clip_x0)
         return x
 
     def sample(

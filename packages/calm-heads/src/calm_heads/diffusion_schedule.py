@@ -211,7 +211,12 @@ class DiffusionSchedule:
 
     # ------------------------------------------------------------------------------- reverse
     def p_mean_variance(
-        self, eps: Tensor, var_values: Tensor, xt: Tensor, t: Tensor
+        self,
+        eps: Tensor,
+        var_values: Tensor,
+        xt: Tensor,
+        t: Tensor,
+        clip_x0: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Mean and log variance of ``p(x_{t-1} | x_t)`` from predicted noise and variance value.
 
@@ -220,6 +225,10 @@ class DiffusionSchedule:
             var_values: the variance output ``v`` in [-1, 1] (nominally), ``[N, D]``.
             xt: ``[N, D]``.
             t: step indices ``[N]`` into this schedule.
+            clip_x0: clamp the predicted clean latent to ``[-clip_x0, clip_x0]`` (None: no clip).
+                At a high noise level ``x0 = (xt - sqrt(1 - abar) eps) / sqrt(abar)`` multiplies
+                any error of ``eps`` by ``sqrt(1/abar - 1)`` (hundreds at the cosine schedule's
+                last step); the clamp keeps an imperfect denoiser's samples in range.
         """
         min_log = self._at("posterior_log_variance_clipped", t, xt)
         max_log = self._at("log_betas", t, xt)
@@ -229,6 +238,8 @@ class DiffusionSchedule:
             self._at("sqrt_recip_alphas_cumprod", t, xt) * xt
             - self._at("sqrt_recipm1_alphas_cumprod", t, xt) * eps
         )
+        if clip_x0 is not None:
+            x0_pred = x0_pred.clamp(-clip_x0, clip_x0)
         mean, _ = self.q_posterior(x0_pred, xt, t)
         return mean, log_var
 
@@ -248,8 +259,10 @@ class DiffusionSchedule:
         xt: Tensor,
         t: Tensor,
         noise: Tensor,
+        clip_x0: float | None = None,
     ) -> Tensor:
-        """One reverse step ``x_{t-1} = mean + [t > 0] sigma noise``."""
-        mean, log_var = self.p_mean_variance(eps, var_values, xt, t)
+        """One reverse step ``x_{t-1} = mean + [t > 0] sigma noise`` (``clip_x0``: see
+        :meth:`p_mean_variance`)."""
+        mean, log_var = self.p_mean_variance(eps, var_values, xt, t, clip_x0)
         nonzero = (t != 0).to(xt.dtype).reshape(-1, *([1] * (xt.dim() - 1)))
         return mean + nonzero * torch.exp(0.5 * log_var) * noise

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from calm_core.config import ConfigModel
-from calm_core.interfaces import GenerativeHead, LatentPosterior
+from calm_core.interfaces import GenerativeHead, HeadCost, LatentPosterior, weight_count
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
@@ -50,13 +50,19 @@ class EnergyHeadConfig(ConfigModel):
         100, ge=1, description="M: draws from the codec posterior per position in the loss."
     )
     alpha: float = Field(
-        1.0, description="Distance exponent a of the energy score, strictly between 0 and 2."
+        1.0,
+        gt=0,
+        lt=2,
+        description="Distance exponent a of the energy score, strictly between 0 and 2.",
     )
 
-    @field_validator("alpha")
+    @field_validator("alpha", mode="before")
     @classmethod
-    def _alpha_in_open_interval(cls, value: float) -> float:
-        return validate_alpha(value)
+    def _alpha_in_open_interval(cls, value: Any) -> Any:
+        # runs before the field's gt/lt (which the JSON schema shows) to say why the bound exists
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            validate_alpha(float(value))
+        return value
 
 
 class EnergyBlock(nn.Module):
@@ -195,6 +201,27 @@ class EnergyHead(GenerativeHead):
     @property
     def network_calls_per_sample(self) -> int:
         return 1
+
+    def cost(self, num_samples: int | None = None) -> HeadCost:
+        """Exact matmul MACs: the condition path once per position, the noise path per sample.
+
+        Per block the first Linear's condition half (``H^2``) is shared by the samples; its noise
+        half, the two inner Linears (``H^2 + 2H^2``) and ``down`` (``H^2``) run per sample. The
+        energy loss adds ``3D`` FLOPs (difference, square, add) per pair: ``N M`` model-target
+        and ``N (N - 1)`` model-model pairs.
+        """
+        H, D, cfg = self.hidden_size, self.latent_size, self.config
+        blocks = len(self.blocks)
+        once = H * H + blocks * H * H  # hidden_proj + each block's condition half
+        per_sample = cfg.noise_size * H + blocks * 5 * H * H + H * H + H * D
+        n = num_samples if num_samples is not None else cfg.num_samples
+        return HeadCost(
+            params=weight_count(self),
+            macs_once=once,
+            macs_per_sample=per_sample,
+            loss_macs=once + n * per_sample,
+            loss_flops=3 * D * (n * cfg.num_target_samples + n * (n - 1)),
+        )
 
     # ------------------------------------------------------------------------------ reference
     @classmethod

@@ -18,11 +18,17 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from calm_core.config import ConfigModel
-from calm_core.interfaces import GenerativeHead, LatentPosterior
+from calm_core.interfaces import GenerativeHead, HeadCost, LatentPosterior
 from pydantic import Field
 from torch import Tensor
 
-from calm_heads.adaln_mlp import AdaLNHeadConfig, AdaLNMLP, reference_net_shape, strip_net_prefix
+from calm_heads.adaln_mlp import (
+    AdaLNHeadConfig,
+    AdaLNMLP,
+    network_head_cost,
+    reference_net_shape,
+    strip_net_prefix,
+)
 
 __all__ = ["FlowHead", "FlowHeadConfig"]
 
@@ -65,6 +71,11 @@ class FlowHead(GenerativeHead):
     def network_calls_per_sample(self) -> int:
         per_step = 2 if self.config.solver == "midpoint" else 1
         return per_step * self.config.steps
+
+    def cost(self, num_samples: int | None = None) -> HeadCost:
+        """Every weight once per network call and row; the loss makes one call per target draw."""
+        n = num_samples if num_samples is not None else self.config.num_target_samples
+        return network_head_cost(self, n)
 
     def velocity(self, x: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
         """``v(x, t, h)`` for ``x [R, D]``, time ``t`` (scalar or ``[R]``) in [0, 1]."""

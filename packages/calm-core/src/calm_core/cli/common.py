@@ -3,30 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import math
-import os
 import sys
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
-from pydantic import BaseModel
+import torch
+from pydantic import BaseModel, create_model
 
-from calm_core.config import ConfigError, load_config_file, merge_overrides, validate_config
+from calm_core import recipes
+from calm_core.config import (
+    ConfigError,
+    ConfigModel,
+    load_config_file,
+    merge_overrides,
+    validate_config,
+)
+from calm_core.data.packing import DataError
+from calm_core.data.tokenizer import TokenizerError
+from calm_core.model_dir import ModelLoadError
+from calm_core.recipes import OutputDirError
+from calm_core.registry import PluginConflictError, UnknownComponentError
+from calm_core.runtime import resolve_device
+from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
 
 __all__ = [
     "CLIError",
     "CalmArgumentParser",
+    "add_device_argument",
     "add_training_arguments",
     "check_input_path",
+    "open_loggers_arg",
     "prepare_output_dir",
     "print_json",
     "print_resolved_config",
     "resolve_config",
-    "training_overrides",
+    "resolve_model_arg",
+    "resolved_device",
+    "training_options",
+    "usage_errors",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -97,10 +116,15 @@ def resolve_config(
         raise CLIError(f"{exc}{where}") from None
 
 
-def print_resolved_config(title: str, config: BaseModel | Mapping[str, Any]) -> None:
-    """Print the config a verb will run with, to stderr (stdout stays clean for --json)."""
+def print_resolved_config(
+    title: str, config: BaseModel | Mapping[str, Any], device: torch.device | None = None
+) -> None:
+    """Print the config a verb will run with, and the device it resolved to, to stderr
+    (stdout stays clean for --json)."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
     print(f"{title}:\n{json.dumps(data, indent=2)}", file=sys.stderr)
+    if device is not None:
+        print(f"device: {device}", file=sys.stderr)
 
 
 def print_json(obj: Any) -> None:
@@ -120,50 +144,48 @@ def _strict(obj: Any) -> Any:
 
 
 def check_same_tokenizer(model_dir: str | Path, data_dir: str | Path, what: str) -> None:
-    """Refuse data tokenized with another tokenizer than the one saved with a model directory.
+    """:func:`calm_core.recipes.check_same_tokenizer`, refusals as usage errors."""
+    with usage_errors():
+        recipes.check_same_tokenizer(model_dir, data_dir, what)
 
-    Both directories hold the tokenizer they were made with (``calm tokenize`` writes the data's,
-    the trainers copy it into the model directory); when both exist, their kinds, special ids and
-    vocabularies (token -> id) must agree.
-    """
-    from calm_core.data.tokenizer import TOKENIZER_FILE, BPETokenizer, Tokenizer
 
-    if not (
-        (Path(model_dir) / TOKENIZER_FILE).is_file() and (Path(data_dir) / TOKENIZER_FILE).is_file()
-    ):
-        return
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn the library's input errors (config, device, data, model directories, output
+    directories, checkpoints of another run) into one-line usage errors."""
     try:
-        ours, theirs = Tokenizer.load(model_dir), Tokenizer.load(data_dir)
-    except Exception:  # unreadable: the data and model loaders report their own files
-        return
-
-    def identity(tok: Tokenizer) -> tuple[Any, ...]:
-        vocab = (
-            tok.backend.get_vocab(with_added_tokens=True) if isinstance(tok, BPETokenizer) else {}
-        )
-        return (tok.kind, tok.vocab_size, tok.pad_id, tok.eos_id, vocab)
-
-    if identity(ours) != identity(theirs):
-        raise CLIError(
-            f"{data_dir} was tokenized with another tokenizer than the {what} in {model_dir}; "
-            f"re-tokenize the text with `calm tokenize ... --tokenizer {model_dir}`"
-        )
-
-
-def fit_trainer(trainer: Any) -> dict[str, Any]:
-    """``trainer.fit()``, with data and checkpoint problems turned into usage errors."""
-    from calm_core.data.packing import DataError
-    from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
-
-    try:
-        summary: dict[str, Any] = trainer.fit()
-    except DataError as exc:  # e.g. a validation split shorter than one block
-        raise CLIError(str(exc)) from None
+        yield
     except CheckpointWriteError as exc:  # disk full, permissions: the message says what to do
         raise CLIError(str(exc)) from None
     except CheckpointError as exc:  # --resume into a run made with other settings
         raise CLIError(f"{exc}; drop --resume, or pass --overwrite to start over") from None
-    return summary
+    except (
+        ConfigError,  # also a bad value from a config file
+        DataError,  # e.g. a validation split shorter than one block
+        TokenizerError,
+        ModelLoadError,
+        OutputDirError,
+        UnknownComponentError,
+        PluginConflictError,
+    ) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def resolved_device(spec: str | None) -> torch.device:
+    """``--device`` as a ``torch.device`` that exists here (a usage error when it does not)."""
+    with usage_errors():
+        return resolve_device(spec or "auto")
+
+
+def add_device_argument(parser: argparse.ArgumentParser, *, default: str | None = "auto") -> None:
+    """``--device {auto,cpu,cuda,cuda:N,mps}`` (see :func:`calm_core.runtime.resolve_device`)."""
+    parser.add_argument(
+        "--device",
+        default=default,
+        metavar="DEVICE",
+        help="auto (default: the local rank's GPU under torchrun, else cuda:0, else mps, else "
+        "cpu), cpu, cuda, cuda:N or mps",
+    )
 
 
 def check_input_path(path: str | Path, what: str) -> Path:
@@ -174,65 +196,31 @@ def check_input_path(path: str | Path, what: str) -> Path:
     return p
 
 
+def resolve_model_arg(ref: str | Path, what: str, *, revision: str | None = None) -> Path:
+    """A model directory named on the command line: a local directory, or a Hugging Face Hub id
+    (``org/name``, fetched into or read from the Hugging Face cache); a :class:`CLIError` naming
+    ``what`` when it is neither."""
+    from calm_core.hub import HubError, resolve_model_dir
+
+    try:
+        path = resolve_model_dir(ref, revision=revision)
+    except HubError as exc:
+        raise CLIError(str(exc)) from None
+    return check_input_path(path, what)
+
+
 def prepare_output_dir(
     path: str | Path, *, overwrite: bool, resume: bool = False, resumable: bool = False
 ) -> Path:
-    """Create an output directory; refuse a non-empty one unless ``overwrite`` or ``resume``.
-
-    ``resumable`` verbs (the trainers) mention ``--resume`` in the refusal; ``resume`` into a
-    non-empty directory needs a checkpoint there to continue from, or nothing would be resumed
-    and the directory's files silently replaced.
-    """
-    p = Path(path)
-    if int(os.environ.get("RANK", "0")) != 0:
-        # under torchrun only rank 0 checks: the others would see rank 0's files and probes
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-    if p.exists() and not p.is_dir():
-        raise CLIError(f"output path {p} exists and is not a directory")
-    if overwrite and resume:
-        raise CLIError(
-            "--resume continues the run in the output directory and --overwrite starts it over; "
-            "pass one of them"
+    """:func:`calm_core.recipes.prepare_output_dir`, refusals as usage errors."""
+    with usage_errors():
+        return recipes.prepare_output_dir(
+            path, overwrite=overwrite, resume=resume, resumable=resumable
         )
-    occupied = p.is_dir() and any(p.iterdir())
-    if occupied and not (overwrite or resume):
-        hint = " (or --resume to continue a run)" if resumable else ""
-        raise CLIError(
-            f"output directory {p} is not empty; pass --overwrite to replace its contents{hint}"
-        )
-    if resume and occupied:  # (with overwrite it was refused above)
-        from calm_core.training.checkpoint import latest_checkpoint
-
-        if latest_checkpoint(p / "checkpoints") is None:
-            raise CLIError(
-                f"--resume: {p} holds no checkpoint to continue from; drop --resume for a new "
-                "run in an empty directory, or pass --overwrite to replace its contents"
-            )
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p, prefix=".calm-write-test-"):
-            pass
-        if overwrite and resumable:  # a run cut short must not leave the old model loadable
-            for name in _RUN_OUTPUTS:
-                (p / name).unlink(missing_ok=True)
-    except OSError as exc:
-        raise CLIError(f"output directory {p} is not writable: {exc.strerror or exc}") from None
-    return p
-
-
-#: what a training run writes at its end (its checkpoints are replaced by the trainer itself)
-_RUN_OUTPUTS = ("config.json", "model.safetensors", "reconstruction.json")
 
 
 def options_model(parser: argparse.ArgumentParser) -> type[BaseModel]:
     """A pydantic model of a verb's optional flags, so a config file can set them (validated)."""
-    from typing import Literal
-
-    from pydantic import create_model
-
-    from calm_core.config import ConfigModel
-
     fields: dict[str, Any] = {}
     for action in parser._actions:
         if not action.option_strings or action.dest in ("help", "config", "json"):
@@ -278,20 +266,44 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps_help: str) 
     parser.add_argument("--eval-every", type=int, help="steps between evaluations (0: at end)")
     parser.add_argument("--seed", type=int, help="training seed")
     parser.add_argument("--threads", type=int, help="torch threads for this process")
+    add_device_argument(parser, default=None)  # None: the config's train.device (auto)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.add_argument(
+        "--logger",
+        action="append",
+        metavar="NAME",
+        help="experiment tracker, repeatable: jsonl (metrics.jsonl, always on), tensorboard, "
+        "wandb, mlflow (each an extra: pip install 'calm-core[NAME]')",
+    )
 
 
-def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The trainer flags as dotted config overrides (unset flags are None and change nothing)."""
+def open_loggers_arg(names: list[str] | None, out: Path, config: BaseModel) -> Any:
+    """The ``--logger`` trackers as a :class:`~calm_core.training.loggers.LoggerGroup` (a
+    ``with`` block yields the callbacks); an unknown name or a missing extra is a CLIError."""
+    from calm_core.training.loggers import LoggerNotInstalledError, open_loggers
+
+    try:
+        return open_loggers(
+            names or [], run_name=out.resolve().name, config=config.model_dump(mode="json")
+        )
+    except (ValueError, LoggerNotInstalledError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The trainer flags as keyword options of the recipes' config resolution."""
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps must be positive, got {args.steps}")
     return {
-        "train.steps": args.steps,
-        "train.batch_size": args.batch_size,
-        "train.seq_len": args.seq_len,
-        "train.lr": args.lr,
-        "train.eval_every": args.eval_every,
-        "train.seed": args.seed,
-        "train.num_threads": args.threads,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "lr": args.lr,
+        "eval_every": args.eval_every,
+        "seed": args.seed,
+        "threads": args.threads,
+        "device": args.device,
     }

@@ -13,12 +13,18 @@ from typing import Any
 
 from calm_core.cli.common import (
     CLIError,
+    add_device_argument,
     check_input_path,
     prepare_output_dir,
     print_json,
     print_resolved_config,
     resolve_config,
+    resolved_device,
+    usage_errors,
 )
+from calm_core.config import merge_overrides
+from calm_core.demo import QUICK_OVERRIDES, DemoConfig, next_steps, run_demo, summary_table
+from calm_core.registry import codecs, heads
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -48,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the split, data order and models (0)")
     parser.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
     parser.add_argument("--val-docs", type=int, help="held-out documents")
+    add_device_argument(parser, default=None)  # None: the config's device (auto)
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument(
         "--json", action="store_true", help="print results.json's content as one JSON object"
@@ -55,23 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calm_core.config import merge_overrides
-    from calm_core.data import DataError
-    from calm_core.demo import QUICK_OVERRIDES, DemoConfig, run_demo
-    from calm_core.demo_report import next_steps, summary_table
-
     if args.corpus is not None:
         check_input_path(args.corpus, "corpus")
     _check_components()
     base: dict[str, Any] = merge_overrides({}, QUICK_OVERRIDES) if args.quick else {}
-    overrides = {"seed": args.seed, "vocab_size": args.vocab_size, "val_docs": args.val_docs}
+    overrides = {
+        "seed": args.seed, "vocab_size": args.vocab_size, "val_docs": args.val_docs,
+        "device": args.device,
+    }  # fmt: skip
     cfg = resolve_config(DemoConfig, args.config, overrides, base=base)
-    print_resolved_config("calm demo config" + (" (--quick)" if args.quick else ""), cfg)
+    device = resolved_device(cfg.device)
+    print_resolved_config("calm demo config" + (" (--quick)" if args.quick else ""), cfg, device)
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
-    try:
+    with usage_errors():
         result = run_demo(cfg, out, corpus=args.corpus, quick=args.quick)
-    except DataError as exc:
-        raise CLIError(str(exc)) from None
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -90,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
 def _check_components() -> None:
     """The demo trains the ``energy`` head and the ``autoencoder`` codec: say what to install
     before minutes of tokenizing, not after."""
-    from calm_core.registry import codecs, heads
-
     needed = ((heads, "energy", "calm-heads"), (codecs, "autoencoder", "calm-codecs"))
     missing = [dist for registry, name, dist in needed if name not in registry]
     if missing:

@@ -14,7 +14,23 @@ import sys
 import time
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, check_same_tokenizer, print_json
+import torch
+
+from calm_core.cli.common import (
+    CLIError,
+    add_device_argument,
+    check_input_path,
+    check_same_tokenizer,
+    print_json,
+    resolve_model_arg,
+    resolved_device,
+)
+from calm_core.data.dataset import PackedDataset
+from calm_core.data.packing import DataError
+from calm_core.interfaces import Codec
+from calm_core.metrics.brier_eval import evaluate_brier, model_kind
+from calm_core.metrics.reconstruction import reconstruction_report
+from calm_core.model_dir import ModelLoadError, load_pretrained
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -24,7 +40,12 @@ HELP = "BrierLM (Brier-1..4 with standard errors) of a CALM or AR model, plus co
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_DIR", help="CALM, AR (or codec) model directory")
+    parser.add_argument(
+        "model", metavar="MODEL_DIR", help="CALM, AR (or codec) model directory, or Hub id"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument(
@@ -46,14 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-chunks", type=int, metavar="N", help="reconstruction: score only the first N chunks"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, help="torch threads for this process")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _load(path: str, device: str) -> Any:
-    from calm_core.model_dir import ModelLoadError, load_pretrained
-
+def _load(path: str, device: torch.device) -> Any:
     try:
         return load_pretrained(path, map_location=device)
     except (ModelLoadError, ValueError) as exc:
@@ -79,14 +98,7 @@ def _format(out: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from calm_core.data.dataset import PackedDataset
-    from calm_core.data.packing import DataError
-    from calm_core.interfaces import Codec
-    from calm_core.metrics.brier_eval import evaluate_brier, model_kind
-
-    check_input_path(args.model, "model directory")
+    model_dir = resolve_model_arg(args.model, "model directory", revision=args.revision)
     check_input_path(args.data, "data directory")
     for flag in ("block_len", "batch_size", "num_blocks", "max_chunks"):
         value = getattr(args, flag)
@@ -98,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
         data = PackedDataset(args.data, args.split)
     except DataError as exc:
         raise CLIError(str(exc)) from None
-    model = _load(args.model, args.device)
-    check_same_tokenizer(args.model, args.data, "model")
+    model = _load(str(model_dir), resolved_device(args.device))
+    check_same_tokenizer(model_dir, args.data, "model")
     out: dict[str, Any] = {"model": str(args.model), "split": args.split}
     codec: Codec | None = model if isinstance(model, Codec) else None
     if codec is None:
@@ -132,14 +144,13 @@ def run(args: argparse.Namespace) -> int:
         out.update(result.to_dict())
         out["brier_seconds"] = time.perf_counter() - t0
         out["block_len"] = args.block_len
+        out["seed"] = args.seed  # part of the protocol a BrierLM is reported with
         total = len(data.tokens) // args.block_len
         out["num_blocks"] = total if args.num_blocks is None else min(args.num_blocks, total)
     else:
         out["model_type"] = "codec"
         out["brier"] = None
     if codec is not None and not args.no_reconstruction:
-        from calm_core.metrics.reconstruction import reconstruction_report
-
         try:
             report = reconstruction_report(
                 codec, data.tokens, noise_stds=args.noise, ignore_id=data.pad_id,

@@ -13,7 +13,22 @@ import sys
 import time
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, check_same_tokenizer, print_json
+import torch
+
+from calm_core.cli.common import (
+    CLIError,
+    add_device_argument,
+    check_input_path,
+    check_same_tokenizer,
+    print_json,
+    resolve_model_arg,
+    resolved_device,
+)
+from calm_core.data.dataset import PackedDataset
+from calm_core.data.packing import DataError
+from calm_core.interfaces import Codec
+from calm_core.metrics.reconstruction import reconstruction_report
+from calm_core.model_dir import ModelLoadError, load_pretrained
 
 __all__ = ["HELP", "add_arguments", "load_codec", "run"]
 
@@ -22,11 +37,8 @@ OPTIONS_FROM_CONFIG = True
 HELP = "Report a codec's reconstruction accuracy (clean and under latent noise) on a packed split."
 
 
-def load_codec(path: str, device: str = "cpu") -> Any:
+def load_codec(path: str, device: str | torch.device = "cpu") -> Any:
     """Load a codec directory, or the codec inside a CALM directory; CLIError otherwise."""
-    from calm_core.interfaces import Codec
-    from calm_core.model_dir import ModelLoadError, load_pretrained
-
     try:
         model = load_pretrained(path, map_location=device)
     except ModelLoadError as exc:
@@ -43,7 +55,12 @@ def load_codec(path: str, device: str = "cpu") -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_DIR", help="codec (or CALM) model directory")
+    parser.add_argument(
+        "model", metavar="MODEL_DIR", help="codec (or CALM) model directory, or Hub id"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument(
@@ -52,19 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--max-chunks", type=int, help="score only the first N chunks")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, help="torch threads for this process")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from calm_core.data.dataset import PackedDataset
-    from calm_core.data.packing import DataError
-    from calm_core.metrics.reconstruction import reconstruction_report
-
-    check_input_path(args.model, "model directory")
+    model_dir = resolve_model_arg(args.model, "model directory", revision=args.revision)
     check_input_path(args.data, "data directory")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -74,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         data = PackedDataset(args.data, args.split)
     except DataError as exc:
         raise CLIError(str(exc)) from None
-    codec = load_codec(args.model, args.device)
-    check_same_tokenizer(args.model, args.data, "codec")
+    codec = load_codec(str(model_dir), resolved_device(args.device))
+    check_same_tokenizer(model_dir, args.data, "codec")
     if codec.vocab_size < data.vocab_size:
         raise CLIError(
             f"the codec's vocabulary ({codec.vocab_size}) is smaller than the data's "

@@ -11,7 +11,14 @@ import argparse
 import sys
 from typing import Any
 
-from calm_core.cli.common import CLIError, check_input_path, print_json
+from calm_core.cli.common import (
+    CLIError,
+    add_device_argument,
+    check_input_path,
+    print_json,
+    resolve_model_arg,
+    resolved_device,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -21,7 +28,12 @@ HELP = "Generate a continuation of a text prompt with a trained CALM or AR model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model directory (calm train)")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="model directory (calm train) or Hub id org/name"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     parser.add_argument(
@@ -46,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-eos-stop", action="store_true", help="keep generating after the EOS token"
     )
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -54,18 +67,19 @@ def run(args: argparse.Namespace) -> int:
 
     from calm_core.calm import CALM
     from calm_core.data.tokenizer import Tokenizer
+    from calm_core.generation import GenerationOptions, LanguageModel
     from calm_core.model_dir import ModelLoadError, load_pretrained
     from calm_core.sampling import TemperatureSamplingError
-    from calm_core.transformer_lm import TransformerLM
 
-    model_dir = check_input_path(args.model_dir, "model directory")
+    model_dir = resolve_model_arg(args.model_dir, "model directory", revision=args.revision)
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    device = resolved_device(args.device)
     try:
-        model = load_pretrained(model_dir)
+        model = load_pretrained(model_dir, map_location=device)
     except ModelLoadError as exc:
         raise CLIError(str(exc)) from None
-    if not isinstance(model, CALM | TransformerLM):
+    if not isinstance(model, LanguageModel):
         raise CLIError(
             f"{model_dir} holds a {type(model).__qualname__}; calm generate needs a CALM or AR "
             "model directory (written by calm train)"
@@ -81,12 +95,18 @@ def run(args: argparse.Namespace) -> int:
     if not ids:
         raise CLIError("the prompt encodes to no tokens; give some text")
     eos = None if args.no_eos_stop else model.config.eos_id
-    generator = torch.Generator().manual_seed(args.seed)
-    kwargs: dict[str, Any] = {"generator": generator, "stop_at_eos": not args.no_eos_stop}
+    calm_sampler: dict[str, Any] = {}
     if isinstance(model, CALM):
-        kwargs.update(sampling=args.sampling, num_candidates=args.num_candidates)
+        calm_sampler = {"sampling": args.sampling, "num_candidates": args.num_candidates}
     try:
-        stream = model.stream([ids], args.max_new_tokens, args.temperature, **kwargs)
+        options = GenerationOptions(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            generator=torch.Generator(device=device).manual_seed(args.seed),
+            stop_at_eos=not args.no_eos_stop,
+            **calm_sampler,
+        )
+        stream = model.stream([ids], options=options)
         new: list[int] = []
         shown = ""
         for step, piece in enumerate(stream):

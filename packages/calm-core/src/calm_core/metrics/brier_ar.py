@@ -29,8 +29,8 @@ from calm_core.metrics.brier_rollout import RolloutCache
 
 __all__ = [
     "ARRolloutModel",
+    "CachedLMRollout",
     "DrawFn",
-    "TransformerLMRollout",
     "ar_brier_scores",
     "multinomial_draw",
 ]
@@ -56,9 +56,9 @@ class ARRolloutModel(Protocol):
         ...
 
 
-class TransformerLMRollout:
+class CachedLMRollout:
     """:class:`ARRolloutModel` for any LM with ``backbone`` and ``logits(tokens, positions,
-    cache, attn_mask)`` (e.g. :class:`calm_core.transformer_lm.TransformerLM`).
+    cache, attn_mask)`` (e.g. :class:`calm_core.ar.ARModel`).
 
     For an LM with ``hidden_states`` and a bias-free ``lm_head`` Linear, the logits and the
     probabilities of every call are written into two buffers allocated at :meth:`begin` and reused
@@ -164,7 +164,7 @@ def ar_brier_scores(
     """Per-start Brier-1..max_n of an AR model on ``tokens [B, T]``.
 
     Args:
-        model: an :class:`ARRolloutModel`, or an LM accepted by :class:`TransformerLMRollout`.
+        model: an :class:`ARRolloutModel`, or an LM accepted by :class:`CachedLMRollout`.
         tokens: ``[B, T]`` with ``T > max_n``.
         generator: randomness of the default draws.
         draw: replaces the default two-token draws (see :data:`DrawFn`).
@@ -180,7 +180,7 @@ def ar_brier_scores(
             f"{tuple(tokens.shape)}"
         )
     roll: ARRolloutModel = (
-        model if isinstance(model, ARRolloutModel) else TransformerLMRollout(model, max_n - 1)
+        model if isinstance(model, ARRolloutModel) else CachedLMRollout(model, max_n - 1)
     )
     draw_fn = draw if draw is not None else multinomial_draw(generator)
     B, T = tokens.shape

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from calm_core.metrics.brier import BRIER_ORDERS, BrierAccumulator, BrierResult
 from calm_core.metrics.brier_ar import ar_brier_scores
@@ -83,7 +84,7 @@ def evaluate_brier(
     """Brier-1..max_n (with clustered standard errors) and BrierLM of a CALM or AR model.
 
     Args:
-        model: a CALM or an AR LM (e.g. :class:`calm_core.transformer_lm.TransformerLM`).
+        model: a CALM or an AR LM (e.g. :class:`calm_core.ar.ARModel`).
         tokens: 1-D token stream (e.g. ``PackedDataset.tokens``).
         block_len: tokens per scored sequence (a multiple of K for a CALM).
         num_blocks: score only the first ``num_blocks`` blocks (default: all).
@@ -107,8 +108,6 @@ def evaluate_brier(
     n = total if num_blocks is None else min(num_blocks, total)
     bar: Any = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=n, desc=f"BrierLM ({kind})", unit="block", leave=False)
     try:
         for batch in iter_blocks(tokens, block_len, batch_size, num_blocks):

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
-from calm_core.model_dir import load_pretrained
+from calm_core.model_dir import load_pretrained, save_pretrained
 from calm_core.registry import IN_PROCESS, codecs, heads
 
 __all__ = ["CodecConformance", "HeadConformance", "perturb_parameters"]
@@ -73,6 +73,10 @@ class HeadConformance:
     num_positions: ClassVar[int] = 6
     #: set True for heads registered with ``heads.register`` in the test process itself
     allow_in_process: ClassVar[bool] = False
+    #: set False only for a head whose loss by design scores the posterior's mean alone (e.g. a
+    #: likelihood of ``target.mean``); the default demands that the loss reads ``target.std`` too,
+    #: as every head trained on posterior draws does (SPEC.md §5)
+    loss_reads_target_spread: ClassVar[bool] = True
 
     def make_head(self) -> GenerativeHead:
         """Build the head under test by name (fixed seed; parameters perturbed off zero-init)."""
@@ -104,7 +108,8 @@ class HeadConformance:
             assert info.distribution != IN_PROCESS, "head is registered in-process, not published"
         cls = heads.get(self.head_name)
         assert issubclass(cls, GenerativeHead)
-        assert heads.identify(cls).name == self.head_name
+        head = self.make_head()  # built by name: the registry records it on the instance
+        assert type(head) is cls and head.registered_name == self.head_name
 
     def test_loss_is_per_position_finite_and_differentiable(self) -> None:
         """``loss`` is ``[N]``, finite, in the input dtype, with gradients to inputs and weights."""
@@ -165,9 +170,10 @@ class HeadConformance:
     def test_save_load_round_trip(self, tmp_path: Path) -> None:
         """Saving and loading restores the class, weights, config and seeded samples."""
         head = self.make_head().eval()
-        head.save_pretrained(tmp_path / "head")
+        save_pretrained(head, tmp_path / "head")
         loaded = load_pretrained(tmp_path / "head")
         assert type(loaded) is type(head)
+        assert loaded.registered_name == self.head_name
         assert isinstance(loaded, GenerativeHead)
         _assert_state_equal(head, loaded)
         assert loaded.config == head.config
@@ -248,6 +254,29 @@ class HeadConformance:
         torch.testing.assert_close(base[:-1], by_t[:-1], msg="loss[i] depends on other targets")
         assert not torch.allclose(base[-1], by_t[-1]), "the loss ignores the target"
 
+    def test_loss_reads_the_target_spread(self) -> None:
+        """``loss[i]`` changes with the target std of row i (a head that trains on the posterior's
+        draws sees its spread); opt out with ``loss_reads_target_spread = False``."""
+        head = self.make_head().eval()
+        hidden, target = self.make_inputs()
+        wider = target.std.clone()
+        wider[-1] *= 3.0
+
+        def loss(t: LatentPosterior) -> torch.Tensor:
+            torch.manual_seed(11)  # the same noise draws for both targets
+            with torch.no_grad():
+                return head.loss(hidden, t)
+
+        base, by_s = loss(target), loss(LatentPosterior(target.mean, wider))
+        torch.testing.assert_close(base[:-1], by_s[:-1], msg="loss[i] depends on other stds")
+        if self.loss_reads_target_spread:
+            assert not torch.allclose(base[-1], by_s[-1]), (
+                "the loss ignores target.std (only the posterior's mean is scored); train on "
+                "target.sample(n), or set loss_reads_target_spread = False if that is by design"
+            )
+        else:
+            torch.testing.assert_close(base[-1], by_s[-1], msg="loss_reads_target_spread is False")
+
     def test_inputs_are_not_modified_and_shapes_are_checked(self) -> None:
         """``loss`` and ``sample`` leave their inputs alone and refuse ``[B, L, H]`` hidden."""
         head = self.make_head().train()
@@ -308,7 +337,7 @@ class HeadConformance:
             opt.zero_grad()
             head.loss(hidden, target).mean().backward()
             opt.step()
-        head.eval().save_pretrained(tmp_path / "trained")
+        save_pretrained(head.eval(), tmp_path / "trained")
         loaded = load_pretrained(tmp_path / "trained")
         assert isinstance(loaded, GenerativeHead)
         with torch.no_grad():
@@ -418,7 +447,7 @@ class CodecConformance:
     def test_save_load_round_trip(self, tmp_path: Path) -> None:
         """``save_pretrained`` then ``load_pretrained`` restores the class, weights and outputs."""
         codec = self.make_codec().eval()
-        codec.save_pretrained(tmp_path / "codec")
+        save_pretrained(codec, tmp_path / "codec")
         loaded = load_pretrained(tmp_path / "codec")
         assert type(loaded) is type(codec) and isinstance(loaded, Codec)
         _assert_state_equal(codec, loaded)
@@ -531,7 +560,7 @@ class CodecConformance:
             opt.zero_grad()
             codec.loss(tokens)["loss"].backward()
             opt.step()
-        codec.eval().save_pretrained(tmp_path / "trained")
+        save_pretrained(codec.eval(), tmp_path / "trained")
         loaded = load_pretrained(tmp_path / "trained")
         assert isinstance(loaded, Codec)
         with torch.no_grad():

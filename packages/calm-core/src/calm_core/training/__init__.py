@@ -20,6 +20,7 @@ from calm_core.training.optim import (
 )
 from calm_core.training.trainer import (
     Evaluator,
+    LossStep,
     NonFiniteLossError,
     StepCallback,
     Trainer,
@@ -32,6 +33,7 @@ __all__ = [
     "CheckpointWriteError",
     "Evaluator",
     "LRSchedule",
+    "LossStep",
     "NonFiniteLossError",
     "OptimizerNotFoundError",
     "StepCallback",

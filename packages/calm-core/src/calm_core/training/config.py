@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from calm_core.config import ConfigModel
+from calm_core.runtime import DEVICE_PATTERN, check_device_spec
 
 __all__ = ["TrainConfig"]
 
@@ -52,6 +53,12 @@ class TrainConfig(ConfigModel):
     autocast: Literal["auto", "none", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision: auto = bf16 on GPU, none (fp32) on CPU."
     )
+    device: str = Field(
+        "auto",
+        json_schema_extra={"pattern": DEVICE_PATTERN},
+        description="Where to train: auto (the local rank's GPU under torchrun, else cuda:0, "
+        "else mps, else cpu), cpu, cuda, cuda:N or mps; see calm_core.runtime.resolve_device.",
+    )
     log_every: int = Field(10, ge=1, description="Steps between metric lines.")
     eval_every: int = Field(0, ge=0, description="Steps between evaluations; 0 = only at the end.")
     eval_batches: int = Field(
@@ -75,6 +82,11 @@ class TrainConfig(ConfigModel):
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"each beta must lie in [0, 1), got {list(betas)}")
         return betas
+
+    @field_validator("device")
+    @classmethod
+    def _device_spec(cls, spec: str) -> str:
+        return check_device_spec(spec)  # whether it exists here is checked when it is resolved
 
     @field_validator("optimizer")
     @classmethod

@@ -51,6 +51,7 @@ from calm_core.training.optim import LRSchedule, build_optimizer
 
 __all__ = [
     "Evaluator",
+    "LossStep",
     "NonFiniteLossError",
     "StepCallback",
     "Trainer",
@@ -59,6 +60,8 @@ __all__ = [
 
 #: ``evaluate(model) -> {"name": value}``; logged with an ``eval/`` prefix
 Evaluator = Callable[[nn.Module], dict[str, float]]
+#: ``loss_step(model, batch) -> {"loss": ..., ...}``: one forward pass (default ``model(batch)``)
+LossStep = Callable[[nn.Module, torch.Tensor], dict[str, Any]]
 #: called after every optimizer step on every rank: ``callback(trainer, step, metrics)``
 StepCallback = Callable[["Trainer", int, dict[str, float]], None]
 
@@ -103,6 +106,8 @@ class Trainer:
         callbacks: ``callback(trainer, step, metrics)`` after every optimizer step.
         device: where to train; default the model's device (under DDP with CUDA, the local GPU).
         progress: show the progress bar / lines (rank 0 only).
+        loss_step: ``loss_step(model, batch)`` computes a micro-step's loss dict (a recipe's
+            ``_loss_step``); default ``model(batch)``.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class Trainer:
         callbacks: Sequence[StepCallback] = (),
         device: torch.device | str | None = None,
         progress: bool = True,
+        loss_step: LossStep | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -131,6 +137,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.device = torch.device(device) if device is not None else None
         self.show_progress = progress
+        self.loss_step: LossStep = loss_step if loss_step is not None else _forward
         self.step = 0
         self.last_eval: dict[str, float] = {}
         #: the optimizer being stepped, set when fit() starts (callbacks may read its groups)
@@ -328,7 +335,7 @@ class Trainer:
                     ctx = contextlib.nullcontext() if sync or no_sync is None else no_sync()
                     with ctx:
                         with amp:
-                            out = ddp(batch)
+                            out = self.loss_step(ddp, batch)
                         loss = _check_output(out)
                         scaled = loss / c.grad_accum_steps
                         if scaler is not None:
@@ -632,6 +639,11 @@ def _window_state(window: dict[str, Any]) -> dict[str, Any]:
         "time": window["time"],
         "sums": {k: float(v) for k, v in window["sums"].items()},
     }
+
+
+def _forward(model: nn.Module, batch: torch.Tensor) -> dict[str, Any]:
+    out: dict[str, Any] = model(batch)
+    return out
 
 
 def _check_output(out: Any) -> torch.Tensor:

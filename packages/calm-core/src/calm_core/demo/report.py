@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from calm_core.demo import DemoResult
+from calm_core.demo.result import DemoResult, dump_json
 
 __all__ = [
     "PLOT_NAME",
@@ -297,8 +296,6 @@ def _report(result: DemoResult, plot: Path | None) -> str:
 
 def write_outputs(result: DemoResult) -> dict[str, Path | None]:
     """Write metrics.jsonl, the plot, results.json and report.md into ``result.out_dir``."""
-    from calm_core.demo import dump_json
-
     metrics = _write_metrics(result)
     plot = _write_plot(result)
     report = result.out_dir / REPORT_NAME

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from calm_core.ar import ARConfig, ARModel
 from calm_core.backbone import BackboneConfig
+from calm_core.model_dir import load_pretrained, save_pretrained
+from calm_core.reference import ar_from_reference
 from calm_core.testing.fixtures import fixture_names, require_fixture
-from calm_core.transformer_lm import TransformerLM, TransformerLMConfig
 
 V = 40
 
 
-def make(**kw: object) -> TransformerLM:
+def make(**kw: object) -> ARModel:
     torch.manual_seed(0)
     bb = BackboneConfig(
         hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
         max_positions=48,
     )  # fmt: skip
-    cfg = TransformerLMConfig.model_validate({"backbone": bb, "vocab_size": V, "pad_id": 0, **kw})
-    model = TransformerLM(cfg)
+    cfg = ARConfig.model_validate({"backbone": bb, "vocab_size": V, "pad_id": 0, **kw})
+    model = ARModel(cfg)
     for p in model.parameters():
         if p.dim() == 2:
             torch.nn.init.normal_(p, std=0.4)  # peaked distributions: greedy paths vary
@@ -42,12 +45,26 @@ def test_tied_embeddings_share_one_tensor_and_save_once(tmp_path: Path) -> None:
     model = make(tie_embeddings=True)
     assert model.lm_head.weight is model.embed_tokens.weight
     model.save_pretrained(tmp_path / "m")
-    again = TransformerLM.from_pretrained(tmp_path / "m")
+    again = ARModel.from_pretrained(tmp_path / "m")
     assert again.lm_head.weight is again.embed_tokens.weight
     tokens = torch.randint(0, V, (1, 6))
     torch.testing.assert_close(again.logits(tokens), model.logits(tokens))
     untied = make()
     assert untied.lm_head.weight is not untied.embed_tokens.weight
+
+
+def test_directory_saved_under_the_former_type_name_loads(tmp_path: Path) -> None:
+    """Directories written before the AR baseline was named ``ar`` say ``transformer_lm``."""
+    model = make()
+    save_pretrained(model, tmp_path / "m")
+    record = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert record["type"] == "ar"
+    record["type"] = "transformer_lm"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(record))
+    again = load_pretrained(tmp_path / "m")
+    assert isinstance(again, ARModel)
+    tokens = torch.randint(0, V, (2, 6))
+    torch.testing.assert_close(again.logits(tokens), model.logits(tokens))
 
 
 def test_cached_greedy_generation_equals_recomputing_the_prefix() -> None:
@@ -135,11 +152,11 @@ def test_bad_generation_input_gives_clear_errors(
 
 
 @pytest.mark.parametrize("name", fixture_names("ar_brier") or ["ar_brier"])
-def test_transformer_lm_parity_with_reference_llama(name: str) -> None:
+def test_ar_parity_with_reference_llama(name: str) -> None:
     fx = require_fixture(name)
     ref_config = fx.meta.get("ar_config") or fx.meta.get("config") or fx.meta.get("llama_config")
     assert ref_config is not None, sorted(fx.meta)
-    model = TransformerLM.from_reference(fx.params("ar."), ref_config).eval()
+    model = ar_from_reference(fx.params("ar."), ref_config).eval()
     with torch.no_grad():
         logits = model.logits(fx.tensors["input_ids"])
     torch.testing.assert_close(logits, fx.tensors["logits"], rtol=1e-5, atol=1e-5)
@@ -149,7 +166,7 @@ def test_transformer_lm_parity_with_reference_llama(name: str) -> None:
     state = fx.params("ar.")
     key = "model.layers.1.self_attn.v_proj.weight"
     state[key] = state[key] + 1e-2 * torch.randn_like(state[key])
-    bad = TransformerLM.from_reference(state, ref_config).eval()
+    bad = ar_from_reference(state, ref_config).eval()
     with torch.no_grad():
         assert not torch.allclose(bad.logits(fx.tensors["input_ids"]), fx.tensors["logits"],
                                   rtol=1e-5, atol=1e-5)  # fmt: skip

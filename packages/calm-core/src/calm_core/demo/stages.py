@@ -1,204 +1,50 @@
-"""``calm demo``: the whole workflow end to end on a small corpus, sized for 2 CPU cores.
+"""The stages of ``calm demo`` and :func:`run_demo`, which runs them in order.
 
-Stages, each with its own progress display: tokenize (document-level split; held-out articles are
-never trained on, not even by the tokenizer) -> train the codec -> train a CALM with the energy
-head and an AR baseline on the same backbone and the same token stream -> evaluate codec
-reconstruction and BrierLM of both on held-out blocks -> sample continuations of held-out prompts
-at T=1 and T=0.5 -> write ``report.md``, ``results.json``, ``metrics.jsonl`` and a plot.
-
-What is unusual:
-
-* Every stage calls the same library functions the separate verbs use (``write_data_dir``,
-  :class:`~calm_core.training.Trainer`, ``reconstruction_report``, the Brier estimators,
-  ``generate``); no subprocesses.
-* Training stages have both a step count and a wall-clock budget: the step count keeps runs
-  comparable, the budget keeps the demo inside its time on slow machines (a stopped stage says so
-  in the report). The AR baseline trains for the steps the CALM actually took (equal tokens).
-* ``--quick`` is the same pipeline with tiny budgets, for smoke tests; its numbers mean nothing.
+Each stage builds what the command line would build, through :mod:`calm_core.recipes` (the codec
+recipe shortened to the demo's steps, the ``calm-bench`` / ``transformer-bench`` presets resized),
+and trains it with the library :class:`~calm_core.training.Trainer` under a step count and a
+wall-clock budget.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import copy
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator
 from torch import nn
+from tqdm import tqdm
 
-from calm_core.config import ConfigModel
+from calm_core.ar import ARModel
+from calm_core.calm import CALM
+from calm_core.corpus import load_corpus
+from calm_core.costs import flops_per_token
+from calm_core.data import BlockLoader, DataError, PackedDataset, Tokenizer
+from calm_core.data.packing import split_documents, write_data_dir
+from calm_core.demo.config import DemoConfig
+from calm_core.demo.report import write_outputs
+from calm_core.demo.result import DemoResult
+from calm_core.metrics.brier_eval import evaluate_brier
+from calm_core.metrics.reconstruction import reconstruction_report
+from calm_core.model_dir import save_pretrained
+from calm_core.recipes import (
+    TrainCodecConfig,
+    TrainModelConfig,
+    build_codec,
+    build_model,
+    codec_recipe,
+    model_recipe,
+)
+from calm_core.runtime import resolve_device
+from calm_core.training import TrainConfig, Trainer, TrainingInterrupted
 
-__all__ = [
-    "QUICK_OVERRIDES",
-    "DemoCodecConfig",
-    "DemoConfig",
-    "DemoEvalConfig",
-    "DemoLMConfig",
-    "DemoResult",
-    "run_demo",
-    "training_flops",
-]
-
-
-class DemoCodecConfig(ConfigModel):
-    """The codec stage: the tuned ``calm train-codec`` recipe, shortened, plus a time budget."""
-
-    hidden_size: int = Field(256, ge=8, description="Codec width.")
-    intermediate_size: int = Field(640, ge=8, description="Codec SwiGLU inner width.")
-    latent_size: int = Field(64, ge=1, description="Latent size D per chunk.")
-    recipe: str = Field("default", description="The `calm train-codec` recipe to shorten.")
-    steps: int = Field(
-        700,
-        ge=1,
-        description="Most optimizer steps (fewer when the time budget cannot fit them); the "
-        "recipe's schedule is scaled to the steps actually planned.",
-    )
-    time_budget_s: float = Field(270.0, gt=0, description="Stop training after this many seconds.")
-    batch_size: int | None = Field(None, ge=1, description="Sequences per step (None: recipe's).")
-    seq_len: int | None = Field(None, ge=4, description="Tokens per sequence (None: recipe's).")
-    lr: float | None = Field(None, gt=0, description="Peak learning rate (None: recipe's).")
-    target_accuracy: float = Field(
-        0.995,
-        gt=0,
-        le=1,
-        description="Stop early once this share of tokens of a training sample is reconstructed.",
-    )
-    check_every: int = Field(50, ge=0, description="Steps between target checks (0: never).")
-
-
-class DemoLMConfig(ConfigModel):
-    """The CALM / AR stage: the shared backbone, the energy head and the training budget."""
-
-    hidden_size: int = Field(256, ge=8, description="Backbone width H.")
-    intermediate_size: int = Field(704, ge=8, description="Backbone SwiGLU inner width.")
-    num_layers: int = Field(4, ge=1, description="Backbone layers.")
-    num_heads: int = Field(4, ge=1, description="Attention heads.")
-    head_blocks: int = Field(2, ge=1, description="Energy-head residual blocks.")
-    noise_size: int = Field(32, ge=1, description="Energy-head noise size.")
-    steps: int = Field(600, ge=1, description="Most optimizer steps (CALM; AR takes the same).")
-    time_budget_s: float = Field(
-        100.0, gt=0, description="Stop each model's training after this many seconds."
-    )
-    batch_size: int = Field(8, ge=1, description="Sequences per step.")
-    seq_len: int = Field(256, ge=8, description="Tokens per sequence (a multiple of K).")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps.")
-
-
-class DemoEvalConfig(ConfigModel):
-    """Held-out evaluation and sampling."""
-
-    brier_blocks: int = Field(8, ge=1, description="Held-out blocks scored by BrierLM.")
-    brier_block_len: int = Field(256, ge=16, description="Tokens per BrierLM block.")
-    num_prompts: int = Field(3, ge=1, description="Held-out prompts to continue.")
-    prompt_tokens: int = Field(32, ge=4, description="Prompt length in tokens (multiple of K).")
-    new_tokens: int = Field(48, ge=1, description="Tokens generated per continuation.")
-    temperatures: list[float] = Field(
-        default_factory=lambda: [1.0, 0.5], description="Sampling temperatures in (0, 1]."
-    )
-    num_candidates: int = Field(
-        200, ge=2, description="CALM batch-approximation candidates below T=1."
-    )
-    speed_new_tokens: int = Field(64, ge=4, description="Tokens per row in the speed probe.")
-
-    @field_validator("temperatures")
-    @classmethod
-    def _check_temperatures(cls, value: list[float]) -> list[float]:
-        bad = [t for t in value if not 0.0 < t <= 1.0]
-        if bad or not value:
-            raise ValueError(f"temperatures must be a non-empty list in (0, 1], got {value}")
-        return value
-
-
-class DemoConfig(ConfigModel):
-    """Everything ``calm demo`` does; ``--config FILE`` may set any field, flags override."""
-
-    vocab_size: int = Field(2048, ge=260, description="BPE vocabulary size.")
-    chunk_size: int = Field(4, ge=1, description="K, tokens per chunk.")
-    val_docs: int = Field(6, ge=1, description="Held-out documents (never trained on).")
-    seed: int = Field(0, ge=0, description="Seed of the split, the data order and every model.")
-    codec: DemoCodecConfig = Field(default_factory=lambda: DemoCodecConfig.model_validate({}))
-    lm: DemoLMConfig = Field(default_factory=lambda: DemoLMConfig.model_validate({}))
-    eval: DemoEvalConfig = Field(default_factory=lambda: DemoEvalConfig.model_validate({}))
-
-
-#: what ``--quick`` changes (a smoke test of the whole pipeline, about a minute on 2 cores)
-QUICK_OVERRIDES: dict[str, Any] = {
-    "vocab_size": 512,
-    "val_docs": 4,
-    "codec": {
-        "hidden_size": 64,
-        "intermediate_size": 160,
-        "latent_size": 16,
-        "steps": 60,
-        "time_budget_s": 15.0,
-        "batch_size": 8,
-        "seq_len": 128,
-        "check_every": 20,
-    },
-    "lm": {
-        "hidden_size": 64,
-        "intermediate_size": 160,
-        "num_layers": 2,
-        "num_heads": 2,
-        "noise_size": 8,
-        "steps": 30,
-        "time_budget_s": 10.0,
-        "batch_size": 4,
-        "seq_len": 64,
-        "warmup_steps": 3,
-    },
-    "eval": {
-        "brier_blocks": 2,
-        "brier_block_len": 64,
-        "num_prompts": 1,
-        "prompt_tokens": 16,
-        "new_tokens": 16,
-        "num_candidates": 20,
-        "speed_new_tokens": 16,
-    },
-}
-
-
-@dataclass
-class DemoResult:
-    """What the demo measured; ``to_dict`` is ``results.json``."""
-
-    out_dir: Path
-    config: DemoConfig
-    quick: bool
-    corpus: str
-    data: dict[str, Any] = field(default_factory=dict)
-    codec: dict[str, Any] = field(default_factory=dict)
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    wall_s: float = 0.0
-    #: stage -> (step, training loss) of every step; in metrics.jsonl and the plot, not results
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "out_dir": str(self.out_dir),
-            "quick": self.quick,
-            "corpus": self.corpus,
-            "config": self.config.model_dump(mode="json"),
-            "data": self.data,
-            "codec": self.codec,
-            "models": self.models,
-            "samples": self.samples,
-            "stage_seconds": self.stage_seconds,
-            "notes": self.notes,
-            "wall_s": self.wall_s,
-        }
+__all__ = ["run_demo", "training_flops"]
 
 
 def _say(message: str) -> None:
@@ -255,7 +101,6 @@ def _train(
 ) -> dict[str, Any]:
     """Train with the library Trainer (``fields``: TrainConfig fields) under a time budget and an
     optional early-stopping target."""
-    from calm_core.training import TrainConfig, Trainer, TrainingInterrupted
 
     steps = int(fields["steps"])
     cfg = TrainConfig.model_validate(
@@ -296,41 +141,33 @@ def _train(
 
 # ------------------------------------------------------------------------------------- FLOPs
 def training_flops(model: nn.Module, tokens: int, seq_len: int) -> float:
-    """Analytic training FLOPs for ``tokens`` tokens, via :func:`calm_core.presets.flops_per_token`.
+    """Analytic training FLOPs for ``tokens`` tokens, via :func:`calm_core.costs.flops_per_token`.
 
     The attention context is the causal average over a training sequence, ``(S + 1) / 2``
     backbone positions, with ``S = seq_len / K`` for a CALM and ``seq_len`` for the AR model.
     """
-    from calm_core.presets import flops_per_token
-
-    kind = getattr(model, "model_type", None)
-    config_dict = getattr(model, "config_dict", None)
-    if kind not in ("calm", "transformer_lm") or config_dict is None:
-        raise TypeError(f"{type(model).__name__} is not a CALM or TransformerLM")
-    K = int(getattr(model, "chunk_size", 1)) if kind == "calm" else 1
+    if not isinstance(model, CALM | ARModel):
+        raise TypeError(f"{type(model).__name__} is not a CALM or ARModel")
+    K = model.chunk_size if isinstance(model, CALM) else 1
     context = max(1, round((seq_len // K + 1) / 2))
-    shape = {"kind": kind, **config_dict()}
-    return float(tokens) * flops_per_token(shape, context=context, training=True)
+    return float(tokens) * flops_per_token(model, context=context, training=True)
 
 
 def _seconds_per_step(model: nn.Module, data: Any, batch_size: int, seq_len: int) -> float:
     """Median wall time of a few training steps of a throwaway copy of ``model``."""
-    import copy
-    import statistics
-
-    from calm_core.data import BlockLoader
-
+    device = _device_of(model)
     probe = copy.deepcopy(model).train()
     params = [p for p in probe.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     loader = BlockLoader(data, seq_len, batch_size, seed=12345)
     times = []
     for i in range(5):
-        batch = loader.next_batch()
+        batch = loader.next_batch().to(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         probe(batch)["loss"].backward()
         opt.step()
+        _sync(device)
         if i >= 2:  # the first steps pay one-off allocation costs
             times.append(time.perf_counter() - t0)
     return float(statistics.median(times))
@@ -338,9 +175,6 @@ def _seconds_per_step(model: nn.Module, data: Any, batch_size: int, seq_len: int
 
 # ------------------------------------------------------------------------------------ stages
 def _stage_tokenize(result: DemoResult, corpus: str | Path | None, data_dir: Path) -> Any:
-    from calm_core.corpus import load_corpus
-    from calm_core.data import PackedDataset, Tokenizer
-    from calm_core.data.packing import split_documents, write_data_dir
 
     cfg = result.config
     docs = load_corpus(corpus)
@@ -370,26 +204,24 @@ def _stage_tokenize(result: DemoResult, corpus: str | Path | None, data_dir: Pat
 
 
 def _stage_codec(result: DemoResult, train: Any, val: Any, out: Path) -> Any:
-    from calm_core.cli.train_codec import TrainCodecConfig, build_codec, recipe
-    from calm_core.metrics.reconstruction import reconstruction_report
 
     cfg = result.config
     c = cfg.codec
     # the same recipe and codec builder as `calm train-codec`, shortened to the demo's steps
-    plan = recipe(c.recipe, steps=c.steps)
+    plan = codec_recipe(c.recipe, steps=c.steps)
     plan["codec"]["config"].update(
         latent_size=c.latent_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size
     )
 
     def train_fields(steps: int) -> dict[str, Any]:
-        fields = dict(recipe(c.recipe, steps=steps)["train"], seed=cfg.seed)
+        fields = dict(codec_recipe(c.recipe, steps=steps)["train"], seed=cfg.seed)
         for key in ("batch_size", "seq_len", "lr"):
             if getattr(c, key) is not None:
                 fields[key] = getattr(c, key)
         return fields
 
     torch.manual_seed(cfg.seed)
-    codec = build_codec(TrainCodecConfig.model_validate(plan), train)
+    codec = build_codec(TrainCodecConfig.model_validate(plan), train, result.device)
     # the recipe's lr schedule decays over its steps: fit the steps to the time budget first, so
     # that on a slow machine the schedule still completes instead of being cut off mid-way
     fields = train_fields(c.steps)
@@ -415,7 +247,7 @@ def _stage_codec(result: DemoResult, train: Any, val: Any, out: Path) -> Any:
         reached=reached, check_every=c.check_every,
     )  # fmt: skip
     result.curves["codec"] = stats.pop("curve")
-    codec.save_pretrained(out)
+    save_pretrained(codec, out)
     train.tokenizer.save(out)
     report = reconstruction_report(codec, val.tokens, ignore_id=val.pad_id)
     result.codec.update({"dir": str(out), **stats, "reconstruction": report.to_dict()})
@@ -431,11 +263,10 @@ def _stage_lm(
     result: DemoResult, kind: str, codec_dir: Path, train: Any, out: Path, steps: int
 ) -> nn.Module:
     """Build (as ``calm train`` does, from its bench preset) and train the CALM or AR model."""
-    from calm_core.cli.train import TrainModelConfig, base_config, build_model
 
     cfg = result.config
     c = cfg.lm
-    plan = base_config(kind, None)
+    plan = model_recipe(kind)
     plan["backbone"].update(
         hidden_size=c.hidden_size,
         intermediate_size=c.intermediate_size,
@@ -447,7 +278,7 @@ def _stage_lm(
     if kind == "calm":
         plan["head"]["config"].update(num_blocks=c.head_blocks, noise_size=c.noise_size)
     torch.manual_seed(cfg.seed)
-    model = build_model(TrainModelConfig.model_validate(plan), train, codec_dir)
+    model = build_model(TrainModelConfig.model_validate(plan), train, codec_dir, result.device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     title = "CALM (energy head)" if kind == "calm" else "AR baseline (same backbone)"
     _say(
@@ -460,7 +291,7 @@ def _stage_lm(
     }  # fmt: skip
     stats = _train(model, run_dir=out, data=train, fields=fields, budget_s=c.time_budget_s)
     result.curves[kind] = stats.pop("curve")
-    model.save_pretrained(out)  # type: ignore[operator]
+    save_pretrained(model, out)
     train.tokenizer.save(out)
     stats["parameters"] = trainable
     stats["train_flops"] = training_flops(model, stats["tokens"], c.seq_len)
@@ -470,7 +301,6 @@ def _stage_lm(
 
 def _stage_brier(result: DemoResult, kind: str, model: nn.Module, val: Any) -> None:
     """BrierLM on the first held-out blocks, with the function ``calm eval`` uses."""
-    from calm_core.metrics.brier_eval import evaluate_brier
 
     e = result.config.eval
     n_blocks = max(1, min(e.brier_blocks, val.num_tokens // e.brier_block_len))
@@ -482,6 +312,16 @@ def _stage_brier(result: DemoResult, kind: str, model: nn.Module, val: Any) -> N
     result.models[kind]["brier"] = res.to_dict()
     result.models[kind]["brier_s"] = time.perf_counter() - t0
     result.models[kind]["brier_blocks"] = n_blocks
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: wait before reading the clock
+        torch.cuda.synchronize(device)
 
 
 def _generate(
@@ -496,7 +336,9 @@ def _generate(
     stop_at_eos: bool,
 ) -> torch.Tensor:
     """One ``generate`` call; below T=1 a CALM uses the batch approximation (N candidates)."""
-    gen = torch.Generator().manual_seed(seed)
+    device = _device_of(model)
+    prompts = prompts.to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
     kwargs: dict[str, Any] = {"generator": gen, "stop_at_eos": stop_at_eos}
     if kind == "calm" and temperature < 1.0:
         kwargs.update(sampling="batch", num_candidates=candidates)
@@ -527,8 +369,6 @@ def _stage_generate(
         result.samples.append(
             {"prompt": tok.decode(p), "reference": tok.decode(r), "continuations": {}}
         )
-    from tqdm import tqdm
-
     bar = tqdm(
         total=len(models) * (len(e.temperatures) + 2), desc="      generate", unit="run",
         file=sys.stderr, leave=False, disable=None,
@@ -555,6 +395,7 @@ def _stage_generate(
                     model, kind, prompt, e.speed_new_tokens, 1.0, seed=0,
                     candidates=e.num_candidates, stop_at_eos=False,
                 )  # fmt: skip
+            _sync(_device_of(model))
             speed[f"b{b}"] = b * e.speed_new_tokens / (time.perf_counter() - t0)
         result.models[kind]["gen_tokens_per_s"] = speed
     bar.close()
@@ -581,12 +422,11 @@ def run_demo(
     Returns:
         The :class:`DemoResult` that ``results.json`` holds.
     """
-    from calm_core.demo_report import write_outputs
-
     out = Path(out_dir)
     t_start = time.perf_counter()
     corpus_name = str(corpus) if corpus is not None else "bundled WikiText-103 test articles"
     result = DemoResult(out_dir=out, config=config, quick=quick, corpus=corpus_name)
+    result.device = resolve_device(config.device)
 
     def stage(name: str) -> float:
         if on_stage is not None:
@@ -601,8 +441,6 @@ def run_demo(
         ("held-out", val, config.eval.brier_block_len),
     ):
         if ds.num_tokens < need:
-            from calm_core.data import DataError
-
             raise DataError(
                 f"the {split} split has {ds.num_tokens} tokens, fewer than one block of {need}; "
                 "use a larger corpus or a smaller seq_len / brier_block_len"
@@ -642,22 +480,3 @@ def run_demo(
     result.wall_s = time.perf_counter() - t_start
     write_outputs(result)
     return result
-
-
-def _finite(value: Any) -> Any:
-    # JSON has no NaN/inf: write them as strings so results.json stays parseable everywhere
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def dump_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (used for results.json)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    text = json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(path)
