@@ -175,19 +175,24 @@ def _published_section(p: dict[str, Any] | None) -> list[str]:
         f"`calm-m` and `transformer-m` (`calm_core.presets`, the same backbone), random weights, "
         f"fp32, {m['threads']} threads, {m['cpu']}; {m['date']}, `{m.get('command')}`. "
         "Generation: prompt 32, 64 new tokens, KV cache, T=1, the two models timed interleaved; "
-        "median of 3 repetitions. Training: the BENCHMARKS.md step on 1 x 2,048 tokens; MFU = "
+        "median of 3 repetitions (the ratio: median of the per-round ratios). "
+        "Where the decode step loses against the weight-read bound: "
+        "[decode diagnosis, 2026-12](benchmarks-decode-2026-12.md). Training: the BENCHMARKS.md "
+        "step on 1 x 2,048 tokens; MFU = "
         "analytic training FLOPs/token (`calm_core.costs.flops_per_token`, average causal "
         "context) x "
-        f"tokens/s over a 2048³ fp32 matmul measured in the same run "
-        f"({fmt(p['matmul_gflops'], 4)} GFLOP/s at the start, "
+        f"tokens/s over a 2048³ fp32 matmul timed interleaved with the steps "
+        f"({fmt(p['matmul_gflops'], 4)} GFLOP/s at the start of the run, "
         f"{fmt(det.get('matmul_end_gflops'), 4)} at the end).",
+        *([f"Note: {m['note']}", ""] if m.get("note") else []),
         "",
     ]
     bound = w["transformer_m"] / w["calm_m"]
     rows = []
     for b in (1, 8):
         c, a = gen.get(f"calm_m_b{b}"), gen.get(f"transformer_m_b{b}")
-        ratio = c / a if c and a else None
+        ratio = det.get("paired", {}).get(f"calm_m_b{b}/transformer_m_b{b}")
+        ratio = ratio or (c / a if c and a else None)
         target = {1: 3.5, 8: 4.0}[b]
         rows.append([str(b), fmt(c, 4), fmt(a, 4), fmt(ratio), f"≥ {target:g}", fmt(bound)])
     header = [
@@ -390,6 +395,7 @@ def write_docs(root: Path, speed: dict[str, Any], quality_json: Path) -> Path:
         f"- Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m.get('memory_gib')} GiB; "
         f"{m['threads']} torch threads; torch {m['torch']}, Python {m['python']}; load average "
         f"at start {m.get('load_average_at_start')}.",
+        *([f"- Note: {m['note']}"] if m.get("note") else []),
         "- Configuration, reference figures and the output format: `BENCHMARKS.md` of the "
         "project brief (bench shapes in `benchmarks/models.py`).",
         "",

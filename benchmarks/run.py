@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         help="figures at the published shapes (calm-m, transformer-m): generation tokens/s and "
         "training MFU, under the key `published` (with --docs: also shown in the page)",
     )
+    p.add_argument(
+        "--note",
+        default=None,
+        help="a sentence about the measuring conditions, recorded with the machine and shown on "
+        "the page (e.g. other jobs sharing the cores)",
+    )
     p.add_argument("--quality", action="store_true", help="run the quality sweep instead")
     quality_options: tuple[tuple[str, type, str], ...] = (
         ("--minutes", float, "training minutes per main model (default 15, the protocol)"),
@@ -160,6 +166,8 @@ def _speed(args: argparse.Namespace) -> int:
     machine["command"] = "python benchmarks/run.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:]
     )
+    if args.note:
+        machine["note"] = args.note
     start = time.perf_counter()
     settings.log(f"threads={threads}; measuring fp32 matmul throughput")
     gemm, gemm_m = matmul_gflops()
@@ -288,6 +296,8 @@ def _published(args: argparse.Namespace) -> int:
     machine["command"] = "python benchmarks/run.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:]
     )
+    if args.note:
+        machine["note"] = args.note
     only = {g.strip() for g in args.only.split(",")} if args.only else None
     start = time.perf_counter()
     pub = run_published(reps=args.reps or 3, log=lambda msg: print(msg, file=sys.stderr), only=only)

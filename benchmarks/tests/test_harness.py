@@ -289,7 +289,15 @@ def test_write_docs_shows_the_published_figures(tmp_path: Path) -> None:
     assert "| 1 | 30 | 10 | 3 | ≥ 3.5 | 4 |" in text  # ratio 3 against the bound 4 / 1
     assert "| 8 | 160 | 40 | 4 | ≥ 4 | 4 |" in text
     assert "| calm_m | 300 | 0.9 | ≥ 0.8 |" in text
-    assert "(200 GFLOP/s at the start, 190 at the end)" in text
+    assert "(200 GFLOP/s at the start of the run, 190 at the end)" in text
+    assert "[decode diagnosis, 2026-12](benchmarks-decode-2026-12.md)" in text
+    # a per-round ratio, where recorded, replaces the ratio of the medians
+    published["details"]["paired"] = {"calm_m_b1/transformer_m_b1": 3.25}  # type: ignore[index]
+    published["machine"]["note"] = "5 helpers shared the 2 cores"  # type: ignore[index]
+    (tmp_path / "published.json").write_text(json.dumps(published))
+    text = write_docs(tmp_path, details, tmp_path / "quality.json").read_text()
+    assert "| 1 | 30 | 10 | 3.25 | ≥ 3.5 | 4 |" in text
+    assert "Note: 5 helpers shared the 2 cores" in text
 
 
 def test_quality_eval_blocks_limit_and_all(tmp_path: Path) -> None:
