@@ -267,16 +267,20 @@ class ChunkAutoencoder(Codec):
 
         It sees one token and no context, so it is a function of the id alone: on large inputs it
         runs once per *distinct* id and is gathered back (identical values; the gradients of the
-        repeats are summed by the gather's backward). Text repeats ids heavily, so this removes
-        most of the stage's matmuls; below ``UNIQUE_MIN_TOKENS`` ids, or with few repeats, it
-        runs per position. CPU only: on an accelerator the data-dependent size of ``unique``
-        forces a host synchronisation every call, for a saving its matmul throughput makes small.
+        repeats are summed by the gather's backward, in a fixed order). Text repeats ids heavily,
+        so this removes most of the stage's matmuls; below ``UNIQUE_MIN_TOKENS`` ids, or with few
+        repeats, it runs per position. CPU only: on an accelerator the data-dependent size of
+        ``unique`` forces a host synchronisation every call, for a saving its matmul throughput
+        makes small.
         """
         if tokens.device.type == "cpu" and tokens.numel() >= UNIQUE_MIN_TOKENS:
             ids, inverse = torch.unique(tokens, return_inverse=True)
             if ids.numel() <= UNIQUE_MAX_FRACTION * tokens.numel():
-                out: Tensor = self.enc_token_ffn(self.embed(ids))[inverse]
-                return out
+                # index_select, not ``[inverse]``: its backward (index_add) sums the repeats in
+                # a fixed order, where indexing's (index_put accumulate) is run-to-run random
+                feats_u = self.enc_token_ffn(self.embed(ids))
+                out: Tensor = feats_u.index_select(0, inverse.flatten())
+                return out.reshape(*inverse.shape, out.shape[-1])
         feats: Tensor = self.enc_token_ffn(self.embed(tokens))
         return feats
 

@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from calm_core import __version__
+from calm_core import __version__, model_checks
 from calm_core.config import validate_component_config
 from calm_core.hub_cache import HubOptions, resolve_model_dir
 from calm_core.interfaces import Component
@@ -451,6 +451,18 @@ def load_pretrained(
     """
     d = resolve_model_dir(path, **hub)
     record = read_config(d)
+    # --- issue 23 hook: config.json against the weights' header, before real memory is used
+    try:
+        header, meta = model_checks.read_header(d / WEIGHTS_NAME)
+        probe = model_checks.meta_build(
+            lambda: build_from_record(record), passthrough=(ModelLoadError,)
+        )
+        model_checks.check_memory(probe)
+        aliases = json.loads(meta.get(_ALIASES_KEY, "{}"))
+        model_checks.check_against_header(probe, header, aliases, WEIGHTS_NAME)
+    except (model_checks.ModelCheckError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{d}: {exc}") from None
+    # ---
     save_id = record.get("save_id")
     found = _weights_save_id(d / WEIGHTS_NAME)
     if save_id is not None and found is not None and found != save_id:
@@ -462,6 +474,10 @@ def load_pretrained(
     if expected is not None and not isinstance(model, expected):
         raise TypeError(f"{d} holds a {type(model).__qualname__}, not a {expected.__qualname__}")
     state = load_weights(d / WEIGHTS_NAME, device=map_location)
+    try:  # issue 23 hook: NaN / inf weights are refused, not evaluated
+        model_checks.check_finite(state)
+    except model_checks.ModelCheckError as exc:
+        raise ModelLoadError(f"{d / WEIGHTS_NAME}: {exc}") from None
     load_state_into(model, state, str(d / WEIGHTS_NAME))
     model.to(map_location)
     model.eval()

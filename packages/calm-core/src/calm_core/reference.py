@@ -52,6 +52,7 @@ __all__ = [
     "ar_from_reference",
     "backbone_config_from_reference",
     "calm_from_reference",
+    "check_destination",
     "convert_checkpoint",
     "infer_ae_config",
     "read_reference_checkpoint",
@@ -147,6 +148,30 @@ _LOADERS: tuple[tuple[str, str, Callable[[Path], dict[str, Tensor]]], ...] = (
 )
 
 
+def check_destination(src: str | Path, dst: str | Path, *, what: str = "SRC_DIR") -> None:
+    """Refuse an output directory ``dst`` that is the input directory ``src`` or lies inside it:
+    writing there (with ``--overwrite`` above all) would destroy the reference checkpoint being
+    converted. ``what`` names the input in the message (``SRC_DIR``, ``--ae``)."""
+    s, d = Path(src).resolve(), Path(dst).resolve()
+    if d == s or s in d.parents:
+        where = "is" if d == s else "lies inside"
+        raise ReferenceConversionError(
+            f"DST_DIR {dst} {where} {what} {src}: converting there would overwrite the "
+            f"reference checkpoint; choose a DST_DIR outside {what}"
+        )
+
+
+def _check_shard_path(src: Path, shard: str, index_name: str) -> None:
+    # absolute paths, ``..`` and links out of ``src`` are refused, so an index cannot make the
+    # converter read files elsewhere
+    root = src.resolve()
+    if Path(shard).is_absolute() or root not in (root / shard).resolve().parents:
+        raise ReferenceConversionError(
+            f"{index_name} lists the shard {shard!r}, which is outside {src}; a shard index may "
+            "name only files inside its own directory"
+        )
+
+
 def _load_weights(src: Path) -> dict[str, Tensor]:
     for single, _, loader in _LOADERS:
         if (src / single).is_file():
@@ -162,6 +187,7 @@ def _load_weights(src: Path) -> dict[str, Tensor]:
                 ) from None
             out: dict[str, Tensor] = {}
             for shard in sorted(set(weight_map.values())):
+                _check_shard_path(src, str(shard), index_name)
                 if not (src / shard).is_file():
                     raise ReferenceConversionError(
                         f"{index_path} lists the shard {shard}, which is missing"
@@ -530,8 +556,10 @@ def write_model_dir(conversion: Conversion, out: Path) -> dict[str, Any]:
         ``weights_sha256``.
 
     Raises:
-        ReferenceConversionError: the written directory does not reload bit-identically.
+        ReferenceConversionError: ``out`` is or lies inside the source checkpoint directory, or
+            the written directory does not reload bit-identically.
     """
+    check_destination(conversion.source, out)
     model = conversion.model
     save_pretrained(model.eval(), out)
     # read it back: a directory that does not reload bit-identically is not worth keeping

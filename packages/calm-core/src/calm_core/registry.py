@@ -17,7 +17,9 @@ Names without a dot are reserved for the first-party distributions; third partie
 
 :meth:`Registry.build` records the name it built under on the instance
 (:attr:`calm_core.interfaces.Component.registered_name`); saving a component reads that record, so
-nothing ever looks a class's name up in reverse.
+nothing ever looks a class's name up in reverse. A third-party entry point that resolves to a
+class of a first-party distribution (a re-export of a built-in component) is refused, so a
+plugin can never become the recorded provider of calm's own code.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pydantic import BaseModel
 
 from calm_core.config import ComponentSpec, validate_component_config, validate_config
 from calm_core.interfaces import Codec, Component, GenerativeHead
+from calm_core.plugin_watch import slow_import_notice
 
 __all__ = [
     "FIRST_PARTY_DISTRIBUTIONS",
@@ -57,6 +60,19 @@ T = TypeVar("T", bound=Component)
 
 def _normalise_dist(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _borrowed_builtin(obj: object, info: ComponentInfo) -> str | None:
+    """A third-party entry point whose class is defined by a first-party package (issue 23)."""
+    module = getattr(obj, "__module__", "") or ""
+    owner = _normalise_dist(module.split(".", 1)[0])
+    if info.first_party or owner not in FIRST_PARTY_DISTRIBUTIONS:
+        return None
+    qualname = getattr(obj, "__qualname__", repr(obj))
+    return (
+        f"it re-exports {module}.{qualname}, a built-in component of {owner}; a plugin may "
+        f"register only its own classes (use the built-in name, or subclass it)"
+    )
 
 
 @dataclass(frozen=True)
@@ -262,7 +278,9 @@ class Registry(Generic[T]):
             assert entry.entry_point is not None
             info = entry.info
             try:
-                obj = entry.entry_point.load()
+                ep = entry.entry_point  # issue 23 hook: a slow import is named, not silent
+                with slow_import_notice(f"{ep.name} = {ep.value}", info.distribution):
+                    obj = ep.load()
             # a broken plugin must never break the host, not even one that exits at import
             except (Exception, SystemExit) as exc:
                 self._drop(name, f"import failed: {type(exc).__name__}: {exc}")
@@ -270,7 +288,7 @@ class Registry(Generic[T]):
                     f"{self.kind[:-1]} '{name}' from {info.distribution} {info.version} failed to "
                     f"load: {type(exc).__name__}: {exc}"
                 ) from exc
-            problem = self._check_class(obj)
+            problem = self._check_class(obj) or _borrowed_builtin(obj, info)
             if problem:
                 self._drop(name, problem)
                 raise UnknownComponentError(

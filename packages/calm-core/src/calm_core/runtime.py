@@ -28,6 +28,7 @@ __all__ = [
     "DEVICE_PATTERN",
     "DeviceError",
     "available_devices",
+    "available_memory",
     "check_device_spec",
     "resolve_device",
     "tune_malloc",
@@ -157,3 +158,18 @@ def tune_malloc() -> bool:
     ok = int(mallopt(_M_TRIM_THRESHOLD, min(TRIM_THRESHOLD, 2**31 - 1))) == 1 and ok
     _applied = ok
     return ok
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (None where the OS does not say)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None

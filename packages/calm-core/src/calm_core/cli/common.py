@@ -27,9 +27,12 @@ from calm_core.data.packing import DataError
 from calm_core.data.tokenizer import TokenizerError
 from calm_core.model_dir import ModelLoadError
 from calm_core.recipes import OutputDirError
+from calm_core.recipes.final_save import NonFiniteModelError
 from calm_core.registry import PluginConflictError, UnknownComponentError
+from calm_core.runlock import RunLockError
 from calm_core.runtime import resolve_device
 from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
+from calm_core.training.trainer import NonFiniteLossError
 
 __all__ = [
     "CLIError",
@@ -167,6 +170,9 @@ def usage_errors() -> Iterator[None]:
         OutputDirError,
         UnknownComponentError,
         PluginConflictError,
+        RunLockError,  # issue 23: another run holds the output directory
+        NonFiniteLossError,  # issue 23: a diverged run (the message says what to change)
+        NonFiniteModelError,
     ) as exc:
         raise CLIError(str(exc)) from None
 

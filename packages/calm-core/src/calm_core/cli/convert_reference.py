@@ -68,6 +68,7 @@ def convert_reference(
     # which must not pay for torch
     from calm_core.reference import (
         ReferenceConversionError,
+        check_destination,
         convert_checkpoint,
         read_reference_checkpoint,
         write_model_dir,
@@ -75,13 +76,16 @@ def convert_reference(
 
     created = not Path(dst).exists()
     try:
-        ckpt = read_reference_checkpoint(
-            resolve_model_arg(src, "reference checkpoint directory", revision=revision)
-        )
+        src_dir = resolve_model_arg(src, "reference checkpoint directory", revision=revision)
+        ae_dir = None if ae is None else resolve_model_arg(ae, "autoencoder directory")
+        # DST inside an input: refused before anything is read or written
+        check_destination(src_dir, dst)
+        if ae_dir is not None:
+            check_destination(ae_dir, dst, what="--ae")
+        ckpt = read_reference_checkpoint(src_dir)
         ckpt.kind  # noqa: B018 - refuses an unknown kind before the output directory is made
         out = prepare_output_dir(dst, overwrite=overwrite)  # checked before the slow part
         try:
-            ae_dir = None if ae is None else resolve_model_arg(ae, "autoencoder directory")
             conversion = convert_checkpoint(ckpt, ae=ae_dir)
         except BaseException:
             if created and out.is_dir() and not any(out.iterdir()):

@@ -25,6 +25,7 @@ from calm_core.cli.common import (
 from calm_core.config import merge_overrides
 from calm_core.demo import QUICK_OVERRIDES, DemoConfig, next_steps, run_demo, summary_table
 from calm_core.registry import codecs, heads
+from calm_core.runlock import run_lock
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -73,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(DemoConfig, args.config, overrides, base=base)
     device = resolved_device(cfg.device)
     print_resolved_config("calm demo config" + (" (--quick)" if args.quick else ""), cfg, device)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
-    with usage_errors():
+    with usage_errors(), run_lock(args.out):  # issue 23: one run per --out, before any write
+        out = prepare_output_dir(args.out, overwrite=args.overwrite)
         result = run_demo(cfg, out, corpus=args.corpus, quick=args.quick)
     if args.json:
         print_json(result.to_dict())

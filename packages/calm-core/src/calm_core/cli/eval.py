@@ -24,6 +24,7 @@ from calm_core.cli.common import (
     print_json,
     resolve_model_arg,
     resolved_device,
+    usage_errors,
 )
 from calm_core.data.dataset import PackedDataset
 from calm_core.data.packing import DataError
@@ -31,6 +32,7 @@ from calm_core.interfaces import Codec
 from calm_core.metrics.brier_eval import evaluate_brier, model_kind
 from calm_core.metrics.reconstruction import reconstruction_report
 from calm_core.model_dir import ModelLoadError, load_pretrained
+from calm_core.validation import check_batch_memory, check_noise_stds, check_threads
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -104,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    with usage_errors():  # issue 23: bounded threads and noise, before any work
+        check_threads(args.threads, "--threads")
+        if not args.no_reconstruction:
+            check_noise_stds(args.noise)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
@@ -132,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
             if data.chunk_size % K:
                 raise CLIError(f"the data is packed for K={data.chunk_size}, the model has K={K}")
             codec = model.codec
+        with usage_errors():  # issue 23: a batch whose logits cannot fit is refused, not killed
+            check_batch_memory(
+                args.batch_size * args.block_len, vocab or data.vocab_size, "--batch-size "
+                f"{args.batch_size} x --block-len {args.block_len}", "lower --batch-size",
+            )  # fmt: skip
         t0 = time.perf_counter()
         try:
             result = evaluate_brier(

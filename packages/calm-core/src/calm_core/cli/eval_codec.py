@@ -23,12 +23,14 @@ from calm_core.cli.common import (
     print_json,
     resolve_model_arg,
     resolved_device,
+    usage_errors,
 )
 from calm_core.data.dataset import PackedDataset
 from calm_core.data.packing import DataError
 from calm_core.interfaces import Codec
 from calm_core.metrics.reconstruction import reconstruction_report
 from calm_core.model_dir import ModelLoadError, load_pretrained
+from calm_core.validation import check_noise_stds, check_threads
 
 __all__ = ["HELP", "add_arguments", "load_codec", "run"]
 
@@ -77,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_arg(args.model, "model directory", revision=args.revision)
     check_input_path(args.data, "data directory")
+    with usage_errors():  # issue 23: bounded threads and noise, before any work
+        check_threads(args.threads, "--threads")
+        check_noise_stds(args.noise)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.max_chunks is not None and args.max_chunks < 1:

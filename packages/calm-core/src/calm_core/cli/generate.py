@@ -18,7 +18,9 @@ from calm_core.cli.common import (
     print_json,
     resolve_model_arg,
     resolved_device,
+    usage_errors,
 )
+from calm_core.validation import check_batch_memory
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -74,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_arg(args.model_dir, "model directory", revision=args.revision)
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.num_candidates < 1:
+        raise CLIError(f"--num-candidates must be >= 1, got {args.num_candidates}")
     device = resolved_device(args.device)
     try:
         model = load_pretrained(model_dir, map_location=device)
@@ -84,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
             f"{model_dir} holds a {type(model).__qualname__}; calm generate needs a CALM or AR "
             "model directory (written by calm train)"
         )
+    if isinstance(model, CALM) and args.sampling == "batch":
+        with usage_errors():  # issue 23: candidates whose logits cannot fit are refused
+            check_batch_memory(
+                args.num_candidates * model.chunk_size, model.codec.vocab_size,
+                f"--num-candidates {args.num_candidates}", "lower --num-candidates",
+            )  # fmt: skip
     tok_dir = check_input_path(args.tokenizer or model_dir, "tokenizer directory")
     try:
         tokenizer = Tokenizer.load(tok_dir)

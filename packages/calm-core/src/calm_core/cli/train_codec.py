@@ -24,6 +24,7 @@ from calm_core.cli.common import (
     usage_errors,
 )
 from calm_core.recipes import DEFAULT_RECIPE, RECIPES, CodecRecipe, resolve_codec_config
+from calm_core.runlock import run_lock
 from calm_core.runtime import resolve_device
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -51,13 +52,15 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(config.train.device)
     print_resolved_config("calm train-codec config", config, device)
     loggers = open_loggers_arg(args.logger, Path(args.out), config)  # a missing extra: now
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.resume, resumable=True)
-    with loggers as callbacks:
-        recipe = CodecRecipe(
-            config, args.data, out, resume=args.resume, progress=not args.no_progress,
-            callbacks=callbacks,
-        )  # fmt: skip
-        with usage_errors():
+    with usage_errors(), run_lock(args.out):  # issue 23: one run per --out, before any write
+        out = prepare_output_dir(
+            args.out, overwrite=args.overwrite, resume=args.resume, resumable=True
+        )
+        with loggers as callbacks:
+            recipe = CodecRecipe(
+                config, args.data, out, resume=args.resume, progress=not args.no_progress,
+                callbacks=callbacks,
+            )  # fmt: skip
             result = recipe.run()
     if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
         return 0

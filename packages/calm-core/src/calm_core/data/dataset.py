@@ -15,6 +15,7 @@ import numpy as np
 
 from calm_core.data.packing import DATA_FORMAT, INDEX_FILE, DataError
 from calm_core.data.tokenizer import Tokenizer
+from calm_core.validation import check_packed_split
 
 __all__ = ["PackedDataset"]
 
@@ -43,12 +44,37 @@ class PackedDataset:
         except json.JSONDecodeError as exc:
             msg = f"{index_path}: invalid JSON ({exc.msg}); re-run `calm tokenize`"
             raise DataError(msg) from None
-        if index.get("format") != DATA_FORMAT:
+        if not isinstance(index, dict) or index.get("format") != DATA_FORMAT:
+            found = index.get("format") if isinstance(index, dict) else type(index).__name__
             raise DataError(
-                f"{index_path}: unknown data format {index.get('format')!r} (expected "
+                f"{index_path}: unknown data format {found!r} (expected "
                 f"{DATA_FORMAT!r}); re-run `calm tokenize`"
             )
         self.index = index
+        try:  # issue 23: a hand-edited index is a DataError naming it, not a KeyError
+            self._read_index(index, split, index_path)
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(
+                f"{index_path}: malformed index ({type(exc).__name__}: {exc}); re-run "
+                "`calm tokenize`"
+            ) from None
+        info = index["splits"][split]
+        path = self.data_dir / str(info["file"])
+        dtype = self._dtype
+        expected = self.num_tokens * dtype.itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            size = path.stat().st_size if path.is_file() else "missing"
+            raise DataError(
+                f"{path}: token file is {size} bytes, expected {expected} from {INDEX_FILE}; the "
+                "data directory is incomplete or corrupt, re-run `calm tokenize`"
+            )
+        self.tokens: np.ndarray = np.memmap(path, dtype=dtype, mode="r", shape=(self.num_tokens,))
+        # issue 23: index consistency and token ids below the vocabulary, before any use
+        check_packed_split(self.tokens, index, split, str(self.data_dir))
+
+    def _read_index(self, index: dict[str, Any], split: str, index_path: Path) -> None:
         splits = index["splits"]
         if split not in splits:
             hint = "; re-run `calm tokenize` with --val-docs N to hold documents out" * (
@@ -70,16 +96,18 @@ class PackedDataset:
             raise DataError(
                 f"split {split!r} of {self.data_dir} is empty; re-run `calm tokenize`{hint}"
             )
-        path = self.data_dir / info["file"]
-        dtype = np.dtype(index["dtype"])
-        expected = self.num_tokens * dtype.itemsize
-        if not path.is_file() or path.stat().st_size != expected:
-            size = path.stat().st_size if path.is_file() else "missing"
+        self._dtype = np.dtype(index["dtype"])
+        if self._dtype.kind != "u":
             raise DataError(
-                f"{path}: token file is {size} bytes, expected {expected} from {INDEX_FILE}; the "
-                "data directory is incomplete or corrupt, re-run `calm tokenize`"
+                f"{index_path}: token dtype {self._dtype} is not an unsigned integer type; "
+                "re-run `calm tokenize`"
             )
-        self.tokens: np.ndarray = np.memmap(path, dtype=dtype, mode="r", shape=(self.num_tokens,))
+        name = str(info["file"])
+        if Path(name).name != name or name in ("", ".", ".."):  # a bare name in the directory
+            raise DataError(
+                f"{index_path}: split {split!r} names the token file {name!r}, which is "
+                "not a file of the data directory; re-run `calm tokenize`"
+            )
 
     @cached_property
     def tokenizer(self) -> Tokenizer:

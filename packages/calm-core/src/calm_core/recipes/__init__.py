@@ -32,6 +32,7 @@ from calm_core.recipes.config import (
     resolve_codec_config,
     resolve_model_config,
 )
+from calm_core.recipes.final_save import NonFiniteModelError
 from calm_core.recipes.rundir import OutputDirError, prepare_output_dir
 from calm_core.recipes.train_codec import (
     REPORT_NAME,
@@ -49,6 +50,7 @@ __all__ = [
     "CodecRecipe",
     "ConfigSource",
     "ModelRecipe",
+    "NonFiniteModelError",
     "OutputDirError",
     "Recipe",
     "TrainCodecConfig",

@@ -24,10 +24,14 @@ import torch
 from torch import nn
 
 from calm_core.data.dataset import PackedDataset
-from calm_core.model_dir import save_pretrained
+from calm_core.data.packing import DataError
+from calm_core.data.tokenizer import TokenizerError
 from calm_core.recipes.config import TrainCodecConfig, TrainModelConfig
+from calm_core.recipes.final_save import save_final_model
+from calm_core.runlock import run_lock
 from calm_core.runtime import resolve_device
 from calm_core.training.trainer import Evaluator, StepCallback, Trainer
+from calm_core.validation import check_run_config, check_train_memory
 
 __all__ = ["Recipe"]
 
@@ -79,7 +83,9 @@ class Recipe(Generic[C]):
     def setup(self) -> None:
         """Resolve the device, open the data, build the model (seeded) and the trainer."""
         self.device = resolve_device(self.config.train.device)
+        check_run_config(self.config)  # issue 23: everything the run will use, before step 1
         self._setup_data()
+        self._check_data()
         torch.manual_seed(self.config.train.seed)  # the initial weights follow the run's seed
         self.model = self._setup_model()
         self._setup_optimizer()
@@ -89,6 +95,19 @@ class Recipe(Generic[C]):
         if "val" in self.train_data.index["splits"]:
             val = PackedDataset(self.data_dir, "val")
             self.val_data = val if val.num_tokens > 0 else None  # tokenized without --val-docs
+
+    def _check_data(self) -> None:
+        """Issue 23: the data's tokenizer (copied into the model directory at the end) loads,
+        and one micro-batch's logits fit in memory."""
+        assert self.train_data is not None
+        try:
+            self.train_data.tokenizer  # noqa: B018 (loads and caches it)
+        except (TokenizerError, OSError, ValueError) as exc:
+            raise DataError(
+                f"the data's tokenizer in {self.data_dir} is missing or unreadable ({exc}); "
+                "re-run `calm tokenize`"
+            ) from None
+        check_train_memory(self.config, self.train_data.vocab_size)
 
     def _setup_model(self) -> nn.Module:
         raise NotImplementedError
@@ -139,7 +158,7 @@ class Recipe(Generic[C]):
         """Write the model directory (config + safetensors) and the data's tokenizer to ``out``."""
         assert self.model is not None and self.train_data is not None
         self.model.eval()
-        save_pretrained(self.model, self.out)
+        save_final_model(self.model, self.out)  # issue 23: finite weights; a full disk named
         try:
             self.train_data.tokenizer.save(self.out)
         except Exception as exc:  # the model directory is still usable with token ids
@@ -147,14 +166,21 @@ class Recipe(Generic[C]):
         return self.out
 
     def run(self) -> dict[str, Any]:
-        """``setup`` -> ``train`` -> ``save_checkpoint`` (rank 0); return the summary."""
-        self.setup()
-        summary = self.train()
-        if not self.is_main:  # under torchrun only rank 0 writes
-            rank = getattr(getattr(self.trainer, "info", None), "rank", 1)
-            return {"out": str(self.out), "steps": summary["steps"], "rank": rank}
-        self.save_checkpoint()
-        return self.result()
+        """``setup`` -> ``train`` -> ``save_checkpoint`` (rank 0); return the summary.
+
+        Holds the run lock of ``out`` (:func:`calm_core.runlock.run_lock`) throughout.
+
+        Raises:
+            RunLockError: another run (or the stale lock of a dead one) holds ``out``.
+        """
+        with run_lock(self.out, reentrant=True):  # held already when run by calm train
+            self.setup()
+            summary = self.train()
+            if not self.is_main:  # under torchrun only rank 0 writes
+                rank = getattr(getattr(self.trainer, "info", None), "rank", 1)
+                return {"out": str(self.out), "steps": summary["steps"], "rank": rank}
+            self.save_checkpoint()
+            return self.result()
 
     def result(self) -> dict[str, Any]:
         """The summary ``run`` returns on rank 0 (a subclass adds its own figures)."""

@@ -27,6 +27,7 @@ from calm_core.config import (
 )
 from calm_core.presets import get_preset
 from calm_core.training.config import TrainConfig
+from calm_core.validation import check_run_config
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -259,7 +260,9 @@ def resolve_codec_config(
     if codec is not None:  # a spec naming another codec drops the recipe's codec config
         overrides["codec"] = {"name": codec}
     base = codec_recipe(recipe, steps=train.get("steps"))
-    return resolve(TrainCodecConfig, config, overrides, base=base)
+    resolved = resolve(TrainCodecConfig, config, overrides, base=base)
+    check_run_config(resolved)  # issue 23: finite, bounded, usable by every stage of the run
+    return resolved
 
 
 def resolve_model_config(
@@ -284,4 +287,5 @@ def resolve_model_config(
         raise ConfigError(
             f"the model is {model!r} but the config says model={resolved.model!r}; make them agree"
         )
+    check_run_config(resolved)  # issue 23: finite, bounded, usable by every stage of the run
     return resolved

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from calm_core.runlock import LOCK_NAME
 from calm_core.training.checkpoint import latest_checkpoint
 
 __all__ = ["RUN_OUTPUTS", "OutputDirError", "prepare_output_dir"]
@@ -46,7 +47,8 @@ def prepare_output_dir(
             "--resume continues the run in the output directory and --overwrite starts it over; "
             "pass one of them"
         )
-    occupied = p.is_dir() and any(p.iterdir())
+    # the run's own lock (calm_core.runlock, taken before this check) is not an output
+    occupied = p.is_dir() and any(c.name != LOCK_NAME for c in p.iterdir())
     if occupied and not (overwrite or resume):
         hint = " (or --resume to continue a run)" if resumable else ""
         raise OutputDirError(

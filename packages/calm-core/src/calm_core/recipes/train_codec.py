@@ -35,6 +35,7 @@ from calm_core.recipes.config import (
     resolve_codec_config,
 )
 from calm_core.recipes.rundir import prepare_output_dir
+from calm_core.runlock import run_lock
 from calm_core.training.trainer import Evaluator, StepCallback
 
 __all__ = ["REPORT_NAME", "CodecRecipe", "reconstruction_evaluator", "train_codec"]
@@ -143,14 +144,16 @@ def train_codec(
         UnknownComponentError: a codec name that no installed package registers.
         DataError: data that does not fit the codec, or a split shorter than one block.
         OutputDirError: ``out`` is occupied, not writable, or holds nothing to resume.
+        RunLockError: another run (or the stale lock of a dead one) holds ``out``.
         CheckpointError: ``resume`` from a run made with other settings.
     """
     resolved = resolve_codec_config(
         config, recipe=recipe, codec=codec, steps=steps, batch_size=batch_size, seq_len=seq_len,
         lr=lr, eval_every=eval_every, seed=seed, threads=threads, device=device,
     )  # fmt: skip
-    prepare_output_dir(out, overwrite=overwrite, resume=resume, resumable=True)
-    recipe_ = CodecRecipe(
-        resolved, data, out, resume=resume, progress=progress, callbacks=callbacks
-    )
-    return recipe_.run()
+    with run_lock(out):  # issue 23: one run per output directory, taken before any write
+        prepare_output_dir(out, overwrite=overwrite, resume=resume, resumable=True)
+        recipe_ = CodecRecipe(
+            resolved, data, out, resume=resume, progress=progress, callbacks=callbacks
+        )
+        return recipe_.run()

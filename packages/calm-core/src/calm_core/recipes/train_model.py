@@ -24,6 +24,7 @@ from calm_core.recipes.base import Recipe
 from calm_core.recipes.build import build_model, check_lengths
 from calm_core.recipes.config import ConfigSource, TrainModelConfig, resolve_model_config
 from calm_core.recipes.rundir import prepare_output_dir
+from calm_core.runlock import run_lock
 from calm_core.training.trainer import StepCallback
 
 __all__ = ["ModelRecipe", "train_model"]
@@ -109,14 +110,17 @@ def train_model(
         DataError: data that does not fit the codec, or a split shorter than one block.
         ModelLoadError: an unreadable codec directory.
         OutputDirError: ``out`` is occupied, not writable, or holds nothing to resume.
+        RunLockError: another run (or the stale lock of a dead one) holds ``out``.
         CheckpointError: ``resume`` from a run made with other settings.
     """
     resolved = resolve_model_config(
         config, model=model, preset=preset, head=head, steps=steps, batch_size=batch_size,
         seq_len=seq_len, lr=lr, eval_every=eval_every, seed=seed, threads=threads, device=device,
     )  # fmt: skip
-    prepare_output_dir(out, overwrite=overwrite, resume=resume, resumable=True)
-    recipe = ModelRecipe(
-        resolved, data, out, codec_dir=codec, resume=resume, progress=progress, callbacks=callbacks
-    )
-    return recipe.run()
+    with run_lock(out):  # issue 23: one run per output directory, taken before any write
+        prepare_output_dir(out, overwrite=overwrite, resume=resume, resumable=True)
+        recipe = ModelRecipe(
+            resolved, data, out, codec_dir=codec, resume=resume, progress=progress,
+            callbacks=callbacks,
+        )  # fmt: skip
+        return recipe.run()

@@ -16,6 +16,7 @@ everything else to JSON.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointWriteError",
     "capture_rng_state",
     "checkpoint_name",
+    "describe_write_error",
     "fsync_dir",
     "latest_checkpoint",
     "list_checkpoints",
@@ -60,6 +62,19 @@ class CheckpointError(RuntimeError):
 
 class CheckpointWriteError(CheckpointError):
     """Writing a checkpoint failed (disk full, permissions); earlier checkpoints are intact."""
+
+
+def describe_write_error(exc: BaseException) -> str:
+    """A short reason for a failed write (``No space left on device`` for a full disk, also
+    when safetensors reports it)."""
+    text = str(exc)
+    # safetensors' Rust I/O errors carry the errno as ``os error 28`` or ``code: 28``
+    rust_enospc = any(m in text for m in ("os error 28", "code: 28", "StorageFull"))
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or rust_enospc:
+        return os.strerror(errno.ENOSPC)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return text.split("\n")[0]
 
 
 def checkpoint_name(step: int) -> str:

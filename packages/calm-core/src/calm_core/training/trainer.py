@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -542,13 +543,14 @@ class Trainer:
                 ckpt.prune_checkpoints(root, self.config.keep_checkpoints)
             barrier(info)
             return final
-        except OSError as exc:  # disk full, permissions: say where, and what is still good
+        except (OSError, SafetensorError) as exc:  # disk full, permissions (issue 23: safetensors')
             tmp = self.checkpoint_dir / f".tmp-{ckpt.checkpoint_name(self.step)}"
             shutil.rmtree(tmp, ignore_errors=True)
             good = ckpt.latest_checkpoint(self.checkpoint_dir)
             raise ckpt.CheckpointWriteError(
                 f"could not write the checkpoint of step {self.step} under "
-                f"{self.checkpoint_dir}: {exc}; the last good checkpoint is {good or 'none'} "
+                f"{self.checkpoint_dir}: {ckpt.describe_write_error(exc)}; the last good "
+                f"checkpoint is {good or 'none'} "
                 "(free space or fix permissions, then resume from it)"
             ) from exc
 
