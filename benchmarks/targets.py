@@ -8,14 +8,15 @@ normalised by this run's GEMM rate over the reference machine's midpoint, 146.5 
 
 The CI gate (``--check``, on by default with ``--quick``, which CI runs after the tests) checks
 the *gated* targets only: one fails when its checked value (the ratio; for a gated reference
-target the normalised ratio) is below ``baseline / NOISE_FACTOR``, where ``baseline`` is the same
-value in the full run committed to ``benchmarks/results/speed.json`` (a test makes sure that run
-holds every gated value). ``--quick`` measures the same shapes as the full run (256 new tokens
-after a 32-token prompt, batch 8 x 512 training tokens); it only repeats less, and the gated
-generation pairs still get :data:`PAIR_REPS` interleaved rounds. The two sides of a gated ratio
-(and a GEMM-bound figure and its GEMM) are timed interleaved and divided round by round, the
-median of those per-round ratios being the ratio (``paired`` in the results), so that the shared
-machine's load, which moves between rounds far more than within one, cancels. Why this rule:
+target the normalised ratio) is below ``min(target, baseline) / NOISE_FACTOR``, where
+``baseline`` is the same value in the full run committed to ``benchmarks/results/speed.json``
+(a test makes sure that run holds every gated value). ``--quick`` measures the same shapes as
+the full run (256 new tokens after a 32-token prompt, batch 8 x 512 training tokens); it only
+repeats less, and the gated generation pairs still get :data:`PAIR_REPS` interleaved rounds.
+The two sides of a gated ratio (and a GEMM-bound figure and its GEMM) are timed interleaved and
+divided round by round, the median of those per-round ratios being the ratio (``paired`` in the
+results), so that the shared machine's load, which moves between rounds far more than within
+one, cancels. Why this rule:
 
 * The committed baseline comes from another machine than CI's (CI's is 2-3x faster, with another
   balance of per-operation overhead to GEMM speed), so a gated value must mean the same on both:
@@ -32,11 +33,20 @@ machine's load, which moves between rounds far more than within one, cancels. Wh
   become ~3x faster since the committed run). The sampler is gated by its normalised speed
   instead. Ours/reference targets of overhead-bound figures are never gated (CI is not the
   reference machine, and a GEMM rate does not normalise overhead).
-* ``NOISE_FACTOR = 1.75`` and no ``min(target, ...)``: a gated value half its committed baseline
-  (a 2x regression of one side) is 12.5% under the floor and fails, whether or not the target was
-  met; noise and the machine's shift together may cost up to 1.75x. On this shared machine the
-  CALM/AR batch-1 ratio moved 1.4x between two quiet runs (2.38, 1.72) before the pairs were
-  interleaved; the like-for-like choice above keeps the machine shift small.
+* ``NOISE_FACTOR = 1.75``: a gated value half its committed baseline (a 2x regression of one
+  side) is 12.5% under the floor and fails, unless the baseline beat the target by more than
+  14% (then the floor is the target's: falling more than 1.75x below the target fails). Noise and
+  the machine's shift together may cost up to 1.75x. On this shared machine the CALM/AR batch-1
+  ratio moved 1.4x between two quiet runs (2.38, 1.72) before the pairs were interleaved; the
+  like-for-like choice above keeps the machine shift small. ``min(target, ...)`` stays because a
+  baseline measured under contention can overshoot (next point): the committed run of
+  2026-12-07 gave CALM/AR 5.97 at batch 8 where quiet rounds give 2.3-2.6.
+* What pairing does not cancel: contention so heavy that a two-thread operation waits on a
+  descheduled thread. Then the loop with more, smaller operations (the AR's) slows most and
+  CALM/AR rises; and a one-product GEMM beside a figure of many seconds samples only a moment of
+  the load. A baseline measured that way is lenient for the GEMM-normalised values and strict
+  for CALM/AR generation, so the committed full run should come from a quiet machine (its
+  ``machine.load_average_at_start`` and per-round timings show how quiet it was).
 """
 
 from __future__ import annotations
@@ -59,8 +69,8 @@ __all__ = [
     "lookup",
 ]
 
-#: how far a gated value may fall below its committed baseline before CI calls it a regression
-#: (below 2, so that a 2x regression fails)
+#: how far a gated value may fall below min(target, committed baseline) before CI calls it a
+#: regression (below 2, so that a 2x regression fails)
 NOISE_FACTOR = 1.75
 
 #: interleaved rounds of the gated generation pairs, also with --quick (a median of 3 rounds of a
@@ -176,8 +186,8 @@ def evaluate_targets(
         One dict per target: ``name``, ``kind``, ``ratio`` (None when a figure is missing),
         ``ratio_normalised`` (reference targets: the ratio over this machine's GEMM rate relative
         to the reference machine's), ``target``, ``met`` (ratio >= target), ``gated``,
-        ``ci_value`` (what CI checks), ``ci_floor`` (``baseline / NOISE_FACTOR``; None when not
-        gated or without a baseline) and ``ci_ok``.
+        ``ci_value`` (what CI checks), ``ci_floor`` (``min(target, baseline) / NOISE_FACTOR``;
+        None when not gated or without a baseline) and ``ci_ok``.
     """
     rows: list[dict[str, Any]] = []
     for t in TARGETS:
@@ -194,7 +204,7 @@ def evaluate_targets(
             ratio = num
         value = normalised if t.kind == "reference" else ratio
         base = (baseline or {}).get(t.name) if t.gated else None
-        floor = base / NOISE_FACTOR if base else None
+        floor = min(t.minimum, base) / NOISE_FACTOR if base else None
         rows.append(
             {
                 "name": t.name,
@@ -244,7 +254,7 @@ def reference_ratios(results: dict[str, Any]) -> dict[str, float | None]:
 
 
 def check(rows: list[dict[str, Any]]) -> list[str]:
-    """CI failures: gated targets whose checked value is below ``baseline / NOISE_FACTOR``.
+    """CI failures: gated targets whose value is below ``min(target, baseline) / NOISE_FACTOR``.
 
     A missing figure is not a failure here (it is reported as missing with its reason); a
     measured one that regressed is.
@@ -255,6 +265,6 @@ def check(rows: list[dict[str, Any]]) -> list[str]:
             what = "normalised ratio" if row["kind"] == "reference" else "ratio"
             failures.append(
                 f"{row['name']}: {what} {row['ci_value']:.3g} < {row['ci_floor']:.3g} "
-                f"(last full run / noise factor {NOISE_FACTOR:g})"
+                f"(min(target {row['target']:g}, last full run) / noise factor {NOISE_FACTOR:g})"
             )
     return failures
