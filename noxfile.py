@@ -148,6 +148,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *args)
 
 
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The one-GPU device check (benchmarks/gpu.py, < 8 min): ``pytest -m cuda``, bf16 training
+    tokens/s and MFU of calm-m and transformer-m, generation at batch 1 and 8; one JSON line.
+    Fails with exit status 2 and a clear message where CUDA is not available.
+    ``nox -s gpu -- --json OUT`` also writes the line to OUT."""
+    # PyPI's Linux torch wheel is the CUDA build: on a GPU machine this is the GPU torch
+    _install_project(session, "pytest>=8", "pytest-timeout", *TEST_PLUGINS, EXAMPLE_PLUGIN)
+    session.run("python", "benchmarks/gpu.py", *session.posargs)
+
+
 ROOT = Path(__file__).resolve().parent
 # the build backend is installed once here and builds run without isolation (python -m build
 # still checks it against each package's [build-system] requires)

@@ -4,10 +4,6 @@ trajectory as one process with the same global batch."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +11,8 @@ import pytest
 import torch
 from calm_core.data import PackedDataset
 from calm_core.training import TrainConfig, Trainer, list_checkpoints, read_metrics
-from test_trainer_support import losses, make_data_dir, make_model
+from test_trainer_support import launch_ranks, losses, make_data_dir, make_model
 
-HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.ddp
 
 
@@ -29,41 +24,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _launch_two_ranks(run: Path, data: Path, config: TrainConfig, *extra: str) -> list[str]:
-    """Run test_trainer_support.py as two gloo ranks (torchrun's env vars); their stdouts."""
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "LOCAL_WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "CUDA_VISIBLE_DEVICES": "",
-        }
-        cmd = [sys.executable, str(HERE / "test_trainer_support.py"), str(run), str(data)]
-        cmd += ["--config", config.model_dump_json(), *extra]
-        procs.append(
-            subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-    outputs = [p.communicate(timeout=240) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    return [out for out, _ in outputs]
-
-
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path):
     data = make_data_dir(tmp_path / "data")
     config = TrainConfig(
@@ -73,8 +33,9 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     Trainer(make_model(), config, PackedDataset(data), single, progress=False).fit()
 
     run = tmp_path / "ddp"
-    for out in _launch_two_ranks(run, data, config):
+    for out in launch_ranks(run, data, config):
         assert '"world_size": 2' in out
+        assert "RELEASED True" in out  # the DDP wrapper went before the group
 
     one, two = losses(single), losses(run)
     assert sorted(two) == list(range(1, 7))
@@ -93,16 +54,16 @@ def test_ddp_resume_restores_every_ranks_unflushed_metric_window(tmp_path: Path)
     data = make_data_dir(tmp_path / "data")
     config = TrainConfig(steps=6, batch_size=4, seq_len=16, lr=1e-2, log_every=5)
     full, part = tmp_path / "full", tmp_path / "part"
-    _launch_two_ranks(full, data, config)
+    launch_ranks(full, data, config)
     # a stop asked for at step 3 is agreed on by the ranks in the next step's all-reduce
-    outs = _launch_two_ranks(part, data, config, "--stop-at", "3")
+    outs = launch_ranks(part, data, config, "--stop-at", "3")
     assert all("STOPPED 4" in out for out in outs), outs
     step, path = list_checkpoints(part / "checkpoints")[-1]
     assert step == 4
     windows = [json.loads((path / f"window-rank{r}.json").read_text()) for r in range(2)]
     assert windows[0]["count"] == windows[1]["count"] == 4
     assert windows[0]["sums"]["loss"] != windows[1]["sums"]["loss"]  # the ranks saw other data
-    _launch_two_ranks(part, data, config, "--resume")
+    launch_ranks(part, data, config, "--resume")
     assert sorted(losses(full)) == [5, 6]
     assert losses(part) == losses(full)  # bit-identical, the step-5 line included
 
@@ -113,10 +74,8 @@ def test_resume_on_another_number_of_processes_keeps_the_logged_means(tmp_path: 
     data = make_data_dir(tmp_path / "data")
     config = TrainConfig(steps=6, batch_size=4, seq_len=16, lr=1e-2, log_every=5)
     full, part = tmp_path / "full", tmp_path / "part"
-    _launch_two_ranks(full, data, config)
-    assert all(
-        "STOPPED 4" in out for out in _launch_two_ranks(part, data, config, "--stop-at", "3")
-    )
+    launch_ranks(full, data, config)
+    assert all("STOPPED 4" in out for out in launch_ranks(part, data, config, "--stop-at", "3"))
     Trainer(
         make_model(seed=5), config, PackedDataset(data), part, resume=True, progress=False
     ).fit()

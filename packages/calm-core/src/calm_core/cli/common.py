@@ -32,7 +32,7 @@ from calm_core.registry import PluginConflictError, UnknownComponentError
 from calm_core.runlock import RunLockError
 from calm_core.runtime import resolve_device
 from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
-from calm_core.training.trainer import NonFiniteLossError
+from calm_core.training.errors import NonFiniteLossError
 
 __all__ = [
     "CLIError",

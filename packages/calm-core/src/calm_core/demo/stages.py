@@ -114,7 +114,10 @@ def _train(
     )
     batch_size, seq_len = cfg.batch_size, cfg.seq_len
     stopper = _Stopper(budget_s, reached, check_every)
-    trainer = Trainer(model, cfg, train_data=data, run_dir=run_dir, callbacks=[stopper])
+    # the model is already on the demo's --device: train there (the config's device is "auto")
+    trainer = Trainer(
+        model, cfg, train_data=data, run_dir=run_dir, callbacks=[stopper], device=_device_of(model)
+    )
     t0 = time.perf_counter()
     try:
         summary = trainer.fit()

@@ -1,5 +1,5 @@
 """Training: one ``Trainer`` for any module returning ``{"loss": ...}``, its config, optimizers by
-name, atomic checkpoints with exact resume, metrics logging, and DDP."""
+name, atomic checkpoints with exact resume, metrics logging, DDP and FSDP2."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from calm_core.training.checkpoint import (
     list_checkpoints,
 )
 from calm_core.training.config import TrainConfig
+from calm_core.training.errors import CompileError, NonFiniteLossError, TrainingInterrupted
 from calm_core.training.logging import METRICS_FILE, read_metrics
 from calm_core.training.optim import (
     LRSchedule,
@@ -18,24 +19,21 @@ from calm_core.training.optim import (
     build_optimizer,
     get_optimizer_class,
 )
-from calm_core.training.trainer import (
-    Evaluator,
-    LossStep,
-    NonFiniteLossError,
-    StepCallback,
-    Trainer,
-    TrainingInterrupted,
-)
+from calm_core.training.state import MetricWindow, RunState
+from calm_core.training.trainer import Evaluator, LossStep, StepCallback, Trainer
 
 __all__ = [
     "METRICS_FILE",
     "CheckpointError",
     "CheckpointWriteError",
+    "CompileError",
     "Evaluator",
     "LRSchedule",
     "LossStep",
+    "MetricWindow",
     "NonFiniteLossError",
     "OptimizerNotFoundError",
+    "RunState",
     "StepCallback",
     "TrainConfig",
     "Trainer",

@@ -6,7 +6,15 @@ A checkpoint is a directory ``checkpoints/step-00001234/`` holding
 - ``optimizer.safetensors``: every tensor of the optimizer state, keyed ``state/<param>/<name>``,
 - ``trainer_state.json``: step, schedule, loader position, the optimizer's param groups and
   non-tensor state, the logging window, the config it was made with,
-- ``rng-rank<r>.json``: each rank's torch (CPU and CUDA), numpy and python RNG states.
+- ``rng-rank<r>.json``: each rank's torch (CPU and CUDA), numpy and python RNG states,
+- ``window-rank<r>.json``: each rank's unflushed metric window.
+
+A checkpoint of an FSDP run (``strategy: "fsdp"``) holds ``dcp/`` instead of the two safetensors
+files: the model and optimizer state sharded by :mod:`torch.distributed.checkpoint`, loadable on
+any number of processes (:mod:`calm_core.training.fsdp`).
+
+:func:`save_training_checkpoint` and :func:`load_training_checkpoint` write and restore a whole
+run (the trainer's objects and its :class:`~calm_core.training.state.RunState`).
 
 What is unusual: it is written into ``.tmp-step-...`` and renamed only when complete, and deleted
 by first renaming it to ``.tmp-del-step-...``, so a crash never leaves a torn checkpoint under a
@@ -22,17 +30,27 @@ import os
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
+
+from calm_core.data.loader import BlockLoader
+from calm_core.training import fsdp
+from calm_core.training.config import TrainConfig
+from calm_core.training.distributed import DistInfo, barrier
+from calm_core.training.optim import LRSchedule
+from calm_core.training.state import MetricWindow, RunState
 
 __all__ = [
     "CheckpointError",
     "CheckpointWriteError",
+    "TrainingObjects",
     "capture_rng_state",
     "checkpoint_name",
     "describe_write_error",
@@ -41,11 +59,13 @@ __all__ = [
     "list_checkpoints",
     "load_model_state",
     "load_optimizer_state",
+    "load_training_checkpoint",
     "prune_checkpoints",
     "remove_checkpoint",
     "restore_rng_state",
     "save_model_state",
     "save_optimizer_state",
+    "save_training_checkpoint",
     "sweep_temporaries",
     "write_json_atomic",
 ]
@@ -89,7 +109,8 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.iterdir():
         m = _NAME.match(p.name)
-        if m and p.is_dir() and (p / STATE_FILE).is_file() and (p / MODEL_FILE).is_file():
+        weights = (p / MODEL_FILE).is_file() or fsdp.is_sharded_checkpoint(p)
+        if m and p.is_dir() and (p / STATE_FILE).is_file() and weights:
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -244,3 +265,189 @@ def load_model_state(model: nn.Module, path: Path) -> None:
         raise CheckpointError(
             f"{path} does not match this model ({exc}); resume with the same model config"
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole run: the trainer's objects and its RunState
+
+
+@dataclass
+class TrainingObjects:
+    """What a training checkpoint saves and restores besides the :class:`RunState`."""
+
+    #: the module being trained (FSDP-sharded for ``strategy: "fsdp"`` on several processes)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    loader: BlockLoader
+    scaler: torch.amp.GradScaler | None
+
+
+def save_training_checkpoint(
+    root: Path,
+    objects: TrainingObjects,
+    run: RunState,
+    config: TrainConfig,
+    info: DistInfo,
+) -> Path:
+    """Write ``root/step-<run.step>`` (collective: every rank calls it); return its path.
+
+    Raises:
+        CheckpointWriteError: the disk refused (full, permissions); the message names the last
+            good checkpoint. The half-written temporary is removed.
+    """
+    name = checkpoint_name(run.step)
+    tmp, final = root / f".tmp-{name}", root / name
+    try:
+        if info.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        barrier(info)
+        run.rng = capture_rng_state()
+        run.data = objects.loader.state_dict()
+        write_json_atomic(tmp / f"rng-rank{info.rank}.json", run.rng)
+        # every rank's unflushed metric window (its own sums, reduced at the next flush)
+        write_json_atomic(tmp / f"window-rank{info.rank}.json", run.window.to_json())
+        sharded = config.strategy == "fsdp"
+        if sharded:  # every rank writes its shards
+            fsdp.save_sharded(objects.model, objects.optimizer, tmp)
+        barrier(info)
+        if info.is_main:
+            opt_meta = None
+            if not sharded:
+                save_model_state(objects.model, tmp / MODEL_FILE)
+                opt_meta = save_optimizer_state(objects.optimizer, tmp / OPTIMIZER_FILE)
+            state = {
+                "step": run.step,
+                "config": config.model_dump(mode="json"),
+                "world_size": info.world_size,
+                "schedule": objects.schedule.state_dict(),
+                "loader": run.data,
+                "optimizer": opt_meta,
+                "scaler": objects.scaler.state_dict() if objects.scaler is not None else None,
+                "window": run.window.to_json(),
+                **run.progress_json(),
+            }
+            write_json_atomic(tmp / STATE_FILE, state)
+            if final.exists():
+                remove_checkpoint(final)
+            tmp.replace(final)
+            fsync_dir(root)
+            prune_checkpoints(root, config.keep_checkpoints)
+        barrier(info)
+    except (OSError, SafetensorError) as exc:  # disk full, permissions (also safetensors')
+        shutil.rmtree(tmp, ignore_errors=True)
+        good = latest_checkpoint(root)
+        raise CheckpointWriteError(
+            f"could not write the checkpoint of step {run.step} under {root}: "
+            f"{describe_write_error(exc)}; the last good checkpoint is {good or 'none'} (free "
+            "space or fix permissions, then resume from it)"
+        ) from exc
+    run.saved_at, run.last_checkpoint = run.step, final
+    return final
+
+
+def _check_compatible(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
+    for key in ("seq_len", "seed"):
+        if saved.get(key) != getattr(config, key):
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, "
+                f"this run has {key}={getattr(config, key)!r}"
+            )
+    if str(saved.get("optimizer", "adamw")).lower() != config.optimizer.lower():
+        raise CheckpointError(
+            f"cannot resume from {path}: it was trained with optimizer="
+            f"{saved.get('optimizer')!r}, this run has optimizer={config.optimizer!r} "
+            "(the optimizer state does not carry over)"
+        )
+    was_sharded = fsdp.is_sharded_checkpoint(path)
+    if was_sharded != (config.strategy == "fsdp"):
+        made = "fsdp" if was_sharded else saved.get("strategy", "ddp")
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written with strategy={made!r}, this run has "
+            f"strategy={config.strategy!r}; resume with strategy: {made!r}"
+        )
+
+
+def load_training_checkpoint(
+    path: Path,
+    objects: TrainingObjects,
+    run: RunState,
+    config: TrainConfig,
+    info: DistInfo,
+    tokens_per_step: int,
+) -> None:
+    """Restore every state saved in ``path`` into ``objects`` and ``run`` (every rank calls it).
+
+    Raises:
+        CheckpointError: the checkpoint was made with another seq_len, seed, optimizer or
+            strategy, or does not match the model.
+    """
+    state = json.loads((path / STATE_FILE).read_text())
+    _check_compatible(path, state["config"], config)
+    optimizer = objects.optimizer
+    # the config's hyper-parameters win over the saved ones, as lr and steps do
+    configured = [
+        {k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+        for g in optimizer.param_groups
+    ]
+    if fsdp.is_sharded_checkpoint(path):
+        try:
+            fsdp.load_sharded(objects.model, optimizer, path)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"{path} does not match this model ({exc}); resume with the same model config"
+            ) from None
+    else:
+        load_model_state(objects.model, path / MODEL_FILE)
+        load_optimizer_state(optimizer, path / OPTIMIZER_FILE, state["optimizer"])
+    for group, settings in zip(optimizer.param_groups, configured, strict=True):
+        group.update(settings)
+    objects.schedule.load_state_dict(state["schedule"])
+    objects.loader.load_state_dict(state["loader"])
+    run.data = state["loader"]
+    if objects.scaler is not None and state.get("scaler"):
+        objects.scaler.load_state_dict(state["scaler"])
+    rng_path = path / f"rng-rank{info.rank}.json"
+    if rng_path.is_file():
+        run.rng = json.loads(rng_path.read_text())
+        restore_rng_state(run.rng)
+    else:  # resumed with more ranks than saved: deterministic, but not the old stream
+        run.rng = None
+        torch.manual_seed(config.seed + info.rank + state["step"])
+    run.window = resumed_window(path, state, info)
+    run.load_progress(state, tokens_per_step)
+    run.saved_at, run.last_checkpoint = run.step, path
+
+
+def update_run_state(path: Path, run: RunState) -> None:
+    """Rewrite a checkpoint's run progress (last loss, evaluations) in place, atomically."""
+    state = json.loads((path / STATE_FILE).read_text())
+    state.update(run.progress_json())
+    write_json_atomic(path / STATE_FILE, state)
+
+
+def resumed_window(path: Path, state: dict[str, Any], info: DistInfo) -> MetricWindow:
+    """This rank's unflushed metric window from a checkpoint.
+
+    With the saved number of processes each rank takes its own window back. With another number
+    the saved windows are merged onto rank 0, scaled so that the next logged line (the sum over
+    ranks divided by ``count * world_size``) is the mean it would have been.
+    """
+    saved_world = int(state.get("world_size") or 1)
+    files = sorted(path.glob("window-rank*.json"))
+    if saved_world == info.world_size or not files:
+        if saved_world != info.world_size:  # an old checkpoint without per-rank windows
+            return MetricWindow()
+        own = path / f"window-rank{info.rank}.json"
+        return MetricWindow.from_json(
+            json.loads(own.read_text()) if own.is_file() else state["window"]
+        )
+    windows = [json.loads(f.read_text()) for f in files]
+    scale = info.world_size / saved_world if info.rank == 0 else 0.0  # same keys on every rank
+    sums: dict[str, torch.Tensor | float] = {}
+    for w in windows:
+        for k, v in w["sums"].items():
+            sums[k] = float(sums.get(k, 0.0)) + scale * float(v)
+    return MetricWindow(count=int(windows[0]["count"]), time=float(windows[0]["time"]), sums=sums)

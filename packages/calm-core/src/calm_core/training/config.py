@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from calm_core.config import ConfigModel
 from calm_core.runtime import DEVICE_PATTERN, check_device_spec
+from calm_core.training.optimizer_names import OptimizerNotFoundError, get_optimizer_class
 
 __all__ = ["TrainConfig"]
 
@@ -75,6 +76,17 @@ class TrainConfig(ConfigModel):
     find_unused_parameters: bool = Field(
         False, description="Passed to DDP for models that skip some parameters in a step."
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Data parallelism under torchrun: ddp (replicated weights) or fsdp (FSDP2, "
+        "weights, gradients and optimizer state sharded per block; sharded DCP checkpoints).",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each block's activations in the backward pass (less memory)."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the backbone and the head (needs a C++ compiler on CPU)."
+    )
 
     @field_validator("betas")
     @classmethod
@@ -91,8 +103,6 @@ class TrainConfig(ConfigModel):
     @field_validator("optimizer")
     @classmethod
     def _optimizer_exists(cls, name: str) -> str:
-        from calm_core.training.optim import OptimizerNotFoundError, get_optimizer_class
-
         try:
             get_optimizer_class(name)
         except OptimizerNotFoundError as exc:  # its message lists the close and available names

@@ -1,8 +1,8 @@
-"""Process-group helpers for DDP: one code path for 1 process, ``torchrun``, or a spawned group.
+"""Process-group helpers for DDP and FSDP: one code path for 1 process, ``torchrun`` or a spawn.
 
 The trainer calls :func:`setup_distributed`: inside an initialised process group it uses that
 group; under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) it initialises one, with NCCL
-when CUDA is available and gloo otherwise; else it is a single process. Only rank 0 writes logs
+for CUDA training and gloo otherwise; else it is a single process. Only rank 0 writes logs
 and checkpoints.
 """
 
@@ -36,8 +36,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup_distributed() -> DistInfo:
-    """Join (or create, under torchrun) the default process group; single-process otherwise."""
+def setup_distributed(device: torch.device | None = None) -> DistInfo:
+    """Join (or create, under torchrun) the default process group; single-process otherwise.
+
+    A group made here uses NCCL when this process trains on a CUDA ``device`` (None: when CUDA is
+    available) and gloo otherwise, so ``device: cpu`` under torchrun works on a GPU machine too.
+    """
     if dist.is_available() and dist.is_initialized():
         return DistInfo(
             dist.get_rank(),
@@ -50,9 +54,10 @@ def setup_distributed() -> DistInfo:
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    backend = "nccl" if on_cuda else "gloo"
+    if on_cuda:
+        torch.cuda.set_device(device if device is not None else local_rank)
     dist.init_process_group(backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, initialized_here=True)
 

@@ -16,17 +16,20 @@ warm-up from ``lr / warmup_steps`` to ``lr`` (for every shape, unlike the refere
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Iterable
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
 from calm_core.training.config import TrainConfig
+from calm_core.training.optimizer_names import (
+    OptimizerNotFoundError,
+    available_optimizers,
+    get_optimizer_class,
+)
 
 __all__ = [
     "LRSchedule",
@@ -36,73 +39,6 @@ __all__ = [
     "get_optimizer_class",
     "parameter_groups",
 ]
-
-
-class OptimizerNotFoundError(KeyError):
-    """An optimizer name that neither torch.optim nor torch-optimizer provides."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-def _optimizers_in(module: ModuleType) -> dict[str, type[torch.optim.Optimizer]]:
-    out: dict[str, type[torch.optim.Optimizer]] = {}
-    for attr in dir(module):
-        obj = getattr(module, attr, None)
-        if (
-            isinstance(obj, type)
-            and issubclass(obj, torch.optim.Optimizer)
-            and obj is not torch.optim.Optimizer
-            and not attr.startswith("_")
-        ):
-            out.setdefault(attr.lower(), obj)
-    return out
-
-
-def _torch_optimizer() -> ModuleType | None:
-    try:
-        import torch_optimizer
-    except ImportError:
-        return None
-    return torch_optimizer
-
-
-def available_optimizers() -> dict[str, str]:
-    """Every optimizer name -> the module providing it (``torch.optim`` or ``torch_optimizer``)."""
-    names = {name: "torch.optim" for name in _optimizers_in(torch.optim)}
-    extra = _torch_optimizer()
-    if extra is not None:
-        for name in _optimizers_in(extra):
-            names.setdefault(name, "torch_optimizer")
-    return dict(sorted(names.items()))
-
-
-def get_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    """The optimizer class called ``name`` (case-insensitive).
-
-    Raises:
-        OptimizerNotFoundError: listing close matches and every available name.
-    """
-    key = name.lower()
-    table = _optimizers_in(torch.optim)
-    if key in table:
-        return table[key]
-    extra = _torch_optimizer()
-    if extra is not None:
-        more = _optimizers_in(extra)
-        if key in more:
-            return more[key]
-    names = available_optimizers()
-    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    note = (
-        ""
-        if extra is not None
-        else " More (e.g. lamb) come with the optional extra: pip install 'calm-core[optim]'."
-    )
-    raise OptimizerNotFoundError(
-        f"unknown optimizer {name!r}.{hint} Available: {', '.join(names)}.{note}"
-    )
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -133,10 +69,14 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     groups: Iterable[dict[str, Any]] = parameter_groups(model, config.weight_decay)
     if "weight_decay" not in accepted:
         groups = [{"params": [p for g in groups for p in g["params"]]}]
-    if "fused" in accepted and _fusable([p for g in groups for p in g["params"]]):
+    params = [p for g in groups for p in g["params"]]
+    if "fused" in accepted and _fusable(params):
         # torch's fused Adam/AdamW kernel: one pass over each tensor instead of a chain of ops
-        # (several times faster on CPU, where the default is the per-tensor loop)
+        # (on CUDA, and several times faster on CPU too, where the default is a per-tensor loop)
         kwargs["fused"] = True
+    elif "foreach" in accepted and params and all(p.device.type != "cpu" for p in params):
+        # on other accelerators (MPS, ...) the multi-tensor path instead of a per-tensor loop
+        kwargs["foreach"] = True
     return cls(list(groups), **kwargs)
 
 

@@ -10,11 +10,19 @@ What is unusual:
   the loader's position and the half-filled logging window, so an interrupted-then-resumed run
   logs the same losses as an uninterrupted one with the same seed.
 - SIGINT/SIGTERM (or :meth:`Trainer.request_stop`) finish the current step, write a checkpoint
-  and raise :class:`TrainingInterrupted` (a ``KeyboardInterrupt``). Under DDP the stop flag rides
-  on the one small all-reduce per step that also carries the loss, so every rank stops together.
-- A non-finite loss or gradient norm raises :class:`NonFiniteLossError` naming the step, before
-  the optimizer step and without writing a checkpoint.
-- Evaluation runs on rank 0 with the RNG states forked, so evaluating never changes training.
+  and raise :class:`~calm_core.training.errors.TrainingInterrupted` (a ``KeyboardInterrupt``).
+  Under DDP the stop flag rides on the one small all-reduce per step that also carries the loss,
+  so every rank stops together.
+- A non-finite loss or gradient norm raises
+  :class:`~calm_core.training.errors.NonFiniteLossError` naming the step, before the optimizer
+  step and without writing a checkpoint.
+- Evaluation runs on rank 0 (on every rank under FSDP, whose forward is collective) with the RNG
+  states forked, so evaluating never changes training.
+- The run's state (step, tokens seen, metric window, evaluations, data/RNG positions) is one
+  :class:`~calm_core.training.state.RunState`, ``trainer.state``; a fit is ``_setup`` (group,
+  loader, model preparation by :mod:`~calm_core.training.parallel`, optimizer, resume or seed),
+  then ``_step`` per optimizer step (``_evaluate`` and ``_save`` at their intervals), then
+  ``_finish``. Checkpoint writing and resuming live in :mod:`~calm_core.training.checkpoint`.
 - Per-step overhead: one ``.item()`` per step (needed for the NaN check); metric lines are
   written every ``log_every`` steps; nothing else touches the disk between checkpoints.
 """
@@ -22,11 +30,10 @@ What is unusual:
 from __future__ import annotations
 
 import contextlib
-import json
+import gc
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -38,25 +45,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from calm_core.data.dataset import PackedDataset
 from calm_core.data.loader import BlockLoader
+from calm_core.runtime import resolve_device
 from calm_core.training import checkpoint as ckpt
+from calm_core.training import fsdp
 from calm_core.training.config import TrainConfig
 from calm_core.training.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
+from calm_core.training.errors import NonFiniteLossError, TrainingInterrupted, compile_failure
 from calm_core.training.logging import MetricsLog, Progress
 from calm_core.training.optim import LRSchedule, build_optimizer
+from calm_core.training.parallel import PreparedModel, prepare_model
+from calm_core.training.state import RunState
+from calm_core.training.step_outputs import accumulate_scalars, check_output, forward_loss_step
 
 __all__ = [
     "Evaluator",
     "LossStep",
-    "NonFiniteLossError",
     "StepCallback",
     "Trainer",
-    "TrainingInterrupted",
 ]
 
 #: ``evaluate(model) -> {"name": value}``; logged with an ``eval/`` prefix
@@ -67,48 +77,31 @@ LossStep = Callable[[nn.Module, torch.Tensor], dict[str, Any]]
 StepCallback = Callable[["Trainer", int, dict[str, float]], None]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss (or gradient norm) became NaN/inf; ``step`` is the 1-based failing step."""
-
-    def __init__(self, message: str, step: int) -> None:
-        super().__init__(message)
-        self.step = step
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on a signal or request after saving ``checkpoint`` at ``step``.
-
-    ``summary`` holds what ``fit()`` would have returned (steps, final_loss, tokens_per_s, ...).
-    """
-
-    def __init__(self, step: int, checkpoint: Path | None, reason: str) -> None:
-        super().__init__(f"training interrupted ({reason}) at step {step}; checkpoint {checkpoint}")
-        self.step = step
-        self.checkpoint = checkpoint
-        self.reason = reason
-        #: what ``fit()`` would have returned at this step
-        self.summary: dict[str, Any] = {}
-
-
 class Trainer:
     """Trains ``model`` on blocks of ``train_data`` as ``config`` says, logging into ``run_dir``.
 
     Args:
         model: the module to train (see the module docstring for the contract).
-        config: hyper-parameters and intervals.
+        config: hyper-parameters, intervals, device and strategy.
         train_data: the packed training split.
         run_dir: receives ``metrics.jsonl`` and ``checkpoints/``.
         val_data: a packed split for the built-in evaluation (mean of the model's scalar
             outputs over ``config.eval_batches`` in-order batches), used when ``evaluate`` is None.
         evaluate: custom ``evaluate(model) -> dict[str, float]``, called on rank 0 every
-            ``eval_every`` steps and at the end, in eval mode under ``torch.no_grad()``.
+            ``eval_every`` steps and at the end, in eval mode under ``torch.no_grad()`` (on every
+            rank under FSDP, whose forward is collective).
         resume: continue from the latest checkpoint in ``run_dir`` (fresh start when none).
             A fresh run replaces the checkpoints and ``metrics.jsonl`` already in ``run_dir``.
-        callbacks: ``callback(trainer, step, metrics)`` after every optimizer step.
-        device: where to train; default the model's device (under DDP with CUDA, the local GPU).
+        callbacks: ``callback(trainer, step, metrics)`` after every optimizer step, on every
+            rank; ``metrics`` holds ``loss`` (mean over ranks), ``lr`` and ``grad_norm``. A
+            callback may read ``trainer.state`` and ``trainer.optimizer`` and call
+            :meth:`request_stop`.
+        device: where to train; overrides ``config.device`` (default ``"auto"``: the local rank's
+            GPU under torchrun, else ``cuda:0``, else MPS, else the CPU).
         progress: show the progress bar / lines (rank 0 only).
         loss_step: ``loss_step(model, batch)`` computes a micro-step's loss dict (a recipe's
-            ``_loss_step``); default ``model(batch)``.
+            ``_loss_step``); default ``model(batch)``. ``model`` is the wrapped model (DDP, FSDP,
+            compiled) on the training device.
     """
 
     def __init__(
@@ -136,16 +129,41 @@ class Trainer:
         self.evaluate_fn = evaluate
         self.resume = resume
         self.callbacks = list(callbacks)
-        self.device = torch.device(device) if device is not None else None
         self.show_progress = progress
-        self.loss_step: LossStep = loss_step if loss_step is not None else _forward
-        self.step = 0
-        self.last_eval: dict[str, float] = {}
+        self.loss_step: LossStep = loss_step if loss_step is not None else forward_loss_step
+        #: where this process trains (resolved now, so a bad device fails before any work)
+        self.device: torch.device = resolve_device(device if device is not None else config.device)
+        #: this process's place in the group; from the environment until fit() joins the group
+        self.info = DistInfo(
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
+        #: the run's counters, metric window and evaluations (restored on resume)
+        self.state = RunState()
         #: the optimizer being stepped, set when fit() starts (callbacks may read its groups)
         self.optimizer: torch.optim.Optimizer | None = None
+        #: the model as trained (with its DDP/FSDP wrapper), set when fit() starts; None again
+        #: after a fit that made its own process group (see ``_leave_group``)
+        self.prepared: PreparedModel | None = None
+        self._objects: ckpt.TrainingObjects | None = None
+        self._log: MetricsLog | None = None
+        self._progress: Progress | None = None
+        self._amp: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        self._fit_start = 0.0
         self._stop_reason: str | None = None
 
     # ------------------------------------------------------------------ public helpers
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done so far (the step of the last finished one)."""
+        return self.state.step
+
+    @property
+    def last_eval(self) -> dict[str, float]:
+        """The results of the last evaluation (empty before the first)."""
+        return self.state.last_eval
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -154,38 +172,146 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         """True on the process that writes logs and checkpoints (rank 0, or the only one)."""
-        info = getattr(self, "info", None)
-        if info is not None:
-            return bool(info.is_main)
-        return int(os.environ.get("RANK", "0")) == 0
+        return self.info.is_main
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.batch_size * self.config.seq_len
 
     def request_stop(self, reason: str = "requested") -> None:
         """Stop after the current step: save a checkpoint, then raise TrainingInterrupted."""
         self._stop_reason = reason
 
+    def summary(self) -> dict[str, Any]:
+        """What ``fit()`` returns: steps, final_loss, tokens, tokens_per_s, timings, checkpoint."""
+        run = self.state
+        trained = (run.step - run.start_step) * self.tokens_per_step
+        return {
+            "steps": run.step,
+            "start_step": run.start_step,
+            "final_loss": run.last_loss,
+            "tokens": trained,
+            "tokens_per_s": trained / run.train_time if run.train_time > 0 else 0.0,
+            "train_s": run.train_time,
+            "wall_s": time.perf_counter() - self._fit_start if self._fit_start else 0.0,
+            "checkpoint": str(run.last_checkpoint) if run.last_checkpoint else None,
+            "eval": dict(run.last_eval),
+            "world_size": self.info.world_size,
+        }
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``config.steps``; returns :meth:`summary`.
+
+        Raises:
+            TrainingInterrupted: on a signal or :meth:`request_stop`, after a checkpoint.
+            NonFiniteLossError: a NaN/inf loss or gradient norm (no checkpoint written).
+        """
+        together = False  # every rank got here: they may wait for each other before leaving
+        try:
+            with self._signals():
+                self._setup()
+                try:
+                    for step in range(self.state.step, self.config.steps):
+                        self._step(step)
+                    self._finish()
+                finally:
+                    self._close()
+                together = True
+                return self.summary()
+        except TrainingInterrupted:
+            together = True  # the ranks agreed on the stop in one all-reduce
+            raise
+        finally:
+            if self.info.initialized_here:  # a group we made, we close
+                self._leave_group(together)
+
+    def _leave_group(self, together: bool) -> None:
+        """Destroy the process group this fit made, and first drop what holds it.
+
+        The DDP wrapper, and under FSDP the sharded copy with its optimizer, keep the group
+        alive past ``destroy_process_group``; a gloo group then freed while the interpreter
+        shuts down can abort the process at exit (SIGABRT) after a successful run. So they are
+        released (``prepared`` is None afterwards, and ``optimizer`` too under FSDP) and
+        collected while the process still runs.
+        """
+        if together:  # every rank done with its last collective before any shuts down
+            barrier(self.info)
+        if self.prepared is not None:
+            if self.prepared.sharded:
+                self.optimizer = None
+            self.prepared = None
+            self._objects = None
+            gc.collect()
+        dist.destroy_process_group()
+
     # ------------------------------------------------------------------ setup
 
-    def _resolve_device(self, info: DistInfo) -> torch.device:
-        if self.device is not None:
-            return self.device
-        if info.distributed and torch.cuda.is_available():
-            return torch.device("cuda", info.local_rank)
-        param = next(self.model.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
-
-    def _autocast(
-        self, device: torch.device
-    ) -> tuple[contextlib.AbstractContextManager[Any], bool]:
-        mode = self.config.autocast
-        if mode == "auto":
-            mode = "bf16" if device.type == "cuda" else "none"
-        if mode == "none":
-            return contextlib.nullcontext(), False
-        dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-        return torch.autocast(device_type=device.type, dtype=dtype), mode == "fp16"
-
-    def _micro_batch(self, info: DistInfo) -> int:
+    def _setup(self) -> None:
+        """Join the group, build loader/optimizer/schedule, wrap the model, resume or seed."""
         c = self.config
+        self._fit_start = time.perf_counter()
+        info = self.info = setup_distributed(self.device)
+        if c.num_threads is not None:
+            torch.set_num_threads(c.num_threads)
+        loader = BlockLoader(
+            self.train_data, c.seq_len, self._micro_batch(), seed=c.seed, rank=info.rank,
+            world_size=info.world_size,
+        )  # fmt: skip
+        if self.val_data is not None and self.evaluate_fn is None:
+            # the built-in evaluation needs one block: find out now, not after hours of training
+            self._val_loader()
+        prepared = self.prepared = prepare_model(self.model, c, info, self.device)
+        optimizer = self.optimizer = build_optimizer(prepared.module, c)
+        amp_mode = self._autocast_mode()
+        if amp_mode != "none":
+            dtype = torch.bfloat16 if amp_mode == "bf16" else torch.float16
+            self._amp = torch.autocast(device_type=self.device.type, dtype=dtype)
+        scaler = torch.amp.GradScaler(self.device.type) if amp_mode == "fp16" else None
+        self._objects = ckpt.TrainingObjects(
+            prepared.module, optimizer, LRSchedule(optimizer, c), loader, scaler
+        )
+        self._resume_or_seed()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run = self.state
+        if info.is_main:  # a fresh run starts a new metrics.jsonl; a resumed one truncates it
+            resumed = run.last_checkpoint is not None
+            self._log = MetricsLog(self.run_dir, resume_step=run.step if resumed else None)
+        self._progress = Progress(c.steps, run.step, enabled=self.show_progress and info.is_main)
+        if run.last_checkpoint is not None:
+            self._progress.message(f"resumed from {run.last_checkpoint} at step {run.step}")
+        prepared.module.train()
+
+    def _resume_or_seed(self) -> None:
+        assert self._objects is not None
+        c, info = self.config, self.info
+        self.state = RunState()
+        if info.is_main:
+            ckpt.sweep_temporaries(self.checkpoint_dir)
+        barrier(info)
+        latest = ckpt.latest_checkpoint(self.checkpoint_dir) if self.resume else None
+        if latest is not None:
+            ckpt.load_training_checkpoint(
+                latest, self._objects, self.state, c, info, self.tokens_per_step
+            )
+        else:
+            torch.manual_seed(c.seed + info.rank)
+            np.random.seed((c.seed + info.rank) % 2**32)
+            random.seed(c.seed + info.rank)
+            if info.is_main and self.checkpoint_dir.is_dir():
+                for _, old in ckpt.list_checkpoints(self.checkpoint_dir):
+                    ckpt.remove_checkpoint(old)
+        barrier(info)
+
+    def _autocast_mode(self) -> str:
+        mode = self.config.autocast
+        if mode == "auto":  # bf16 autocast is automatic on CUDA; fp32 elsewhere
+            mode = "bf16" if self.device.type == "cuda" else "none"
+        return mode
+
+    def _micro_batch(self) -> int:
+        c, info = self.config, self.info
         per = info.world_size * c.grad_accum_steps
         if c.batch_size % per:
             raise ValueError(
@@ -216,253 +342,145 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ one step
 
-    def fit(self) -> dict[str, Any]:
-        """Train to ``config.steps``; returns a summary (steps, final_loss, tokens_per_s, ...)."""
-        try:
-            with self._signals():
-                return self._fit()
-        finally:
-            info = getattr(self, "info", None)
-            if info is not None and info.initialized_here:  # a group we made, we close
-                import torch.distributed as dist
-
-                dist.destroy_process_group()
-
-    def _fit(self) -> dict[str, Any]:
-        c = self.config
-        info = setup_distributed()
-        self.info = info
-        if c.num_threads is not None:
-            torch.set_num_threads(c.num_threads)
-        device = self._resolve_device(info)
-        model = self.model.to(device)
-        micro = self._micro_batch(info)
-        loader = BlockLoader(
-            self.train_data, c.seq_len, micro, seed=c.seed, rank=info.rank,
-            world_size=info.world_size,
-        )  # fmt: skip
-        if self.val_data is not None and self.evaluate_fn is None:
-            # the built-in evaluation needs one block: find out now, not after hours of training
-            self._val_loader()
-        optimizer = build_optimizer(model, c)
-        self.optimizer = optimizer  # for callbacks (its param groups, the current lr)
-        schedule = LRSchedule(optimizer, c)
-        amp, use_scaler = self._autocast(device)
-        scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-        params = [p for p in model.parameters() if p.requires_grad]
-        window: dict[str, Any] = {"count": 0, "sums": {}, "time": 0.0}
-
-        start_step = 0
-        latest = None
-        if info.is_main:
-            ckpt.sweep_temporaries(self.checkpoint_dir)
-        barrier(info)
-        if self.resume:
-            latest = ckpt.latest_checkpoint(self.checkpoint_dir)
-        resumed: dict[str, Any] = {}
-        if latest is not None:
-            start_step, window, resumed = self._load(
-                latest, model, optimizer, schedule, loader, scaler
-            )
+    def _step(self, step: int) -> None:
+        """Optimizer step ``step`` (0-based): forward/backward, the one sync, checks, update,
+        logging, callbacks, evaluation and checkpoint as their intervals say."""
+        assert self._objects is not None and self.prepared is not None
+        c, info, run, objects = self.config, self.info, self.state, self._objects
+        t0 = time.perf_counter()
+        lr = objects.schedule.apply(step)
+        objects.optimizer.zero_grad(set_to_none=True)
+        step_sums = self._forward_backward(step)
+        if objects.scaler is not None:
+            objects.scaler.unscale_(objects.optimizer)
+        max_norm = c.grad_clip if c.grad_clip > 0 else math.inf
+        params = [p for p in objects.model.parameters() if p.requires_grad]
+        grad_norm = fsdp.full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        n_acc = c.grad_accum_steps
+        loss_t = step_sums["loss"] / n_acc
+        stop = 1.0 if self._stop_reason is not None else 0.0
+        # the one sync of a step: loss, stop vote and grad norm in one tensor/all-reduce
+        shared = torch.stack(
+            [loss_t, torch.tensor(stop, device=loss_t.device), grad_norm.to(loss_t)]
+        )
+        step_loss, stop_votes, norm = all_reduce_sum(shared, info).tolist()
+        step_loss /= info.world_size
+        norm /= info.world_size  # identical on every rank after the gradient reduction
+        self._check_finite(step + 1, step_loss, norm)
+        if objects.scaler is not None:
+            objects.scaler.step(objects.optimizer)
+            objects.scaler.update()
         else:
-            torch.manual_seed(c.seed + info.rank)
-            np.random.seed((c.seed + info.rank) % 2**32)
-            random.seed(c.seed + info.rank)
-            if info.is_main and self.checkpoint_dir.is_dir():
-                for _, old in ckpt.list_checkpoints(self.checkpoint_dir):
-                    ckpt.remove_checkpoint(old)
-        self.step = start_step
-        barrier(info)
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = None
-        if info.is_main:  # a fresh run starts a new metrics.jsonl; a resumed one truncates it
-            log = MetricsLog(self.run_dir, resume_step=start_step if latest else None)
-        progress = Progress(c.steps, start_step, enabled=self.show_progress and info.is_main)
-        if latest is not None:
-            progress.message(f"resumed from {latest} at step {start_step}")
-
-        ddp: nn.Module = model
-        if info.distributed:
-            ids = [device.index] if device.type == "cuda" else None
-            ddp = DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=c.find_unused_parameters
-            )
-        model.train()
-        tokens_per_step = c.batch_size * c.seq_len
-        fit_start = time.perf_counter()
-        train_time = 0.0
-        # what a resumed run must not forget: the last step's loss and the last evaluation
-        last_loss = float("nan") if resumed.get("last_loss") is None else resumed["last_loss"]
-        evaluated_at = int(resumed.get("evaluated_at", -1))
-        self.last_eval = dict(resumed.get("last_eval") or {})
-        last_ckpt: Path | None = latest
-        saved_at = start_step if latest is not None else -1
-
-        def progress_state(loss: float, evaluated: int) -> dict[str, Any]:
-            return {
-                "last_loss": loss if math.isfinite(loss) else None,
-                "evaluated_at": evaluated,
-                "last_eval": dict(self.last_eval),
-            }
-
-        def summary() -> dict[str, Any]:
-            trained = (self.step - start_step) * tokens_per_step
-            return {
-                "steps": self.step,
-                "start_step": start_step,
-                "final_loss": last_loss,
-                "tokens": trained,
-                "tokens_per_s": trained / train_time if train_time > 0 else 0.0,
-                "train_s": train_time,
-                "wall_s": time.perf_counter() - fit_start,
-                "checkpoint": str(last_ckpt) if last_ckpt else None,
-                "eval": dict(self.last_eval),
-                "world_size": info.world_size,
-            }
-
-        try:
-            for step in range(start_step, c.steps):
-                t0 = time.perf_counter()
-                lr = schedule.apply(step)
-                optimizer.zero_grad(set_to_none=True)
-                step_sums: dict[str, torch.Tensor] = {}
-                for m in range(c.grad_accum_steps):
-                    batch = loader.next_batch().to(device, non_blocking=True)
-                    sync = not info.distributed or m == c.grad_accum_steps - 1
-                    no_sync = getattr(ddp, "no_sync", None)
-                    ctx = contextlib.nullcontext() if sync or no_sync is None else no_sync()
-                    with ctx:
-                        with amp:
-                            out = self.loss_step(ddp, batch)
-                        loss = _check_output(out)
-                        scaled = loss / c.grad_accum_steps
-                        if scaler is not None:
-                            scaled = scaler.scale(scaled)
-                        scaled.backward()  # type: ignore[no-untyped-call]
-                    _accumulate(step_sums, out)
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                max_norm = c.grad_clip if c.grad_clip > 0 else math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                n_acc = c.grad_accum_steps
-                stop = 1.0 if self._stop_reason is not None else 0.0
-                loss_t = step_sums["loss"] / n_acc
-                # the one sync of a step: loss, stop vote and grad norm in one tensor/all-reduce
-                shared = torch.stack(
-                    [loss_t, torch.tensor(stop, device=loss_t.device), grad_norm.to(loss_t)]
+            objects.optimizer.step()
+        run.step = step_num = step + 1
+        run.tokens_seen += self.tokens_per_step
+        run.last_loss = step_loss
+        dt = time.perf_counter() - t0
+        run.train_time += dt
+        values: dict[str, torch.Tensor | float] = {k: v / n_acc for k, v in step_sums.items()}
+        values["grad_norm"] = grad_norm
+        run.window.add(values, dt)
+        record = None
+        if step_num % c.log_every == 0 or step_num == c.steps:
+            record = self._flush_window(step_num, lr)
+            if self._log is not None:
+                self._log.write(record)
+        if self._progress is not None:
+            self._progress.update(step_num, record)
+        metrics = {"loss": step_loss, "lr": lr, "grad_norm": norm}
+        for cb in self.callbacks:
+            cb(self, step_num, metrics)
+        if c.eval_every and step_num % c.eval_every == 0:
+            self._evaluate()
+        if not info.distributed:  # alone, a stop asked for by a callback counts now
+            stop_votes = 1.0 if self._stop_reason is not None else 0.0
+        if stop_votes > 0 and self._stop_reason is None:
+            self._stop_reason = "stop requested on another rank"
+        if (c.checkpoint_every and step_num % c.checkpoint_every == 0) or stop_votes > 0:
+            self._save()
+        if stop_votes > 0:
+            if self._progress is not None:
+                self._progress.message(
+                    f"stopped at step {step_num}: checkpoint {run.last_checkpoint}"
                 )
-                step_loss, stop_votes, norm = all_reduce_sum(shared, info).tolist()
-                step_loss /= info.world_size
-                norm /= info.world_size  # identical on every rank after DDP's gradient all-reduce
-                if not math.isfinite(step_loss) or (scaler is None and not math.isfinite(norm)):
-                    what = (
-                        f"loss {step_loss}"
-                        if not math.isfinite(step_loss)
-                        else (f"gradient norm {norm} (loss {step_loss:.6g})")
-                    )
-                    raise NonFiniteLossError(
-                        f"non-finite {what} at step {step + 1}; stopped before the optimizer "
-                        f"step and wrote no checkpoint (last good one: {last_ckpt or 'none'}). "
-                        "Lower the lr, keep grad_clip on, or check the data and the model.",
-                        step + 1,
-                    )
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                self.step = step_num = step + 1
-                last_loss = step_loss
-                dt = time.perf_counter() - t0
-                train_time += dt
-                for k, v in step_sums.items():
-                    window["sums"][k] = window["sums"].get(k, 0.0) + v / n_acc
-                window["sums"]["grad_norm"] = window["sums"].get("grad_norm", 0.0) + grad_norm
-                window["count"] += 1
-                window["time"] += dt
-                record = None
-                if step_num % c.log_every == 0 or step_num == c.steps:
-                    record = self._flush_window(window, step_num, lr, tokens_per_step, info, device)
-                    if log is not None:
-                        log.write(record)
-                progress.update(step_num, record)
-                metrics = {"loss": step_loss, "lr": lr, "grad_norm": norm}
-                for cb in self.callbacks:
-                    cb(self, step_num, metrics)
-                if c.eval_every and step_num % c.eval_every == 0:
-                    self._run_eval(model, step_num, log, progress, info)
-                    evaluated_at = step_num
-                if not info.distributed:  # alone, a stop asked for by a callback counts now
-                    stop_votes = 1.0 if self._stop_reason is not None else 0.0
-                if stop_votes > 0 and self._stop_reason is None:
-                    self._stop_reason = "stop requested on another rank"
-                if (c.checkpoint_every and step_num % c.checkpoint_every == 0) or (stop_votes > 0):
-                    last_ckpt = self._save(
-                        model, optimizer, schedule, loader, scaler, window,
-                        progress_state(last_loss, evaluated_at),
-                    )  # fmt: skip
-                    saved_at = step_num
-                if stop_votes > 0:
-                    progress.message(f"stopped at step {step_num}: checkpoint {last_ckpt}")
-                    reason = self._stop_reason or "signal"
-                    stopped = TrainingInterrupted(step_num, last_ckpt, reason)
-                    stopped.summary = summary()
-                    raise stopped
-            if evaluated_at != self.step and (self.evaluate_fn or self.val_data):
-                self._run_eval(model, self.step, log, progress, info)
-                evaluated_at = self.step
-                if saved_at == self.step and last_ckpt is not None and info.is_main:
-                    # saved inside the loop before this evaluation: record it, or resuming the
-                    # finished run would evaluate (and log) again
-                    _update_run_state(last_ckpt, progress_state(last_loss, evaluated_at))
-            if saved_at != self.step:
-                last_ckpt = self._save(
-                    model, optimizer, schedule, loader, scaler, window,
-                    progress_state(last_loss, evaluated_at),
-                )  # fmt: skip
-        finally:
-            progress.close()
-            if log is not None:
-                log.close(quiet=sys.exc_info()[0] is not None)
-        return summary()
+            stopped = TrainingInterrupted(
+                step_num, run.last_checkpoint, self._stop_reason or "signal"
+            )
+            stopped.summary = self.summary()
+            raise stopped
 
-    # ------------------------------------------------------------------ pieces of a step
+    def _forward_backward(self, step: int) -> dict[str, torch.Tensor]:
+        """Every micro-step of one optimizer step; the sums of the model's scalar outputs."""
+        assert self._objects is not None and self.prepared is not None
+        c, objects, wrapped = self.config, self._objects, self.prepared.wrapped
+        step_sums: dict[str, torch.Tensor] = {}
+        for m in range(c.grad_accum_steps):
+            batch = objects.loader.next_batch().to(self.device, non_blocking=True)
+            sync = not self.info.distributed or m == c.grad_accum_steps - 1
+            fsdp.set_gradient_sync(wrapped, sync)
+            no_sync = getattr(wrapped, "no_sync", None)  # DDP's
+            ctx = contextlib.nullcontext() if sync or no_sync is None else no_sync()
+            try:
+                with ctx:
+                    with self._amp:
+                        out = self.loss_step(wrapped, batch)
+                    loss = check_output(out)
+                    scaled = loss / c.grad_accum_steps
+                    if objects.scaler is not None:
+                        scaled = objects.scaler.scale(scaled)
+                    scaled.backward()  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                failure = compile_failure(exc, step + 1) if c.compile else None
+                if failure is not None:
+                    raise failure from exc
+                raise
+            accumulate_scalars(step_sums, out)
+        return step_sums
 
-    def _flush_window(
-        self,
-        window: dict[str, Any],
-        step: int,
-        lr: float,
-        tokens_per_step: int,
-        info: DistInfo,
-        device: torch.device,
-    ) -> dict[str, Any]:
-        names = sorted(window["sums"])
+    def _check_finite(self, step: int, loss: float, norm: float) -> None:
+        assert self._objects is not None
+        if math.isfinite(loss) and (self._objects.scaler is not None or math.isfinite(norm)):
+            return
+        what = (
+            f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm} (loss {loss:.6g})"
+        )
+        raise NonFiniteLossError(
+            f"non-finite {what} at step {step}; stopped before the optimizer step and wrote no "
+            f"checkpoint (last good one: {self.state.last_checkpoint or 'none'}). Lower the lr, "
+            "keep grad_clip on, or check the data and the model.",
+            step,
+        )
+
+    def _flush_window(self, step: int, lr: float) -> dict[str, Any]:
+        """The logged line of the window (mean over its steps and all ranks); starts a new one."""
+        window, info = self.state.window, self.info
+        names = sorted(window.sums)
         # stays on the training device: NCCL reduces only CUDA tensors
-        sums = [torch.as_tensor(window["sums"][k], device=device).float() for k in names]
+        sums = [torch.as_tensor(window.sums[k], device=self.device).float() for k in names]
         stacked = all_reduce_sum(torch.stack(sums), info) if sums else torch.zeros(0)
-        count = max(1, window["count"])
+        count = max(1, window.count)
         values = (stacked / (count * info.world_size)).tolist()
         record: dict[str, Any] = {"step": step}
         record.update(dict(zip(names, values, strict=True)))
         record["lr"] = lr
-        record["tokens_per_s"] = tokens_per_step * count / window["time"] if window["time"] else 0
-        window.update(count=0, sums={}, time=0.0)
+        record["tokens_per_s"] = self.tokens_per_step * count / window.time if window.time else 0
+        window.reset()
         return record
 
-    def _run_eval(
-        self,
-        model: nn.Module,
-        step: int,
-        log: MetricsLog | None,
-        progress: Progress,
-        info: DistInfo,
-    ) -> None:
-        if not info.is_main or (self.evaluate_fn is None and self.val_data is None):
+    # ------------------------------------------------------------------ evaluate
+
+    def _evaluate(self) -> None:
+        """Evaluate at the current step (rank 0; every rank under FSDP) with the RNGs forked."""
+        assert self.prepared is not None
+        run = self.state
+        if self.evaluate_fn is None and self.val_data is None:
             return
+        if not self.info.is_main and not self.prepared.sharded:
+            run.evaluated_at = run.step
+            return
+        model = self.prepared.module
         rng = ckpt.capture_rng_state()
         model.eval()
         try:
@@ -472,11 +490,12 @@ class Trainer:
         finally:
             model.train()
             ckpt.restore_rng_state(rng)
-        self.last_eval = results
-        if log is not None:
-            log.write({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
-        shown = " ".join(f"{k} {v:.4g}" for k, v in results.items())
-        progress.message(f"eval at step {step}: {shown}")
+        run.record_eval(run.step, results)
+        if self._log is not None:
+            self._log.write({"step": run.step, **{f"eval/{k}": v for k, v in results.items()}})
+        if self._progress is not None:
+            shown = " ".join(f"{k} {v:.4g}" for k, v in results.items())
+            self._progress.message(f"eval at step {run.step}: {shown}")
 
     def _val_loader(self) -> BlockLoader:
         """In-order batches of the validation split (raises DataError if it holds no block)."""
@@ -487,186 +506,40 @@ class Trainer:
 
     def _default_evaluate(self, model: nn.Module) -> dict[str, float]:
         c = self.config
-        device = next(model.parameters()).device
         loader = self._val_loader()
         n = min(c.eval_batches, len(loader))
         sums: dict[str, torch.Tensor] = {}
         for _ in range(n):
-            _accumulate(sums, model(loader.next_batch().to(device)))
+            accumulate_scalars(sums, model(loader.next_batch().to(self.device)))
         return {k: float(v) / n for k, v in sums.items()}
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ save and finish
 
-    def _save(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        schedule: LRSchedule,
-        loader: BlockLoader,
-        scaler: torch.amp.GradScaler | None,
-        window: dict[str, Any],
-        run_state: dict[str, Any],
-    ) -> Path:
-        try:
-            info = self.info
-            root = self.checkpoint_dir
-            name = ckpt.checkpoint_name(self.step)
-            tmp, final = root / f".tmp-{name}", root / name
-            if info.is_main:
-                root.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-            barrier(info)
-            ckpt.write_json_atomic(tmp / f"rng-rank{info.rank}.json", ckpt.capture_rng_state())
-            # every rank's unflushed metric window (its own sums, reduced at the next flush)
-            ckpt.write_json_atomic(tmp / f"window-rank{info.rank}.json", _window_state(window))
-            barrier(info)
-            if info.is_main:
-                ckpt.save_model_state(model, tmp / ckpt.MODEL_FILE)
-                opt_meta = ckpt.save_optimizer_state(optimizer, tmp / ckpt.OPTIMIZER_FILE)
-                state = {
-                    "step": self.step,
-                    "config": self.config.model_dump(mode="json"),
-                    "world_size": info.world_size,
-                    "schedule": schedule.state_dict(),
-                    "loader": loader.state_dict(),
-                    "optimizer": opt_meta,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "window": _window_state(window),
-                    **run_state,
-                }
-                ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, state)
-                if final.exists():
-                    ckpt.remove_checkpoint(final)
-                tmp.replace(final)
-                ckpt.fsync_dir(root)
-                ckpt.prune_checkpoints(root, self.config.keep_checkpoints)
-            barrier(info)
-            return final
-        except (OSError, SafetensorError) as exc:  # disk full, permissions (issue 23: safetensors')
-            tmp = self.checkpoint_dir / f".tmp-{ckpt.checkpoint_name(self.step)}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            good = ckpt.latest_checkpoint(self.checkpoint_dir)
-            raise ckpt.CheckpointWriteError(
-                f"could not write the checkpoint of step {self.step} under "
-                f"{self.checkpoint_dir}: {ckpt.describe_write_error(exc)}; the last good "
-                f"checkpoint is {good or 'none'} "
-                "(free space or fix permissions, then resume from it)"
-            ) from exc
+    def _save(self) -> Path:
+        assert self._objects is not None
+        return ckpt.save_training_checkpoint(
+            self.checkpoint_dir, self._objects, self.state, self.config, self.info
+        )
 
-    def _load(
-        self,
-        path: Path,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        schedule: LRSchedule,
-        loader: BlockLoader,
-        scaler: torch.amp.GradScaler | None,
-    ) -> tuple[int, dict[str, Any], dict[str, Any]]:
-        """Restore every state; return the step, this rank's metric window and the run state
-        (``last_loss``, ``evaluated_at``, ``last_eval``)."""
-        state = json.loads((path / ckpt.STATE_FILE).read_text())
-        saved = state["config"]
-        for key in ("seq_len", "seed"):
-            if saved.get(key) != getattr(self.config, key):
-                raise ckpt.CheckpointError(
-                    f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, "
-                    f"this run has {key}={getattr(self.config, key)!r}"
-                )
-        if str(saved.get("optimizer", "adamw")).lower() != self.config.optimizer.lower():
-            raise ckpt.CheckpointError(
-                f"cannot resume from {path}: it was trained with optimizer="
-                f"{saved.get('optimizer')!r}, this run has optimizer={self.config.optimizer!r} "
-                "(the optimizer state does not carry over)"
-            )
-        ckpt.load_model_state(model, path / ckpt.MODEL_FILE)
-        # the config's hyper-parameters win over the saved ones, as lr and steps do
-        configured = [
-            {k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
-            for g in optimizer.param_groups
-        ]
-        ckpt.load_optimizer_state(optimizer, path / ckpt.OPTIMIZER_FILE, state["optimizer"])
-        for group, settings in zip(optimizer.param_groups, configured, strict=True):
-            group.update(settings)
-        schedule.load_state_dict(state["schedule"])
-        loader.load_state_dict(state["loader"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        rng_path = path / f"rng-rank{self.info.rank}.json"
-        if rng_path.is_file():
-            ckpt.restore_rng_state(json.loads(rng_path.read_text()))
-        else:  # resumed with more ranks than saved: deterministic, but not the old stream
-            torch.manual_seed(self.config.seed + self.info.rank + state["step"])
-        window = _resumed_window(path, state, self.info)
-        run_state = {k: state[k] for k in ("last_loss", "evaluated_at", "last_eval") if k in state}
-        return int(state["step"]), window, run_state
+    def _finish(self) -> None:
+        """The final evaluation and checkpoint (unless the last step made them already)."""
+        run = self.state
+        if run.evaluated_at != run.step and (self.evaluate_fn or self.val_data):
+            self._evaluate()
+            if run.saved_at == run.step and run.last_checkpoint is not None and self.info.is_main:
+                # saved inside the loop before this evaluation: record it, or resuming the
+                # finished run would evaluate (and log) again
+                ckpt.update_run_state(run.last_checkpoint, run)
+        if run.saved_at != run.step:
+            self._save()
+        if self.prepared is not None:  # FSDP: the trained weights back into the model given
+            self.prepared.restore(copy_weights=True)
 
-
-def _update_run_state(path: Path, run_state: dict[str, Any]) -> None:
-    """Rewrite a checkpoint's run state (last loss, evaluation) in place, atomically."""
-    state = json.loads((path / ckpt.STATE_FILE).read_text())
-    state.update(run_state)
-    ckpt.write_json_atomic(path / ckpt.STATE_FILE, state)
-
-
-def _resumed_window(path: Path, state: dict[str, Any], info: DistInfo) -> dict[str, Any]:
-    """This rank's unflushed metric window from a checkpoint.
-
-    With the saved number of processes each rank takes its own window back. With another number
-    the saved windows are merged onto rank 0, scaled so that the next logged line (the sum over
-    ranks divided by ``count * world_size``) is the mean it would have been.
-    """
-    saved_world = int(state.get("world_size") or 1)
-    files = sorted(path.glob("window-rank*.json"))
-    if saved_world == info.world_size or not files:
-        own = path / f"window-rank{info.rank}.json"
-        w = json.loads(own.read_text()) if own.is_file() else state["window"]
-        if saved_world != info.world_size:  # an old checkpoint without per-rank windows
-            return {"count": 0, "sums": {}, "time": 0.0}
-        return {"count": w["count"], "time": w["time"], "sums": dict(w["sums"])}
-    windows = [json.loads(f.read_text()) for f in files]
-    count, seconds = windows[0]["count"], windows[0]["time"]
-    scale = info.world_size / saved_world if info.rank == 0 else 0.0  # same keys on every rank
-    sums: dict[str, float] = {}
-    for w in windows:
-        for k, v in w["sums"].items():
-            sums[k] = sums.get(k, 0.0) + scale * float(v)
-    return {"count": count, "time": seconds, "sums": sums}
-
-
-def _window_state(window: dict[str, Any]) -> dict[str, Any]:
-    """A metric window as JSON data (its sums are tensors or floats while training)."""
-    return {
-        "count": window["count"],
-        "time": window["time"],
-        "sums": {k: float(v) for k, v in window["sums"].items()},
-    }
-
-
-def _forward(model: nn.Module, batch: torch.Tensor) -> dict[str, Any]:
-    out: dict[str, Any] = model(batch)
-    return out
-
-
-def _check_output(out: Any) -> torch.Tensor:
-    if not isinstance(out, dict) or "loss" not in out:
-        got = sorted(out) if isinstance(out, dict) else type(out).__name__
-        raise TypeError(f"model(tokens) must return a dict with a scalar 'loss'; got {got}")
-    loss = out["loss"]
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise TypeError("model(tokens)['loss'] must be a scalar tensor")
-    return loss
-
-
-def _accumulate(sums: dict[str, torch.Tensor], out: dict[str, Any]) -> None:
-    """Add the scalar entries of a model output to ``sums`` (detached, fp32, no sync)."""
-    for key, value in out.items():
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                continue
-            v = value.detach().float().reshape(())
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            v = torch.tensor(float(value))
-        else:
-            continue
-        sums[key] = sums[key] + v.to(sums[key].device) if key in sums else v
+    def _close(self) -> None:
+        if self.prepared is not None:  # activation checkpointing and compile off again
+            self.prepared.restore(copy_weights=False)
+        if self._progress is not None:
+            self._progress.close()
+        if self._log is not None:
+            self._log.close(quiet=sys.exc_info()[0] is not None)
+            self._log = None
