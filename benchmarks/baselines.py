@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from calm_core.metrics.brier import ngram_valid
+from calm_heads.energy_score import energy_loss
 from torch import Tensor
 
 __all__ = ["chunk_sampler_brier", "chunk_sampler_energy", "unigram_brier"]
@@ -43,8 +45,6 @@ def _mean_valid(scores: Tensor, valid: Tensor) -> list[float]:
 def unigram_brier(train_tokens: np.ndarray, blocks: Tensor, pad_id: int | None) -> list[float]:
     """Exact Brier-1..4 of the training-unigram predictor on ``blocks [n, T]`` (the AR start set:
     every ``i = 0 .. T-1-4``, targets ``i+1 .. i+4``)."""
-    from calm_core.metrics.brier import ngram_valid
-
     counts = np.bincount(train_tokens.astype(np.int64), minlength=int(blocks.max()) + 1)
     p = torch.from_numpy(counts / counts.sum())
     collision = float((p * p).sum())
@@ -67,8 +67,6 @@ def chunk_sampler_brier(
 ) -> list[float]:
     """Exact Brier-1..4 of "the next chunk is a uniform training chunk" on target chunks
     ``[P, K]`` (K >= 4): prefix probabilities from counts of the training chunks."""
-    from calm_core.metrics.brier import ngram_valid
-
     out_scores = np.zeros((len(targets), MAX_N))
     for n in range(1, MAX_N + 1):
         codes, counts = np.unique(_prefix_codes(train_chunks, n, vocab), return_counts=True)
@@ -94,8 +92,6 @@ def chunk_sampler_energy(
 ) -> float:
     """Mean energy loss of the chunk sampler (or the first-token oracle) on target chunks
     ``[P, K]``, with the codec's posteriors on both sides."""
-    from calm_heads.energy_score import energy_loss
-
     rng = np.random.default_rng(seed)
     P = len(targets)
     if first_token_oracle:

@@ -45,7 +45,6 @@ from calm_core.corpus import load_bundled_corpus  # noqa: E402
 from calm_core.data import Tokenizer  # noqa: E402
 from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
 
-from benchmarks.report_format import fmt, md_table  # noqa: E402
 from benchmarks.timing import cpu_model  # noqa: E402
 
 VOCAB = 4096
@@ -232,57 +231,6 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None:
             path.write_text(json.dumps(result, indent=1) + "\n")
     return 0 if all(result["targets_met"].values()) else 1
-
-
-def docs_section(results: Path = RESULTS) -> list[str]:
-    """The data pipeline's part of ``docs/benchmarks.md``, from a saved run (none: a note)."""
-    lines = ["## Data pipeline", ""]
-    if not results.is_file():
-        return [*lines, "Not measured yet: `python benchmarks/data.py --save`.", ""]
-    r = json.loads(results.read_text())
-    m = r["machine"]
-    met = r["targets_met"]
-    lines += [
-        f"`calm tokenize` on a synthetic {fmt(r['corpus_mib'])} MiB corpus ({r['documents']:,} "
-        f"documents: the bundled articles repeated) with a fixed 4,096-id BPE, {r['workers']} "
-        "workers, against bare loops over `tokenizers`' batch encoders on the same file and "
-        f"cores in the same run (best of {r['repeats']} alternated runs each). Command: "
-        f"`{r['command']}`; {m['date']}, {m['cpu']}, {m['logical_cores']} logical cores"
-        + (f", load average at start {load}." if (load := m.get("load_average_at_start")) else ".")
-        + (f" Note: {m['note']}." if m.get("note") else ""),
-        "",
-    ]
-    rows = [
-        [name, fmt(r[f"{key}_seconds"]), fmt(r[f"{key}_mib_s"]), fmt(r[f"{key}_cpu_seconds"])]
-        for name, key in (
-            ("bare `encode_batch` loop", "encode_batch"),
-            ("bare `encode_batch_fast` loop", "encode_batch_fast"),
-            ("`calm tokenize`", "pipeline"),
-        )
-        if f"{key}_seconds" in r
-    ]
-    lines += md_table(["run", "wall s", "MiB/s", "CPU s (all processes)"], rows)
-    ok = {True: "met", False: "**not met**"}
-    rows = [
-        ["throughput / bare `encode_batch` loop (>= 0.9)", fmt(r["throughput_ratio"]),
-         ok[met["throughput_ratio>=0.9"]]],
-        ["throughput / bare loop of the same call (overhead)", fmt(r["overhead_ratio"]), ""],
-        ["the same in CPU seconds", fmt(r["overhead_cpu_ratio"]), ""],
-        ["peak RSS of the command, MiB (< 1 GB)", fmt(r["peak_rss_mib"]),
-         ok[met["peak_rss<1GB"]]],
-        ["peak RSS at 1/10 of the corpus, MiB", fmt(r["peak_rss_tenth_mib"]), ""],
-        ["peak RSS full / tenth (within 10%)", fmt(r["rss_ratio_full_to_tenth"]),
-         ok[met["rss_within_10%_of_tenth"]]],
-    ]  # fmt: skip
-    lines += md_table(["target", "value", ""], rows)
-    lines += [
-        "Peak RSS sums the proportional set size (PSS) of the command's process tree, sampled "
-        "every 50 ms, so pages the forked workers share with the parent count once. "
-        "`calm tokenize` calls `encode_batch_fast` where `tokenizers` has it (the same ids "
-        "without character offsets).",
-        "",
-    ]
-    return lines
 
 
 if __name__ == "__main__":

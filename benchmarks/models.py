@@ -13,15 +13,15 @@ compared at equal network size.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from calm_core import registry
+from calm_core.ar import ARConfig, ARModel
+from calm_core.backbone import BackboneConfig
+from calm_core.calm import CALM
+from calm_core.interfaces import Codec
 from calm_core.presets import BENCH_BACKBONE, BENCH_CODEC, BENCH_ENERGY
-
-if TYPE_CHECKING:
-    from calm_core.ar import ARModel
-    from calm_core.calm import CALM
-    from calm_core.interfaces import Codec
 
 __all__ = [
     "BACKBONE",
@@ -102,8 +102,6 @@ def build_codec(
     *, chunk: int = CHUNK, vocab: int = VOCAB, seed: int = 0, **overrides: Any
 ) -> Codec:
     """The bench chunk autoencoder (registry codec ``autoencoder``), seeded, fp32."""
-    from calm_core import registry
-
     if "autoencoder" not in registry.codecs:
         raise MissingFigureError("codec 'autoencoder' is not installed (package calm-codecs)")
     torch.manual_seed(seed)
@@ -116,11 +114,6 @@ def build_ar(
     *, vocab: int = VOCAB, context_tokens: int = 2048, seed: int = 0, pad_id: int | None = None
 ) -> ARModel:
     """The AR baseline: the bench backbone over tokens, untied input/output embeddings."""
-    try:
-        from calm_core.ar import ARConfig, ARModel
-        from calm_core.backbone import BackboneConfig
-    except ImportError as exc:
-        raise MissingFigureError(f"the AR baseline is not available: {exc}") from None
     torch.manual_seed(seed)
     backbone = BackboneConfig.model_validate(
         {**BACKBONE, "max_positions": max(2048, context_tokens + 8)}
@@ -143,10 +136,6 @@ def build_calm(
     pad_id: int | None = None,
 ) -> CALM:
     """A CALM with the bench backbone, the named head and a (given or freshly built) codec."""
-    try:
-        from calm_core.calm import CALM
-    except ImportError as exc:
-        raise MissingFigureError(f"the CALM model is not available: {exc}") from None
     if codec is None:
         codec = build_codec(chunk=chunk, vocab=vocab, seed=seed)
     torch.manual_seed(seed + 1)

@@ -2,63 +2,27 @@
 
 Protocol (BENCHMARKS.md "Quality of the reference at this scale"): BPE 4096 trained on the 56
 training articles of the bundled WikiText-103 test set, 6 articles held out (split seed 0); bench
-shapes; the reference recipe (AdamW, betas 0.9/0.95, wd 0.1, clip 1.0, batch 8 x 512, constant lr
-after warm-up) through the project's ``Trainer``; a wall-clock budget per model (15 minutes in the
-protocol). Two deliberate deviations, the same for CALM and AR: peak lr 1e-3 instead of 3e-4 and
-50 warm-up steps instead of 200, because a 15-minute budget buys only several hundred steps of
-these small models and 3e-4 leaves them far from converged (the result file records the plan that
-ran). The codec uses the library's default codec recipe instead. Phases, in order, each
-resumable from its result file in the work directory:
+shapes; AdamW (0.9, 0.95), wd 0.1, clip 1.0, batch 8 x 512, constant lr after warm-up, through the
+project's ``Trainer``; a wall-clock budget per model (15 minutes). Two deliberate deviations, the
+same for CALM and AR: peak lr 1e-3 instead of 3e-4 and 50 warm-up steps instead of 200 (a
+15-minute budget buys only several hundred steps); the codec uses the library's default recipe.
+Phases, each resumable from its result file in the work directory:
 
-1. ``data``: tokenizer + packed data for K=4 (and each K of the K sweep).
+1. ``data``: tokenizer + packed data for K=4.
 2. ``codec``: the bench codec, trained for 0.8 x the budget; held-out token accuracy.
-3. ``ar`` and ``calm``: the AR baseline and CALM (energy head, K=4) from the same tokens, each for
-   the budget. Snapshots are saved at steps 10, 20, 50, 100, ... so that one run gives the whole
-   quality-vs-training-FLOPs curve (the lr is constant after warm-up, so a snapshot at step s is
-   the model a run of s steps would have produced).
-4. ``eval_ar``, ``eval_calm``: held-out Brier-1..4 and BrierLM of every snapshot (plus
-   perplexity for AR, the energy loss for CALM) on consecutive 512-token blocks of the held-out
-   articles: all of them (98 on the bundled corpus, 50,176 tokens) by default, the first N with
-   ``--eval-blocks N`` (runs before 2026-11-29 15:00 UTC used 16).
-5. ``baselines``: context-free predictors on the same held-out blocks (:mod:`benchmarks.baselines`):
-   the training unigram (AR's floor) and "a random training chunk" (CALM's floor, incl. its energy
-   loss), so the report can say how much of each score comes from using the context.
-6. ``heads``: diffusion and flow CALMs trained for the same number of steps as one energy
-   snapshot (100 by default); BrierLM and sampling cost (network calls and seconds per sample).
-7. ``ksweep``: CALM at K = 1, 2, 8 (own codec each, shorter), at the heads' step count; only
-   when asked for (``--phases ...,ksweep``), since it needs three more codecs.
-8. ``k1_full``: CALM at K=1 for the whole budget, evaluated like ``calm`` at every snapshot, with
-   its context-free floors (the unigram's Brier-n, a random training token's energy loss). At K=1
-   the next chunk is one token, so this separates the two reasons CALM can start slowly: the
-   chunking (K=4 asks for four tokens at once) or the likelihood-free objective. Only when asked
-   for (``--phases k1_full``); it reuses the K sweep's K=1 codec or trains one.
-9. ``calm_x4``: the main CALM run continued from its final checkpoint (exact resume, in a copy
-   of its run directory) to four budgets in all, snapshots evaluated: does more compute move CALM
-   off its context-free floor? Only when asked for (``--phases calm_x4``).
-10. ``ar_brier``: the AR baseline trained on the Brier score instead of cross-entropy, from the
-    same initial weights for the whole budget, evaluated like ``ar`` (:mod:`benchmarks.objectives`
-    says why: it is CALM at K=1 with an ideal codec and an exact loss). Only when asked for.
-11. ``head_bigram``: the energy head alone (no backbone, conditioned on the previous token)
-    against a softmax trained on the Brier score, same batches and steps, on the K=1 data and
-    codec (:mod:`benchmarks.head_probe`): how fast the generator learns a context-dependent
-    mixture by itself. Only when asked for.
-12. ``ar_reference_recipe``: the AR baseline with the reference's own recipe (peak lr 3e-4, 200
-    warm-up steps) instead of the sweep's, evaluated like ``ar``: the like-for-like check of "our
-    AR baseline at least matches the reference AR". Only when asked for.
-13. ``ar_reference_steps``: the same recipe for exactly the reference AR's ~645 steps (its 15
-    minutes; ours makes ~770 in 15 minutes and overfits in the extra ones), evaluated where the
-    reference evaluated, every fifth of the run: the comparison at equal optimizer steps. Only
-    when asked for.
+3. ``ar`` and ``calm``: the AR baseline and CALM (energy head, K=4), each for the budget, with
+   snapshots at steps 10, 20, 50, 100, ... (the lr is constant after warm-up, so a snapshot at
+   step s is the model a run of s steps would have produced).
+4. ``eval_ar``, ``eval_calm``: held-out Brier-1..4 and BrierLM of every snapshot (plus perplexity
+   for AR, the energy loss for CALM) on consecutive 512-token held-out blocks (all by default,
+   the first N with ``--eval-blocks N``): the quality-vs-training-FLOPs curve.
+5. ``baselines``: context-free predictors on the same blocks (:mod:`benchmarks.baselines`).
 
-Training FLOPs are the analytic model FLOPs of :mod:`calm_core.costs` times tokens seen. A phase
-that cannot run (missing code, out of time) is recorded with its reason, never filled in.
-
-What is unusual: the work directory keeps everything needed to resume (data, codec, snapshots,
-per-phase JSON), so a long sweep can be run in pieces in the background while the library is
-still being written, and ``eval`` can be re-run on old snapshots once the metric code lands. A
-finished training run is reused for an equal request (its ``trained.json``), so deleting a
-phase's result file and running again re-evaluates that phase without retraining it (e.g. with
-another ``--eval-blocks``).
+Training FLOPs are the analytic FLOPs per token of :mod:`calm_core.costs` times tokens seen. A
+phase that cannot run is recorded with its reason, never filled in. A finished training run is
+reused for an equal request (its ``trained.json``), so deleting a phase's result file and running
+again re-evaluates it without retraining. The diagnosis probes of 2026-11 are recorded in
+``docs/benchmarks-diagnosis-2026-12.md`` (with the heads and K comparisons at 100 steps).
 """
 
 from __future__ import annotations
@@ -76,11 +40,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from calm_core.corpus import load_bundled_corpus
 from calm_core.costs import causal_context, flops_per_token
-from calm_core.model_dir import save_pretrained
+from calm_core.data import BPETokenizer, PackedDataset, Tokenizer, write_data_dir
+from calm_core.data.packing import split_documents
+from calm_core.model_dir import load_pretrained, save_pretrained
+from calm_core.recipes import codec_recipe
+from calm_core.training import TrainConfig, Trainer
+from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from benchmarks import models as M
+from benchmarks.baselines import chunk_sampler_brier, chunk_sampler_energy, unigram_brier
 from benchmarks.speed import brier_eval
 
 __all__ = ["QualityPlan", "run_quality"]
@@ -88,7 +59,6 @@ __all__ = ["QualityPlan", "run_quality"]
 SPLIT_SEED = 0
 VAL_DOCS = 6
 SNAPSHOT_STEPS = (10, 20, 50, 100, 200, 400, 800, 1600, 3200, 6400)
-K_SWEEP = (1, 2, 8)
 
 
 def _log(msg: str) -> None:
@@ -101,9 +71,6 @@ class QualityPlan:
 
     lm_minutes: float = 15.0
     codec_minutes: float = 12.0
-    head_steps: int = 100
-    probe_steps: int = 800
-    ksweep_codec_minutes: float = 3.0
     batch: int = M.TRAIN_BATCH
     seq_len: int = M.SEQ_LEN
     warmup_steps: int = 50
@@ -112,7 +79,7 @@ class QualityPlan:
     eval_blocks: int | None = None  # every held-out block
     snapshot_steps: tuple[int, ...] = SNAPSHOT_STEPS
     phases: tuple[str, ...] = (
-        "data", "codec", "ar", "calm", "eval_ar", "eval_calm", "baselines", "heads"
+        "data", "codec", "ar", "calm", "eval_ar", "eval_calm", "baselines"
     )  # fmt: skip
 
     @classmethod
@@ -121,14 +88,12 @@ class QualityPlan:
     ) -> QualityPlan:
         if quick:  # a smoke test of the whole pipeline, a few minutes; not a measurement
             return cls(
-                lm_minutes=1.0, codec_minutes=1.0, head_steps=2, probe_steps=3,
-                ksweep_codec_minutes=0.1,
-                batch=2, seq_len=128, warmup_steps=2, max_steps=6, eval_blocks=2,
-                snapshot_steps=(2, 4),
+                lm_minutes=1.0, codec_minutes=1.0, batch=2, seq_len=128, warmup_steps=2,
+                max_steps=6, eval_blocks=2, snapshot_steps=(2, 4),
             )  # fmt: skip
         m = 15.0 if minutes is None else minutes
         c = 0.8 * m if codec_minutes is None else codec_minutes
-        return cls(lm_minutes=m, codec_minutes=c, ksweep_codec_minutes=min(4.0, 0.27 * m))
+        return cls(lm_minutes=m, codec_minutes=c)
 
 
 @dataclass
@@ -162,20 +127,8 @@ def _data_dir(state: State, chunk: int) -> Path:
 
 
 def _phase_data(state: State, chunks: tuple[int, ...]) -> dict[str, Any]:
-    from calm_core.data import BPETokenizer, Tokenizer, write_data_dir
-    from calm_core.data.packing import split_documents
-
-    try:
-        from calm_core.corpus import load_bundled_corpus
-
-        docs = load_bundled_corpus()
-        source = "calm_core.corpus (bundled WikiText-103 test articles)"
-    except ImportError:
-        from calm_core.data import read_documents
-
-        path = Path("/work/shared/data/wikitext103-test-docs.jsonl")
-        docs = read_documents([path])
-        source = str(path)
+    docs = load_bundled_corpus()
+    source = "calm_core.corpus (bundled WikiText-103 test articles)"
     train_idx, val_idx = split_documents(len(docs), VAL_DOCS, SPLIT_SEED)
     tok_dir = state.work / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():
@@ -195,8 +148,6 @@ def _phase_data(state: State, chunks: tuple[int, ...]) -> dict[str, Any]:
 
 
 def _datasets(state: State, chunk: int) -> tuple[Any, Any]:
-    from calm_core.data import PackedDataset
-
     d = _data_dir(state, chunk)
     return PackedDataset(d, "train"), PackedDataset(d, "val")
 
@@ -213,8 +164,6 @@ def _val_blocks(val: Any, seq_len: int, limit: int | None) -> Tensor:
 # ------------------------------------------------------------------------------------ training
 def _train_config(plan: QualityPlan, steps: int | None, fields: dict[str, Any] | None) -> Any:
     """The protocol's trainer settings (``fields`` replace some) for ``steps`` or the plan's cap."""
-    from calm_core.training import TrainConfig
-
     total = steps if steps is not None else plan.max_steps
     return TrainConfig.model_validate(
         {
@@ -247,9 +196,6 @@ def _train(
     weights: called again with the same request, it loads the final weights into ``model`` and
     returns the same record without training, so phases can be re-evaluated (e.g. on other
     held-out blocks) without retraining."""
-    from calm_core.training import Trainer
-    from safetensors.torch import load_model, save_model
-
     config = _train_config(state.plan, steps, fields)
     run_dir = state.work / "runs" / name
     request = train_request(config.model_dump(mode="json"), minutes, snapshots, resume)
@@ -315,15 +261,9 @@ def train_request(
     return {"config": config, "minutes": minutes, "snapshots": list(snapshots), "resume": resume}
 
 
-def _codec(state: State, chunk: int) -> Any:
-    return M.build_codec(chunk=chunk).eval()
-
-
 def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
     """The bench-shape codec trained with the library's default recipe (``calm train-codec``):
     its codec options and schedule, stopped early only if ``minutes`` run out."""
-    from calm_core.recipes import codec_recipe
-
     default = codec_recipe("default")
     train, val = _datasets(state, chunk)
     codec = M.build_codec(chunk=chunk, **default["codec"]["config"]).eval()
@@ -347,8 +287,6 @@ def _phase_codec(state: State, chunk: int, minutes: float) -> dict[str, Any]:
 
 
 def _load_codec(state: State, chunk: int) -> Any:
-    from calm_core.model_dir import load_pretrained
-
     codec = load_pretrained(state.work / f"codec_k{chunk}")
     codec.eval()
     for p in codec.parameters():
@@ -404,8 +342,6 @@ def _eval_snapshots(
     state: State, model: nn.Module, trained: dict[str, Any], blocks: Tensor, kind: str, pad_id: int
 ) -> list[dict[str, Any]]:
     """Every snapshot of a training phase (and its final weights) on ``blocks``, in step order."""
-    from safetensors.torch import load_model
-
     fpt = trained["train_flops_per_token"]
     tokens_per_step = state.plan.batch * state.plan.seq_len
     points = dict(trained["snapshots"])
@@ -439,8 +375,6 @@ def _phase_eval(state: State, kind: str) -> dict[str, Any]:
 
 def _phase_baselines(state: State) -> dict[str, Any]:
     """Context-free predictors on the held-out blocks (:mod:`benchmarks.baselines`)."""
-    from benchmarks.baselines import chunk_sampler_brier, chunk_sampler_energy, unigram_brier
-
     train, val = _datasets(state, M.CHUNK)
     blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
     train_tokens = np.asarray(train.tokens, dtype=np.int64)
@@ -461,241 +395,6 @@ def _phase_baselines(state: State) -> dict[str, Any]:
             )
         },
     }
-
-
-# ------------------------------------------------------------------------------- heads, K sweep
-def _sampling_cost(model: nn.Module, positions: int = 64, reps: int = 3) -> dict[str, float]:
-    from benchmarks.timing import measure
-
-    head: Any = model.head  # type: ignore[union-attr]
-    hidden = torch.randn(positions, M.BACKBONE["hidden_size"], generator=torch.Generator())
-    with torch.no_grad():
-        m = measure(lambda: head.sample(hidden, 1), reps=reps, warmup=1)
-    return {
-        "network_calls_per_sample": float(head.network_calls_per_sample),
-        "sample_ms_per_64_positions": 1000 * m.seconds,
-    }
-
-
-def _phase_heads(state: State) -> dict[str, Any]:
-    from safetensors.torch import load_model
-
-    train, val = _datasets(state, M.CHUNK)
-    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-    steps = state.plan.head_steps
-    out: dict[str, Any] = {"steps": steps}
-    for head in ("energy", "diffusion", "flow"):
-        model = _build(state, "calm", val.pad_id, head=head)
-        if head == "energy":  # the main CALM run's snapshot at the same step
-            snap = state.work / "runs" / "calm" / f"snapshot-{steps}.safetensors"
-            if not snap.is_file():
-                out[head] = {"missing": f"no energy snapshot at step {steps} ({snap})"}
-                continue
-            load_model(model, str(snap))
-        else:
-            _train(state, model, train, f"calm_{head}", minutes=None, steps=steps)
-        row = _eval_model(model, blocks, "calm", val.pad_id)
-        row.update(_sampling_cost(model))
-        out[head] = row
-        _log(f"head {head}: {row}")
-    return out
-
-
-def _phase_ksweep(state: State, deadline: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"steps": state.plan.head_steps}
-    for k in K_SWEEP:
-        if time.perf_counter() > deadline:
-            out[f"k{k}"] = {"missing": "not run: out of the time budget"}
-            continue
-        try:
-            codec_info = _phase_codec(state, k, state.plan.ksweep_codec_minutes)
-            train, val = _datasets(state, k)
-            blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-            model = _build(state, "calm", val.pad_id, chunk=k)
-            _train(state, model, train, f"calm_k{k}", minutes=None, steps=state.plan.head_steps)
-            row = _eval_model(model, blocks, "calm", val.pad_id)
-            row["codec_steps"] = codec_info["steps"]
-            row["codec_val_token_accuracy"] = codec_info["val_token_accuracy"]
-            row["train_flops_per_token"] = _flops_per_token("calm", k)
-            out[f"k{k}"] = row
-        except Exception as exc:  # one K failing must not lose the others
-            traceback.print_exc()
-            out[f"k{k}"] = {"missing": f"error: {type(exc).__name__}: {exc}"}
-        _log(f"K={k}: {out[f'k{k}']}")
-    return out
-
-
-#: the main CALM run continued to this many times the protocol's budget (phase ``calm_x4``)
-LONG_BUDGETS = 4
-LONG_SNAPSHOTS = (1600, 2400, 3200, 4000, 4800, 6400)
-
-
-def _train_loss_near(run_dir: Path, step: int, window: int = 50) -> float | None:
-    """Mean logged training loss over steps ``(step - window, step]`` (``metrics.jsonl``)."""
-    losses = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "loss" in row and step - window < int(row["step"]) <= step:
-            losses.append(float(row["loss"]))
-    return float(np.mean(losses)) if losses else None
-
-
-def _phase_calm_x4(state: State) -> dict[str, Any]:
-    """The main CALM run continued (exact resume from its final checkpoint, in a copy of its run
-    directory) for ``LONG_BUDGETS - 1`` more budgets; the snapshots past the main run evaluated."""
-    import shutil
-
-    main = state.done("calm")
-    if main is None:
-        raise RuntimeError("the calm training phase has not run; run it first")
-    src, dst = state.work / "runs" / "calm", state.work / "runs" / "calm_x4"
-    if not (dst / "checkpoints").is_dir():
-        shutil.copytree(src / "checkpoints", dst / "checkpoints")
-        shutil.copy2(src / "metrics.jsonl", dst / "metrics.jsonl")
-    train, val = _datasets(state, M.CHUNK)
-    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-    model = _build(state, "calm", train.pad_id)
-    trained = _train(
-        state, model, train, "calm_x4", minutes=(LONG_BUDGETS - 1) * state.plan.lm_minutes,
-        steps=None, snapshots=LONG_SNAPSHOTS, resume=True,
-    )  # fmt: skip
-    trained["train_flops_per_token"] = _flops_per_token("calm")
-    curve = _eval_snapshots(state, model, trained, blocks, "calm", val.pad_id)
-    for row in curve:  # held-out against training loss: generalising or memorising?
-        row["train_loss"] = _train_loss_near(dst, row["step"])
-    return {
-        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
-        "resumed_from": int(main["steps"]),
-        "budgets": LONG_BUDGETS,
-        "val_blocks": int(blocks.shape[0]),
-        "curve": curve,
-        "main_train_loss": _train_loss_near(dst, int(main["steps"])),
-    }
-
-
-def _budget_run(
-    state: State,
-    model: nn.Module,
-    name: str,
-    kind: str,
-    data: tuple[Any, Any, Tensor],
-    *,
-    chunk: int = M.CHUNK,
-    fields: dict[str, Any] | None = None,
-    steps: int | None = None,
-    snapshots: tuple[int, ...] | None = None,
-) -> dict[str, Any]:
-    """Train ``model`` for the whole budget (or exactly ``steps``) with snapshots (the plan's, or
-    ``snapshots``), evaluate every snapshot on the held-out ``blocks`` of ``data = (train, val,
-    blocks)``: the common record of a diagnosis phase. ``kind`` ("ar" or "calm") picks the
-    evaluation and the FLOP formula."""
-    train, val, blocks = data
-    trained = _train(
-        state, model, train, name, minutes=state.plan.lm_minutes if steps is None else None,
-        steps=steps, fields=fields,
-        snapshots=state.plan.snapshot_steps if snapshots is None else snapshots,
-    )  # fmt: skip
-    trained["train_flops_per_token"] = _flops_per_token(kind, chunk)
-    return {
-        **{k: trained[k] for k in ("steps", "wall_s", "cpu_s", "train_flops_per_token")},
-        "val_blocks": int(blocks.shape[0]),
-        "curve": _eval_snapshots(state, model, trained, blocks, kind, val.pad_id),
-    }
-
-
-def _ensure_k1_codec(state: State) -> None:
-    """Reuse the K sweep's K=1 codec, or train one with the K sweep's budget."""
-    if not (state.work / "codec_k1" / "config.json").is_file():
-        _phase_codec(state, 1, state.plan.ksweep_codec_minutes)
-
-
-def _phase_k1_full(state: State) -> dict[str, Any]:
-    """CALM at K=1 for the whole budget, every snapshot evaluated, and its context-free floors."""
-    from benchmarks.baselines import chunk_sampler_energy, unigram_brier
-
-    _ensure_k1_codec(state)
-    train, val = _datasets(state, 1)
-    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-    model = _build(state, "calm", train.pad_id, chunk=1)
-    run = _budget_run(state, model, "calm_k1_full", "calm", (train, val, blocks), chunk=1)
-    train_tokens = np.asarray(train.tokens, dtype=np.int64)
-    targets = blocks[:, 1:].reshape(-1, 1).numpy()  # every next token is a chunk at K=1
-    return {
-        **run,
-        "floor": {
-            "unigram_brier_n": unigram_brier(train_tokens, blocks, val.pad_id),
-            "energy_loss": chunk_sampler_energy(
-                _load_codec(state, 1), train_tokens.reshape(-1, 1), targets
-            ),
-        },
-    }
-
-
-def _phase_ar_brier(state: State) -> dict[str, Any]:
-    """The AR baseline trained on the Brier score (:mod:`benchmarks.objectives`) for the whole
-    budget from the same initial weights, every snapshot evaluated like ``ar``."""
-    from benchmarks.objectives import BrierTrainedLM
-
-    train, val = _datasets(state, M.CHUNK)
-    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-    ar = M.build_ar(pad_id=train.pad_id)
-    model = BrierTrainedLM(ar.config)
-    model.load_state_dict(ar.state_dict())
-    # FLOPs as the AR's: the Brier score's softmax and squares are O(V) per token, beside
-    # O(params) for the model
-    return _budget_run(state, model, "ar_brier", "ar", (train, val, blocks))
-
-
-#: the reference implementation's own recipe (BENCHMARKS.md), for phase ``ar_reference_recipe``
-REFERENCE_RECIPE = {"lr": 3e-4, "warmup_steps": 200}
-
-
-def _phase_ar_reference_recipe(state: State) -> dict[str, Any]:
-    """The AR baseline trained with the reference's recipe (peak lr 3e-4, 200 warm-up steps)
-    instead of the sweep's, for the whole budget, every snapshot evaluated like ``ar``: the
-    like-for-like check of "our AR baseline at least matches the reference AR"."""
-    train, val = _datasets(state, M.CHUNK)
-    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-    model = _build(state, "ar", train.pad_id)
-    run = _budget_run(
-        state, model, "ar_reference_recipe", "ar", (train, val, blocks), fields=REFERENCE_RECIPE
-    )
-    return {**run, "recipe": REFERENCE_RECIPE}
-
-
-#: the reference AR's optimizer steps in its 15 minutes and its evaluations (every 3 minutes)
-REFERENCE_AR_STEPS = 645
-REFERENCE_AR_EVALS = 5
-
-
-def _phase_ar_reference_steps(state: State) -> dict[str, Any]:
-    """The AR baseline with the reference's recipe for exactly the reference AR's step count,
-    evaluated where the reference evaluated (every fifth of its run): our implementation against
-    the reference's at equal optimizer steps, not at equal wall time (ours is faster, and the
-    steps it makes beyond the reference's overfit the 0.3M training tokens)."""
-    train, val = _datasets(state, M.CHUNK)
-    blocks = _val_blocks(val, state.plan.seq_len, state.plan.eval_blocks)
-    model = _build(state, "ar", train.pad_id)
-    every = REFERENCE_AR_STEPS // REFERENCE_AR_EVALS
-    run = _budget_run(
-        state, model, f"ar_reference_recipe_{REFERENCE_AR_STEPS}", "ar", (train, val, blocks),
-        fields=REFERENCE_RECIPE, steps=REFERENCE_AR_STEPS,
-        snapshots=tuple(every * i for i in range(1, REFERENCE_AR_EVALS)),
-    )  # fmt: skip
-    return {**run, "recipe": REFERENCE_RECIPE}
-
-
-def _phase_head_bigram(state: State) -> dict[str, Any]:
-    """The energy head alone against a softmax on the bigram task (:mod:`benchmarks.head_probe`),
-    on the K=1 data and codec (trained first if the K sweep has not)."""
-    from benchmarks.head_probe import run_head_probe
-
-    _ensure_k1_codec(state)
-    train, val = _datasets(state, 1)
-    return run_head_probe(
-        _load_codec(state, 1), train.tokens, val.tokens,
-        steps=state.plan.probe_steps, lr=state.plan.lr,
-    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -729,21 +428,13 @@ def run_quality(
     # phases (and K-sweep points) not started by ``stop_at`` (epoch seconds) are skipped
     deadline = time.perf_counter() + (stop_at - time.time() if stop_at else 3 * 3600)
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("data", lambda: _phase_data(state, (M.CHUNK, *K_SWEEP))),
+        ("data", lambda: _phase_data(state, (M.CHUNK,))),
         ("codec", lambda: _phase_codec(state, M.CHUNK, plan.codec_minutes)),
         ("ar", lambda: _phase_lm(state, "ar")),
         ("calm", lambda: _phase_lm(state, "calm")),
         ("eval_ar", lambda: _phase_eval(state, "ar")),
         ("eval_calm", lambda: _phase_eval(state, "calm")),
         ("baselines", lambda: _phase_baselines(state)),
-        ("heads", lambda: _phase_heads(state)),
-        ("ksweep", lambda: _phase_ksweep(state, deadline)),
-        ("k1_full", lambda: _phase_k1_full(state)),
-        ("calm_x4", lambda: _phase_calm_x4(state)),
-        ("ar_brier", lambda: _phase_ar_brier(state)),
-        ("ar_reference_recipe", lambda: _phase_ar_reference_recipe(state)),
-        ("ar_reference_steps", lambda: _phase_ar_reference_steps(state)),
-        ("head_bigram", lambda: _phase_head_bigram(state)),
     ]
     missing: dict[str, str] = {}
     for name, fn in steps:

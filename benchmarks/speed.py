@@ -11,9 +11,11 @@ What is unusual:
   clip_grad_norm(1.0) -> optimizer step) with the project's own optimizer builder, exactly the
   step of BENCHMARKS.md, rather than timing ``Trainer.fit`` (whose logging and checkpointing
   are not part of the figure).
-* CALM at T=1 and the AR baseline, whose generation-speed ratio is a target, are timed
-  interleaved (:func:`benchmarks.timing.measure_interleaved`: one repetition of each per round),
-  so that the machine's drift within a minute does not land on one side of the ratio.
+* The two sides of every gated ratio (:mod:`benchmarks.targets`) are timed interleaved
+  (:func:`benchmarks.timing.measure_interleaved`: one repetition of each per round) and divided
+  round by round (``run.paired``): CALM at T=1 and the AR baseline at each batch size, the CALM
+  and AR training steps. A GEMM-bound figure (training, the T=0.5 batch approximation) is timed
+  interleaved with a 1024^3 GEMM in the same way (``run.gemm_during``), for MFU and normalising.
 * Per-token generation time at a context length is measured with the models' ``stream``
   iterators: the prompt's prefill and the first step are untimed, then the following steps are
   timed, so prefill cost never leaks into the per-token figure.
@@ -31,17 +33,24 @@ from functools import partial
 from typing import Any
 
 import torch
-from calm_core.costs import (
-    ar_brier_flops,
-    backbone_macs,
-    causal_context,
-    decode_weights_per_token,
-    flops_per_token,
-)
+from calm_core.calm import CALM
+from calm_core.costs import causal_context, decode_weights_per_token, flops_per_token
+from calm_core.metrics.brier import BrierAccumulator
+from calm_core.metrics.brier_ar import ar_brier_scores
+from calm_core.metrics.brier_calm import calm_brier_scores
+from calm_core.training.config import TrainConfig
+from calm_core.training.optim import build_optimizer
 from torch import Tensor, nn
 
 from benchmarks import models as M
-from benchmarks.timing import Measurement, measure, measure_interleaved
+from benchmarks.targets import PAIR_REPS
+from benchmarks.timing import (
+    Measurement,
+    gemm_call,
+    measure,
+    measure_interleaved,
+    paired_speedup,
+)
 
 __all__ = ["Settings", "SpeedRun", "brier_eval", "run_speed"]
 
@@ -53,6 +62,7 @@ class Settings:
     """How much to repeat: ``reps`` timed repetitions after ``warmup`` untimed calls."""
 
     reps: int = 5
+    pair_reps: int = PAIR_REPS
     warmup: int = 1
     train_warmup: int = 2
     ctx_new_tokens: int = 64
@@ -67,6 +77,11 @@ class SpeedRun:
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: figure key -> fp32 GEMM GFLOP/s measured interleaved with it (the GEMM-bound figures),
+    #: the rate its per-round speed ratios imply (:func:`_with_gemm`)
+    gemm_during: dict[str, float] = field(default_factory=dict)
+    #: "numerator/denominator" figure keys -> their per-round speed ratio (timed interleaved)
+    paired: dict[str, float] = field(default_factory=dict)
 
     def put(self, group: str, key: str, value: float | None, timing: Measurement | None) -> None:
         self.results.setdefault(group, {})[key] = value
@@ -108,11 +123,8 @@ def _tokens(batch: int, length: int, seed: int, vocab: int = M.VOCAB) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------- training
-def _train_step_fn(model: nn.Module, tokens: Tensor) -> Callable[[], None]:
+def train_step_fn(model: nn.Module, tokens: Tensor) -> Callable[[], None]:
     """One BENCHMARKS.md training step on ``tokens`` (AdamW 3e-4, (0.9, 0.95), wd 0.1, clip 1)."""
-    from calm_core.training.config import TrainConfig
-    from calm_core.training.optim import build_optimizer
-
     config = TrainConfig.model_validate(
         {"lr": 3e-4, "betas": (0.9, 0.95), "weight_decay": 0.1, "grad_clip": 1.0}
     )
@@ -130,33 +142,59 @@ def _train_step_fn(model: nn.Module, tokens: Tensor) -> Callable[[], None]:
     return step
 
 
-def _time_training(model: nn.Module, settings: Settings) -> Measurement:
-    tokens = _tokens(M.TRAIN_BATCH, M.SEQ_LEN, seed=1)
-    return measure(_train_step_fn(model, tokens), reps=settings.reps, warmup=settings.train_warmup)
+def _gemm_beside(
+    run: SpeedRun, key: str, fig: Measurement, gemm: Measurement, flops: float
+) -> None:
+    """Record the GEMM rate beside figure ``key``: the one for which the figure over it equals
+    the median over rounds of (figure speed / GEMM speed), so load cancels round by round."""
+    run.gemm_during[key] = flops / 1e9 / (fig.seconds * paired_speedup(fig, gemm))
+
+
+def _with_gemm(
+    run: SpeedRun, key: str, fn: Callable[[], object], *, reps: int, warmup: int
+) -> Measurement:
+    """Time ``fn`` interleaved with a 1024^3 fp32 GEMM (:func:`_gemm_beside`)."""
+    gemm, flops = gemm_call()
+    timed = measure_interleaved({"fig": fn, "gemm": gemm}, reps=reps, warmup=warmup)
+    _gemm_beside(run, key, timed["fig"], timed["gemm"], flops)
+    return timed["fig"]
 
 
 def _training(run: SpeedRun, settings: Settings) -> None:
     tokens_per_step = M.TRAIN_BATCH * M.SEQ_LEN
+    tokens = _tokens(M.TRAIN_BATCH, M.SEQ_LEN, seed=1)
 
-    def _codec() -> None:
-        m = _time_training(M.build_codec(), settings)
-        run.put("train_tok_s", "codec", tokens_per_step / m.seconds, m)
+    def _time(key: str, model: nn.Module) -> None:
+        step = train_step_fn(model, tokens)
+        m = _with_gemm(run, f"train_tok_s.{key}", step, reps=settings.reps,
+                       warmup=settings.train_warmup)  # fmt: skip
+        run.put("train_tok_s", key, tokens_per_step / m.seconds, m)
 
-    _attempt(run, "train_tok_s", ["codec"], settings, _codec)
+    _attempt(run, "train_tok_s", ["codec"], settings, lambda: _time("codec", M.build_codec()))
+    for head in ("diffusion", "flow"):
+        key = f"calm_{head}"
+        _attempt(
+            run, "train_tok_s", [key], settings, lambda k=key, h=head: _time(k, M.build_calm(h))
+        )
 
-    for head in ("energy", "diffusion", "flow"):
+    def _calm_and_ar() -> None:
+        # a gated ratio and both MFUs: the two steps and a GEMM timed interleaved, round by round
+        gemm, flops = gemm_call()
+        steps = {"calm_energy": M.build_calm("energy"), "ar": M.build_ar()}
+        fns: dict[str, Callable[[], object]] = {
+            k: train_step_fn(model, tokens) for k, model in steps.items()
+        }
+        timed = measure_interleaved(
+            {**fns, "gemm": gemm}, reps=settings.reps, warmup=settings.train_warmup
+        )
+        for key in steps:
+            run.put("train_tok_s", key, tokens_per_step / timed[key].seconds, timed[key])
+            _gemm_beside(run, f"train_tok_s.{key}", timed[key], timed["gemm"], flops)
+        run.paired["train_tok_s.calm_energy/train_tok_s.ar"] = paired_speedup(
+            timed["calm_energy"], timed["ar"]
+        )
 
-        def _calm() -> None:
-            m = _time_training(M.build_calm(head), settings)  # noqa: B023 - called at once
-            run.put("train_tok_s", f"calm_{head}", tokens_per_step / m.seconds, m)  # noqa: B023
-
-        _attempt(run, "train_tok_s", [f"calm_{head}"], settings, _calm)
-
-    def _ar() -> None:
-        m = _time_training(M.build_ar(), settings)
-        run.put("train_tok_s", "ar", tokens_per_step / m.seconds, m)
-
-    _attempt(run, "train_tok_s", ["ar"], settings, _ar)
+    _attempt(run, "train_tok_s", ["calm_energy", "ar"], settings, _calm_and_ar)
 
 
 # --------------------------------------------------------------------------------- generation
@@ -181,38 +219,28 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
         # CALM at T=1 and the AR baseline are timed interleaved, round by round, at each batch
         # size: their ratio is a target, and figures timed a minute apart on a shared machine can
         # disagree by more than the ratio's own noise
-        models: dict[str, Any] = {}
-        for name, build in (("calm", lambda: M.build_calm("energy")), ("ar", M.build_ar)):
-            try:
-                models[name] = build().eval()
-            except M.MissingFigureError as exc:  # time the other one alone
-                keys = ["calm_t1_b1", "calm_t1_b8"] if name == "calm" else ["ar_b1", "ar_b8"]
-                run.fail("gen_tok_s", keys, f"missing code: {exc}")
+        calm, ar = M.build_calm("energy").eval(), M.build_ar().eval()
         for batch in (1, 8):
             prompts = _tokens(batch, M.PROMPT_LEN, seed=2)
-            calls: dict[str, Callable[[int], object]] = {}
-            if "calm" in models:
-                gen = torch.Generator().manual_seed(0)
-                calls[f"calm_t1_b{batch}"] = partial(
-                    models["calm"].generate,
-                    prompts,
-                    temperature=1.0,
-                    generator=gen,
-                    stop_at_eos=False,
-                )
-            if "ar" in models:
-                calls[f"ar_b{batch}"] = partial(
-                    models["ar"].generate, prompts, temperature=0.0, stop_at_eos=False
-                )
+            gen = torch.Generator().manual_seed(0)
+            calls: dict[str, Callable[[int], object]] = {
+                f"calm_t1_b{batch}": partial(
+                    calm.generate, prompts, temperature=1.0, generator=gen, stop_at_eos=False
+                ),
+                f"ar_b{batch}": partial(ar.generate, prompts, temperature=0.0, stop_at_eos=False),
+            }
             for call in calls.values():
                 _short_warmup(call, settings)
-            timed = measure_interleaved(
+            timed = measure_interleaved(  # a gated ratio: PAIR_REPS rounds even when quick
                 {key: partial(call, new) for key, call in calls.items()},
-                reps=settings.reps,
+                reps=max(settings.reps, settings.pair_reps),
                 warmup=0,
             )
             for key, m in timed.items():
                 run.put("gen_tok_s", key, batch * new / m.seconds, m)
+            calm_m, ar_m = timed[f"calm_t1_b{batch}"], timed[f"ar_b{batch}"]
+            pair = f"gen_tok_s.calm_t1_b{batch}/gen_tok_s.ar_b{batch}"
+            run.paired[pair] = paired_speedup(calm_m, ar_m)
 
     _attempt(run, "gen_tok_s", ["calm_t1_b1", "ar_b1", "calm_t1_b8", "ar_b8"], settings, _t1_and_ar)
 
@@ -226,8 +254,11 @@ def _generation(run: SpeedRun, settings: Settings) -> None:
                 generator=gen, stop_at_eos=False,
             )  # fmt: skip
             _short_warmup(call, settings)
-            m = measure(partial(call, new), reps=settings.reps, warmup=0)
-            run.put("gen_tok_s", f"calm_t05batch_b{batch}", batch * new / m.seconds, m)
+            key = f"calm_t05batch_b{batch}"
+            # GEMM-bound (every candidate is decoded): gated over the GEMM rate beside it
+            fig = partial(call, new)
+            m = _with_gemm(run, f"gen_tok_s.{key}", fig, reps=settings.reps, warmup=0)
+            run.put("gen_tok_s", key, batch * new / m.seconds, m)
 
     _attempt(run, "gen_tok_s", ["calm_t05batch_b1", "calm_t05batch_b8"], settings, _calm_t05)
 
@@ -281,8 +312,6 @@ def _context(run: SpeedRun, settings: Settings) -> None:
 
     def _calm() -> None:
         model = M.build_calm("energy", context_tokens=max(CONTEXTS) + new).eval()
-        if not hasattr(model, "stream"):
-            raise M.MissingFigureError("CALM has no stream() iterator to time steps after prefill")
         for ctx in CONTEXTS:
             prompt = _tokens(1, ctx, seed=3)
             gen = torch.Generator().manual_seed(0)
@@ -295,19 +324,6 @@ def _context(run: SpeedRun, settings: Settings) -> None:
 
     _attempt(run, "gen_token_s_ctx", keys, settings, _calm)
 
-    # AR per-token time at the same contexts: a detail for the report, not an output key
-    try:
-        ar = M.build_ar(context_tokens=max(CONTEXTS) + new).eval()
-        detail: dict[str, float] = {}
-        for ctx in CONTEXTS:
-            prompt = _tokens(1, ctx, seed=3)
-            rep = _stream_per_token(partial(ar.stream, prompt, new + 1, 0.0, stop_at_eos=False))
-            with torch.no_grad():
-                detail[str(ctx)] = _median_of(rep, settings).seconds
-        run.extra["ar_gen_token_s_ctx"] = detail
-    except Exception as exc:  # a detail: report why it is absent
-        run.extra["ar_gen_token_s_ctx"] = f"not measured: {type(exc).__name__}: {exc}"
-
 
 # --------------------------------------------------------------------------------- evaluation
 def brier_eval(
@@ -315,13 +331,6 @@ def brier_eval(
 ) -> dict[str, Any]:
     """Brier-1..4 and BrierLM of ``model`` (CALM or AR) on ``blocks [n, T]`` with the library's
     estimators, ``batch`` blocks per call; the :class:`BrierResult` as a dict."""
-    try:
-        from calm_core.calm import CALM
-        from calm_core.metrics.brier import BrierAccumulator
-        from calm_core.metrics.brier_ar import ar_brier_scores
-        from calm_core.metrics.brier_calm import calm_brier_scores
-    except ImportError as exc:
-        raise M.MissingFigureError(f"the BrierLM estimators are not available: {exc}") from None
     gen = torch.Generator().manual_seed(seed)
     score = calm_brier_scores if isinstance(model, CALM) else ar_brier_scores
     acc = BrierAccumulator()
@@ -350,22 +359,13 @@ def _evaluation(run: SpeedRun, settings: Settings) -> None:
 
     # BENCHMARKS.md also gives the reference AR estimator when its two samples always agree
     # (16.2 s: its rollouts go on while they agree). A sharpened lm_head makes ours agree too.
-    def agreeing() -> nn.Module:
-        model = M.build_ar()
+    def agree() -> None:
+        model = M.build_ar().eval()
         with torch.no_grad():
             model.lm_head.weight.mul_(1e4)  # softmax ~ one-hot: both samples are the argmax
-        return model
-
-    def agree() -> None:
-        model = agreeing().eval()
         m = measure(lambda: brier_eval(model, tokens), reps=settings.reps, warmup=settings.warmup)
         run.put("eval_extra_s", "ar_brier_always_agree", m.seconds, m)
         run.extra["ar_brier_always_agree_s"] = m.seconds
-        # its matmul work (flops.py), for the floor the report derives from the GEMM rate
-        run.extra["ar_brier_always_agree_gflop"] = (
-            ar_brier_flops(M.preset_data("ar"), batch=M.TRAIN_BATCH, length=M.SEQ_LEN, max_n=4)
-            / 1e9
-        )
 
     _attempt(run, "eval_extra_s", ["ar_brier_always_agree"], settings, agree)
 
@@ -383,8 +383,6 @@ def _decode_weights(run: SpeedRun) -> None:
         "calm-m": mb("calm-m"),
         "transformer-m": mb("transformer-m"),
     }
-    # the backbone's share (its matmul weights, one MAC each per position)
-    run.extra["backbone_weight_mb"] = 4 * backbone_macs(M.BACKBONE) / 1e6
 
 
 # ------------------------------------------------------------------------------------------ MFU
@@ -402,7 +400,10 @@ def _mfu(run: SpeedRun, gemm_gflops: float) -> None:
             continue
         achieved = tok_s * fpt / 1e9
         run.extra["achieved_gflops"][name] = achieved
-        run.put("mfu", name, achieved / gemm_gflops, None)
+        # over the GEMM rate measured interleaved with this training step (the run's start rate
+        # when that is missing): the machine's load moves both alike
+        gemm = run.gemm_during.get(f"train_tok_s.{key}", gemm_gflops)
+        run.put("mfu", name, achieved / gemm, None)
 
 
 def run_speed(settings: Settings, gemm_gflops: float, *, only: set[str] | None = None) -> SpeedRun:

@@ -1,26 +1,52 @@
-"""Reference figures, the targets of issue 9, ratios computed within one run, and the CI rule.
+"""Reference figures, the targets of issue 9, ratios computed within one run, and the CI gate.
 
-What is unusual: there are two kinds of target.
+There are three kinds of target: ``within`` (two figures of this run, e.g. CALM/AR), ``absolute``
+(a fraction of this run, e.g. MFU = achieved FLOP/s over the fp32 GEMM rate measured beside it)
+and ``reference`` (a figure of this run over the reference implementation's, BENCHMARKS.md, from
+a 2-core AMD EPYC VM whose 1024^3 fp32 matmul ran at 128-165 GFLOP/s; reported raw and
+normalised by this run's GEMM rate over the reference machine's midpoint, 146.5 GFLOP/s).
 
-* ``within`` targets compare two figures measured in the same run on the same machine (CALM/AR,
-  achieved FLOP/s over measured GEMM FLOP/s). Machine speed cancels, so these are what CI checks.
-* ``reference`` targets compare a figure of this run with a fixed figure of the reference
-  implementation (BENCHMARKS.md, measured on a 2-core AMD EPYC VM whose 1024^3 fp32 matmul ran at
-  128-165 GFLOP/s). They are reported twice: raw, and normalised by this run's matmul throughput
-  relative to the reference machine's (midpoint 146.5 GFLOP/s). CI never fails on them because
-  the CI machine is not the reference machine.
+The CI gate (``--check``, on by default with ``--quick``, which CI runs after the tests) checks
+the *gated* targets only: one fails when its checked value (the ratio; for a gated reference
+target the normalised ratio) is below ``min(target, baseline) / NOISE_FACTOR``, where
+``baseline`` is the same value in the full run committed to ``benchmarks/results/speed.json``
+(a test makes sure that run holds every gated value). ``--quick`` measures the same shapes as
+the full run (256 new tokens after a 32-token prompt, batch 8 x 512 training tokens); it only
+repeats less, and the gated generation pairs still get :data:`PAIR_REPS` interleaved rounds.
+The two sides of a gated ratio (and a GEMM-bound figure and its GEMM) are timed interleaved and
+divided round by round, the median of those per-round ratios being the ratio (``paired`` in the
+results), so that the shared machine's load, which moves between rounds far more than within
+one, cancels. Why this rule:
 
-The regression rule (``--check``, on by default with ``--quick``, which CI runs after the tests):
-a ``within`` or ``absolute`` ratio fails when it is below ``min(target, baseline) / NOISE_FACTOR``,
-where ``baseline`` is the same ratio in the last full run committed to
-``benchmarks/results/speed.json`` and ``NOISE_FACTOR = 2``. A ratio divides two timed figures,
-each of which can be off by up to 1.6x in a single run (the largest spread BENCHMARKS.md reports
-for sub-second items); on this machine the CALM/AR generation ratio at batch 1 moved by 1.4x
-between two quiet runs of the same code (2.38 and 1.72), so the factor is 2, not 1.6. For a
-target that is met this is "below the target by more than noise"; for one the full run did not
-meet, it is "worse than what was measured by more than noise", so a regression is caught
-either way and an unmet target does not turn every CI run red. A real regression (say CALM
-generation falling to AR speed) is caught; scheduling noise on a shared machine is not flagged.
+* The committed baseline comes from another machine than CI's (CI's is 2-3x faster, with another
+  balance of per-operation overhead to GEMM speed), so a gated value must mean the same on both:
+  its two sides must be limited by the same thing. CALM/AR generation at T=1 compares two
+  KV-cached decode loops over the same backbone at the bench width (256), both dominated by
+  per-operation overhead, timed interleaved; CALM/AR training compares two GEMM-bound training
+  steps of 4,096 tokens; MFU and the T=0.5 batch approximation at batch 8 (at random weights
+  every one of its 1,600 candidates per step is decoded: ~13 GFLOP of [6400, 256] x [256, 4096]
+  products per step) are GEMM-bound figures over a GEMM rate measured interleaved with them.
+* Not gated: CALM/AR for the T=0.5 batch approximation. Its numerator is that GEMM-bound sampler,
+  its denominator the overhead-bound AR loop, so the ratio follows the machine's balance of the
+  two (0.0775 here, 0.0622 on CI, same code) and falls whenever the AR loop alone gets faster, a
+  CALM regression or not (the CI failure that introduced this rule: the AR's batch-8 loop had
+  become ~3x faster since the committed run). The sampler is gated by its normalised speed
+  instead. Ours/reference targets of overhead-bound figures are never gated (CI is not the
+  reference machine, and a GEMM rate does not normalise overhead).
+* ``NOISE_FACTOR = 1.75``: a gated value half its committed baseline (a 2x regression of one
+  side) is 12.5% under the floor and fails, unless the baseline beat the target by more than
+  14% (then the floor is the target's: falling more than 1.75x below the target fails). Noise and
+  the machine's shift together may cost up to 1.75x. On this shared machine the CALM/AR batch-1
+  ratio moved 1.4x between two quiet runs (2.38, 1.72) before the pairs were interleaved; the
+  like-for-like choice above keeps the machine shift small. ``min(target, ...)`` stays because a
+  baseline measured under contention can overshoot (next point): the committed run of
+  2026-12-07 gave CALM/AR 5.97 at batch 8 where quiet rounds give 2.3-2.6.
+* What pairing does not cancel: contention so heavy that a two-thread operation waits on a
+  descheduled thread. Then the loop with more, smaller operations (the AR's) slows most and
+  CALM/AR rises; and a one-product GEMM beside a figure of many seconds samples only a moment of
+  the load. A baseline measured that way is lenient for the GEMM-normalised values and strict
+  for CALM/AR generation, so the committed full run should come from a quiet machine (its
+  ``machine.load_average_at_start`` and per-round timings show how quiet it was).
 """
 
 from __future__ import annotations
@@ -31,6 +57,7 @@ from typing import Any, Literal
 
 __all__ = [
     "NOISE_FACTOR",
+    "PAIR_REPS",
     "REFERENCE",
     "REFERENCE_MATMUL_GFLOPS",
     "TARGETS",
@@ -38,13 +65,17 @@ __all__ = [
     "baseline_ratios",
     "check",
     "evaluate_targets",
+    "gemm_rate",
     "lookup",
 ]
 
-#: how far a within-run ratio may fall from its floor reference before CI calls it a regression:
-#: each of the two timed figures of a ratio can be off by 1.6x (BENCHMARKS.md); observed ratio
-#: spread between quiet runs here 1.4x
-NOISE_FACTOR = 2.0
+#: how far a gated value may fall below min(target, committed baseline) before CI calls it a
+#: regression (below 2, so that a 2x regression fails)
+NOISE_FACTOR = 1.75
+
+#: interleaved rounds of the gated generation pairs, also with --quick (a median of 3 rounds of a
+#: ratio moves more than one of 5)
+PAIR_REPS = 5
 
 #: the reference machine's 1024^3 fp32 matmul: 128-165 GFLOP/s; the midpoint
 REFERENCE_MATMUL_GFLOPS = (128.0 + 165.0) / 2
@@ -76,6 +107,8 @@ class Target:
     ``kind="within"``: both figures from this run. ``kind="reference"``: the denominator is the
     reference figure of :data:`REFERENCE` for the numerator's key.
     ``kind="absolute"``: the numerator itself (a fraction, e.g. MFU) against ``minimum``.
+    ``gated``: CI checks it (see the module docstring for which and why); a gated reference
+    target is checked on its normalised ratio.
     """
 
     name: str
@@ -83,28 +116,29 @@ class Target:
     numerator: str
     denominator: str | None
     minimum: float
+    gated: bool = False
 
 
 TARGETS: tuple[Target, ...] = (
     Target("generation T=1 batch 1, CALM/AR", "within", "gen_tok_s.calm_t1_b1",
-           "gen_tok_s.ar_b1", 3.5),
+           "gen_tok_s.ar_b1", 3.5, gated=True),
     Target("generation T=1 batch 8, CALM/AR", "within", "gen_tok_s.calm_t1_b8",
-           "gen_tok_s.ar_b8", 2.5),
+           "gen_tok_s.ar_b8", 2.5, gated=True),
     Target("generation T=1 batch 1, ours/reference CALM", "reference", "gen_tok_s.calm_t1_b1",
            None, 2.0),
     Target("generation T=1 batch 8, ours/reference CALM", "reference", "gen_tok_s.calm_t1_b8",
            None, 2.0),
     Target("generation T=0.5 batch approx. batch 8, ours/reference", "reference",
-           "gen_tok_s.calm_t05batch_b8", None, 20.0),
+           "gen_tok_s.calm_t05batch_b8", None, 20.0, gated=True),
     Target("generation T=0.5 batch approx. batch 8, CALM/AR", "within",
            "gen_tok_s.calm_t05batch_b8", "gen_tok_s.ar_b8", 1.5),
     Target("training, CALM (energy) ours/reference", "reference", "train_tok_s.calm_energy",
            None, 1.5),
     Target("training, CALM (energy)/AR", "within", "train_tok_s.calm_energy",
-           "train_tok_s.ar", 1.3),
+           "train_tok_s.ar", 1.3, gated=True),
     Target("training, codec ours/reference", "reference", "train_tok_s.codec", None, 1.3),
-    Target("training MFU, CALM", "absolute", "mfu.calm", None, 0.35),
-    Target("training MFU, AR", "absolute", "mfu.ar", None, 0.35),
+    Target("training MFU, CALM", "absolute", "mfu.calm", None, 0.35, gated=True),
+    Target("training MFU, AR", "absolute", "mfu.ar", None, 0.35, gated=True),
 )  # fmt: skip
 
 
@@ -126,38 +160,51 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den
 
 
+def gemm_rate(results: dict[str, Any], key: str) -> float | None:
+    """The fp32 GEMM GFLOP/s measured interleaved with figure ``key`` (``gemm_during``), else
+    the run's GEMM rate at its start."""
+    during = results.get("gemm_during") or {}
+    value = during.get(key) if isinstance(during, dict) else None
+    if isinstance(value, int | float) and value > 0:
+        return float(value)
+    return lookup(results, "matmul_gflops")
+
+
 def evaluate_targets(
     results: dict[str, Any], baseline: dict[str, float] | None = None
 ) -> list[dict[str, Any]]:
     """Every target's ratio in this run, whether it meets the target, and the CI verdict.
 
     Args:
-        results: this run's figures.
-        baseline: target name -> ratio of the last committed full run (see :func:`baseline_ratios`).
+        results: this run's figures; ``paired`` ("num/den" -> per-round ratio) replaces the
+            ratio of two medians where present, and ``gemm_during`` normalises the figures it
+            names by the GEMM rate measured beside them.
+        baseline: target name -> checked value of the committed full run
+            (:func:`baseline_ratios`).
 
     Returns:
         One dict per target: ``name``, ``kind``, ``ratio`` (None when a figure is missing),
-        ``target``, ``met`` (ratio >= target), ``ci_floor`` (``min(target, baseline) /
-        NOISE_FACTOR`` for targets CI checks, else None), ``ci_ok`` and, for reference targets,
-        ``ratio_normalised`` (the ratio divided by this machine's matmul speed relative to the
-        reference machine's).
+        ``ratio_normalised`` (reference targets: the ratio over this machine's GEMM rate relative
+        to the reference machine's), ``target``, ``met`` (ratio >= target), ``gated``,
+        ``ci_value`` (what CI checks), ``ci_floor`` (``min(target, baseline) / NOISE_FACTOR``;
+        None when not gated or without a baseline) and ``ci_ok``.
     """
-    gemm = lookup(results, "matmul_gflops")
-    speed = gemm / REFERENCE_MATMUL_GFLOPS if gemm else None
     rows: list[dict[str, Any]] = []
     for t in TARGETS:
         num = lookup(results, t.numerator)
         normalised: float | None = None
         if t.kind == "within":
-            ratio = _ratio(num, lookup(results, t.denominator or ""))
+            pair = (results.get("paired") or {}).get(f"{t.numerator}/{t.denominator}")
+            ratio = pair if pair else _ratio(num, lookup(results, t.denominator or ""))
         elif t.kind == "reference":
             ratio = _ratio(num, REFERENCE[t.numerator])
-            normalised = _ratio(ratio, speed)
+            gemm = gemm_rate(results, t.numerator)
+            normalised = _ratio(ratio, gemm / REFERENCE_MATMUL_GFLOPS if gemm else None)
         else:
             ratio = num
-        ci_checked = t.kind != "reference"
-        base = (baseline or {}).get(t.name)
-        floor = min(t.minimum, base if base else t.minimum) / NOISE_FACTOR if ci_checked else None
+        value = normalised if t.kind == "reference" else ratio
+        base = (baseline or {}).get(t.name) if t.gated else None
+        floor = min(t.minimum, base) / NOISE_FACTOR if base else None
         rows.append(
             {
                 "name": t.name,
@@ -166,22 +213,30 @@ def evaluate_targets(
                 "ratio_normalised": normalised,
                 "target": t.minimum,
                 "met": None if ratio is None else ratio >= t.minimum,
+                "gated": t.gated,
+                "ci_value": value if t.gated else None,
                 "ci_floor": floor,
-                "ci_ok": None if (ratio is None or floor is None) else ratio >= floor,
+                "ci_ok": None if (value is None or floor is None) else value >= floor,
             }
         )
     return rows
 
 
 def baseline_ratios(details: dict[str, Any] | None) -> dict[str, float]:
-    """Target name -> ratio from a full run's details (``benchmarks/results/speed.json``)."""
+    """Target name -> the value CI checks, from a full run's details
+    (``benchmarks/results/speed.json``; a record without ``ci_value`` gives its ratio, or the
+    normalised ratio of a reference target)."""
     if not details or details.get("mode") != "full":
         return {}
-    return {
-        row["name"]: float(row["ratio"])
-        for row in details.get("targets", [])
-        if isinstance(row.get("ratio"), int | float) and row["ratio"] > 0
-    }
+    out: dict[str, float] = {}
+    for row in details.get("targets", []):
+        if "ci_value" in row:
+            value = row["ci_value"]  # None where not gated
+        else:
+            value = row.get("ratio_normalised" if row.get("kind") == "reference" else "ratio")
+        if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+            out[row["name"]] = float(value)
+    return out
 
 
 def reference_ratios(results: dict[str, Any]) -> dict[str, float | None]:
@@ -199,7 +254,7 @@ def reference_ratios(results: dict[str, Any]) -> dict[str, float | None]:
 
 
 def check(rows: list[dict[str, Any]]) -> list[str]:
-    """CI failures: CI-checked targets whose ratio is below ``target / NOISE_FACTOR``.
+    """CI failures: gated targets whose value is below ``min(target, baseline) / NOISE_FACTOR``.
 
     A missing figure is not a failure here (it is reported as missing with its reason); a
     measured one that regressed is.
@@ -207,8 +262,9 @@ def check(rows: list[dict[str, Any]]) -> list[str]:
     failures = []
     for row in rows:
         if row["ci_ok"] is False:
+            what = "normalised ratio" if row["kind"] == "reference" else "ratio"
             failures.append(
-                f"{row['name']}: {row['ratio']:.3g} < {row['ci_floor']:.3g} "
+                f"{row['name']}: {what} {row['ci_value']:.3g} < {row['ci_floor']:.3g} "
                 f"(min(target {row['target']:g}, last full run) / noise factor {NOISE_FACTOR:g})"
             )
     return failures

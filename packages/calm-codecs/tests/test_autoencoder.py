@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from calm_codecs import AutoencoderConfig, ChunkAutoencoder, TrainingDraws
+from calm_codecs.autoencoder import FEW_ROWS
 from calm_core.config import ConfigError
 from calm_core.registry import codecs
 from calm_core.testing import CodecConformance
@@ -332,3 +333,21 @@ def test_token_stage_once_per_distinct_id_matches_per_position(
     assert len(grads_u) == len(grads_pp) > 0
     for a, b in zip(grads_u, grads_pp, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 64, 65, 300])
+def test_decode_tokens_is_the_argmax_of_decode_on_both_sides_of_few_rows(rows: int) -> None:
+    # up to FEW_ROWS decoded positions the ids come from E @ h^T, above it from F.linear
+    assert FEW_ROWS == 64
+    codec = make(vocab_size=1000).eval()
+    z = torch.randn(
+        -(-rows // codec.chunk_size),
+        codec.latent_size,
+        generator=torch.Generator().manual_seed(rows),
+    )
+    with torch.no_grad():
+        ids = codec.decode_tokens(z)
+        assert ids.shape == (z.shape[0], codec.chunk_size)
+        assert torch.equal(ids, codec.decode(z).argmax(-1))
+        states = codec.decode_states(z)
+        assert torch.equal(codec.tokens_from_states(states), ids)

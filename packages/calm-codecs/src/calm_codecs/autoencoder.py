@@ -48,6 +48,8 @@ __all__ = ["AutoencoderConfig", "ChunkAutoencoder", "FFNStack", "TrainingDraws"]
 
 #: posterior std reported by the deterministic variant (it has no learned variance)
 DETERMINISTIC_STD = 1e-4
+#: up to this many decoded positions, argmax ids come from ``E @ h^T`` (see ``_argmax_ids``)
+FEW_ROWS = 64
 
 
 class AutoencoderConfig(ConfigModel):
@@ -316,9 +318,26 @@ class ChunkAutoencoder(Codec):
     def _finish_tokens(self, states: Tensor) -> Tensor:
         return self.dec_norm(self.dec_token_ffn(states))  # type: ignore[no-any-return]
 
+    def _argmax_ids(self, hidden: Tensor) -> Tensor:
+        """Final token states ``[..., H]`` -> argmax ids ``[...]`` of their tied logits.
+
+        For a few rows (a generation step decodes K per row) the logits are computed as
+        ``E @ h^T``, ``[V, rows]``: a GEMM with few output rows packs the whole ``[V, H]`` matrix
+        before multiplying, while this layout streams it once, which matters when ``V`` is large.
+        """
+        weight = self.output_embedding()
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        if rows.shape[0] > FEW_ROWS:
+            return argmax_last(F.linear(hidden, weight))
+        return torch.mm(weight, rows.t()).argmax(dim=0).reshape(hidden.shape[:-1])
+
+    def decode_tokens(self, latents: Tensor) -> Tensor:
+        """``latents[..., D]`` -> argmax token ids ``[..., K]`` (no ``[..., K, V]`` logits)."""
+        return self._argmax_ids(self.decode_hidden(latents))
+
     def tokens_from_states(self, states: Tensor) -> Tensor:
         """Per-position states ``[..., H]`` -> argmax ids ``[...]``."""
-        return argmax_last(F.linear(self._finish_tokens(states), self.output_embedding()))
+        return self._argmax_ids(self._finish_tokens(states))
 
     def decode_hidden(self, latents: Tensor) -> Tensor:
         """``latents[..., D]`` -> final normalised token states ``[..., K, H]``."""

@@ -5,16 +5,12 @@ any other request."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import quality as Q  # noqa: E402
+from benchmarks import quality as Q
 
 
 def _tiny_setup(tmp_path: Path) -> tuple[Q.State, Any]:

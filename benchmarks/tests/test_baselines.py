@@ -3,18 +3,12 @@ hand-computed cases, and the energy-loss ordering sampler > first-token oracle."
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from calm_core.interfaces import LatentPosterior
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.baselines import (  # noqa: E402
+from benchmarks.baselines import (
     chunk_sampler_brier,
     chunk_sampler_energy,
     unigram_brier,
