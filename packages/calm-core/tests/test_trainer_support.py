@@ -93,11 +93,13 @@ def make_model(seed: int = 0, dropout: float = 0.0, kind: str = "tiny") -> nn.Mo
         return ARModel(ARConfig(vocab_size=VOCAB, backbone=backbone))
     if kind != "calm":
         raise ValueError(f"unknown model kind {kind!r}")
-    heads.register("test.tiny", TinyHead, replace=True)
-    codecs.register("test.codec", TinyCodec, replace=True)
+    # names of their own: test modules that register "test.tiny" / "test.codec" in a fixture
+    # would find these (kept for the rest of the process) and refuse to register
+    heads.register("test.trainer_head", TinyHead, replace=True)
+    codecs.register("test.trainer_codec", TinyCodec, replace=True)
     config = TinyCodecConfig(vocab_size=VOCAB, chunk_size=4, latent_size=4)
-    codec = codecs.build({"name": "test.codec", "config": config.model_dump()})
-    return CALM.from_codec(codec, backbone=backbone, head="test.tiny")
+    codec = codecs.build({"name": "test.trainer_codec", "config": config.model_dump()})
+    return CALM.from_codec(codec, backbone=backbone, head="test.trainer_head")
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -88,8 +88,11 @@ class DiffusionHead(GenerativeHead):
             cond_channels=self.hidden_size,
             num_blocks=config.num_blocks,
         )
-        self.train_schedule = DiffusionSchedule.named(config.schedule, config.train_steps)
-        self.sample_schedule = self.train_schedule.respaced(config.sampling_steps)
+        # float64 tables computed on the CPU, also under a default device of 'meta' (the model
+        # checks and the cost counts build a head there) or 'cuda'
+        with torch.device("cpu"):
+            self.train_schedule = DiffusionSchedule.named(config.schedule, config.train_steps)
+            self.sample_schedule = self.train_schedule.respaced(config.sampling_steps)
 
     @property
     def sampling_timesteps(self) -> list[int]:
