@@ -15,7 +15,6 @@ paper's names (``transformer-s/m/l``). Directories saved under the former type n
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Self, Unpack
 
 import torch
@@ -37,9 +36,7 @@ from calm_core.generation import (
     run_to_end,
     sample_from_logits,
 )
-from calm_core.hub_cache import HubOptions
-from calm_core.model_dir import load_pretrained
-from calm_core.model_dir import save_pretrained as save_model_dir
+from calm_core.model_dir import PretrainedModule
 from calm_core.presets import BENCH_CODEC
 
 __all__ = ["ARConfig", "ARModel"]
@@ -67,7 +64,7 @@ class ARConfig(ConfigModel):
         return self
 
 
-class ARModel(nn.Module):
+class ARModel(PretrainedModule[ARConfig]):
     """Next-token language model: ``model`` (embeddings + backbone) and ``lm_head``."""
 
     model_type: ClassVar[str] = "ar"
@@ -197,27 +194,6 @@ class ARModel(nn.Module):
         return run_to_end(self, lambda: self.stream(prompts, options=opts), opts.max_new_tokens)
 
     # ------------------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to the directory ``path``; see
-        :func:`calm_core.model_dir.save_pretrained`."""
-        return save_model_dir(self, path)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        map_location: str | torch.device = "cpu",
-        **hub: Unpack[HubOptions],
-    ) -> Self:
-        """Load a directory written by :meth:`save_pretrained` (in eval mode), or a Hub id
-        (``hub``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``); see
-        :func:`calm_core.model_dir.load_pretrained`."""
-        return load_pretrained(path, map_location=map_location, expected=cls, **hub)
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
-
     def component_records(self) -> dict[str, dict[str, str]]:
         return {}
 

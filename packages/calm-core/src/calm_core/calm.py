@@ -52,10 +52,8 @@ from calm_core.generation import (
     resolve_options,
     run_to_end,
 )
-from calm_core.hub_cache import HubOptions
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
-from calm_core.model_dir import component_name, component_record, load_pretrained
-from calm_core.model_dir import save_pretrained as save_model_dir
+from calm_core.model_dir import PretrainedModule, component_name, component_record, load_pretrained
 from calm_core.registry import codecs, heads
 from calm_core.sampling import exact_temperature_sample, lazy_batch_temperature_sample
 
@@ -111,7 +109,7 @@ def _codec_spec(codec: Codec) -> ComponentSpec:
     return ComponentSpec(name=component_name(codec), config=codec.config.model_dump(mode="json"))
 
 
-class CALM(nn.Module):
+class CALM(PretrainedModule[CALMConfig]):
     """Continuous autoregressive LM: ``embed_tokens``, ``embed_proj``, ``backbone``, ``head``,
     ``codec`` (frozen).
 
@@ -394,27 +392,6 @@ class CALM(nn.Module):
         return run_to_end(self, lambda: self.stream(prompts, options=opts), opts.max_new_tokens)
 
     # ------------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to the directory ``path`` (the codec's
-        weights included); see :func:`calm_core.model_dir.save_pretrained`."""
-        return save_model_dir(self, path)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        map_location: str | torch.device = "cpu",
-        **hub: Unpack[HubOptions],
-    ) -> Self:
-        """Load a directory written by :meth:`save_pretrained` (in eval mode), or a Hub id
-        (``hub``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``); see
-        :func:`calm_core.model_dir.load_pretrained`."""
-        return load_pretrained(path, map_location=map_location, expected=cls, **hub)
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
-
     def component_records(self) -> dict[str, dict[str, str]]:
         return {"head": component_record(self.head), "codec": component_record(self.codec)}
 
