@@ -22,19 +22,17 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from calm_core.backbone import Backbone, BackboneConfig, Cache, StaticKVCache
+from calm_core.backbone import Backbone, BackboneConfig, Cache
 from calm_core.config import ConfigModel, validate_config
 from calm_core.generation import (
     GenerationKwargs,
     GenerationOptions,
-    PaddingState,
     PromptsLike,
-    check_context,
-    make_stop_state,
     prepare_prompts,
     resolve_options,
     run_to_end,
     sample_from_logits,
+    start_decoding,
 )
 from calm_core.model_dir import PretrainedModule
 from calm_core.presets import BENCH_CODEC
@@ -147,14 +145,10 @@ class ARModel(PretrainedModule[ARConfig]):
         batch = prepare_prompts(
             prompts, vocab_size=self.vocab_size, pad_id=self.config.pad_id, device=device
         )
-        B, S0 = batch.tokens.shape
-        check_context(S0, n - 1, self.config.backbone.max_positions, "tokens")
-        capacity = S0 + n - 1
-        cache = StaticKVCache.for_module(self.backbone, B, capacity)
-        pad = PaddingState(batch.valid, capacity)
-        stop = make_stop_state(
-            B, device, self.config, eos_id=opts.eos_id, stop_at_eos=opts.stop_at_eos
-        )
+        cache, pad, stop = start_decoding(
+            self.backbone, batch.valid, n, self.config.backbone.max_positions, "tokens",
+            self.config, opts,
+        )  # fmt: skip
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, positions, cache, mask)[:, -1]
         for step in range(n):

@@ -33,7 +33,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from calm_core.backbone import Backbone, BackboneConfig, Cache, StaticKVCache
+from calm_core.backbone import Backbone, BackboneConfig, Cache
 from calm_core.config import (
     ComponentSpec,
     ConfigError,
@@ -44,13 +44,11 @@ from calm_core.config import (
 from calm_core.generation import (
     GenerationKwargs,
     GenerationOptions,
-    PaddingState,
     PromptsLike,
-    check_context,
-    make_stop_state,
     prepare_prompts,
     resolve_options,
     run_to_end,
+    start_decoding,
 )
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
 from calm_core.model_dir import PretrainedModule, component_name, component_record, load_pretrained
@@ -335,16 +333,12 @@ class CALM(PretrainedModule[CALMConfig]):
             device=device,
         )
         B, T0 = batch.tokens.shape
-        L0 = T0 // K
         steps = -(-opts.max_new_tokens // K)
-        check_context(L0, steps - 1, self.config.backbone.max_positions, "chunks")
-        chunk_valid = batch.valid.reshape(B, L0, K).any(dim=-1)
-        capacity = L0 + steps - 1
-        cache = StaticKVCache.for_module(self.backbone, B, capacity)
-        pad = PaddingState(chunk_valid, capacity)
-        stop = make_stop_state(
-            B, device, self.config, eos_id=opts.eos_id, stop_at_eos=opts.stop_at_eos
-        )
+        chunk_valid = batch.valid.reshape(B, T0 // K, K).any(dim=-1)
+        cache, pad, stop = start_decoding(
+            self.backbone, chunk_valid, steps, self.config.backbone.max_positions, "chunks",
+            self.config, opts,
+        )  # fmt: skip
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, cache, positions=positions, attn_mask=mask)
         h = hidden[:, -1]
