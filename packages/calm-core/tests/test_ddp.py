@@ -4,24 +4,14 @@ trajectory as one process with the same global batch."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from calm_core.data import PackedDataset
 from calm_core.training import TrainConfig, Trainer, list_checkpoints, read_metrics
 from test_trainer_support import launch_ranks, losses, make_data_dir, make_model
 
-pytestmark = pytest.mark.ddp
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.ddp, pytest.mark.usefixtures("one_thread")]
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path):

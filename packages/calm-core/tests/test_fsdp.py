@@ -6,7 +6,6 @@ into the model match the single-process ones."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,7 @@ from calm_core.training.fsdp import SHARDED_DIR
 from safetensors.torch import load_file
 from test_trainer_support import launch_ranks, losses, make_data_dir, make_model
 
-pytestmark = pytest.mark.ddp
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.ddp, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,8 @@ from calm_core.training.loggers import (
 )
 from test_trainer_support import make_data_dir, make_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HERE = Path(__file__).resolve()
 CONFIG = TrainConfig(
     steps=6, batch_size=4, seq_len=16, lr=1e-2, log_every=2, eval_every=3, checkpoint_every=3
@@ -52,14 +53,6 @@ def needs(*modules: str) -> None:
     """Skip without a tracker's extra (the nox tests session installs them all)."""
     for module in modules:
         pytest.importorskip(module)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def jsonl_rows(run: Path, first_step: int = 0) -> Rows:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,21 +26,14 @@ from calm_core.training import (
 )
 from test_trainer_support import losses, make_data_dir, make_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_data_dir(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # same arithmetic in the parent and the subprocesses it compares with
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cfg(**kw: object) -> TrainConfig:

@@ -15,7 +15,6 @@ paper's names (``transformer-s/m/l``). Directories saved under the former type n
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Self, Unpack
 
 import torch
@@ -23,23 +22,19 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from calm_core.backbone import Backbone, BackboneConfig, Cache, StaticKVCache
+from calm_core.backbone import Backbone, BackboneConfig, Cache
 from calm_core.config import ConfigModel, validate_config
 from calm_core.generation import (
     GenerationKwargs,
     GenerationOptions,
-    PaddingState,
     PromptsLike,
-    check_context,
-    make_stop_state,
     prepare_prompts,
     resolve_options,
     run_to_end,
     sample_from_logits,
+    start_decoding,
 )
-from calm_core.hub_cache import HubOptions
-from calm_core.model_dir import load_pretrained
-from calm_core.model_dir import save_pretrained as save_model_dir
+from calm_core.model_dir import PretrainedModule
 from calm_core.presets import BENCH_CODEC
 
 __all__ = ["ARConfig", "ARModel"]
@@ -67,7 +62,7 @@ class ARConfig(ConfigModel):
         return self
 
 
-class ARModel(nn.Module):
+class ARModel(PretrainedModule[ARConfig]):
     """Next-token language model: ``model`` (embeddings + backbone) and ``lm_head``."""
 
     model_type: ClassVar[str] = "ar"
@@ -150,14 +145,10 @@ class ARModel(nn.Module):
         batch = prepare_prompts(
             prompts, vocab_size=self.vocab_size, pad_id=self.config.pad_id, device=device
         )
-        B, S0 = batch.tokens.shape
-        check_context(S0, n - 1, self.config.backbone.max_positions, "tokens")
-        capacity = S0 + n - 1
-        cache = StaticKVCache.for_module(self.backbone, B, capacity)
-        pad = PaddingState(batch.valid, capacity)
-        stop = make_stop_state(
-            B, device, self.config, eos_id=opts.eos_id, stop_at_eos=opts.stop_at_eos
-        )
+        cache, pad, stop = start_decoding(
+            self.backbone, batch.valid, n, self.config.backbone.max_positions, "tokens",
+            self.config, opts,
+        )  # fmt: skip
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, positions, cache, mask)[:, -1]
         for step in range(n):
@@ -197,27 +188,6 @@ class ARModel(nn.Module):
         return run_to_end(self, lambda: self.stream(prompts, options=opts), opts.max_new_tokens)
 
     # ------------------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to the directory ``path``; see
-        :func:`calm_core.model_dir.save_pretrained`."""
-        return save_model_dir(self, path)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        map_location: str | torch.device = "cpu",
-        **hub: Unpack[HubOptions],
-    ) -> Self:
-        """Load a directory written by :meth:`save_pretrained` (in eval mode), or a Hub id
-        (``hub``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``); see
-        :func:`calm_core.model_dir.load_pretrained`."""
-        return load_pretrained(path, map_location=map_location, expected=cls, **hub)
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
-
     def component_records(self) -> dict[str, dict[str, str]]:
         return {}
 

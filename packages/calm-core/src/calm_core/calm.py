@@ -33,7 +33,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from calm_core.backbone import Backbone, BackboneConfig, Cache, StaticKVCache
+from calm_core.backbone import Backbone, BackboneConfig, Cache
 from calm_core.config import (
     ComponentSpec,
     ConfigError,
@@ -44,18 +44,14 @@ from calm_core.config import (
 from calm_core.generation import (
     GenerationKwargs,
     GenerationOptions,
-    PaddingState,
     PromptsLike,
-    check_context,
-    make_stop_state,
     prepare_prompts,
     resolve_options,
     run_to_end,
+    start_decoding,
 )
-from calm_core.hub_cache import HubOptions
 from calm_core.interfaces import Codec, GenerativeHead, LatentPosterior
-from calm_core.model_dir import component_name, component_record, load_pretrained
-from calm_core.model_dir import save_pretrained as save_model_dir
+from calm_core.model_dir import PretrainedModule, component_name, component_record, load_pretrained
 from calm_core.registry import codecs, heads
 from calm_core.sampling import exact_temperature_sample, lazy_batch_temperature_sample
 
@@ -111,7 +107,7 @@ def _codec_spec(codec: Codec) -> ComponentSpec:
     return ComponentSpec(name=component_name(codec), config=codec.config.model_dump(mode="json"))
 
 
-class CALM(nn.Module):
+class CALM(PretrainedModule[CALMConfig]):
     """Continuous autoregressive LM: ``embed_tokens``, ``embed_proj``, ``backbone``, ``head``,
     ``codec`` (frozen).
 
@@ -337,16 +333,12 @@ class CALM(nn.Module):
             device=device,
         )
         B, T0 = batch.tokens.shape
-        L0 = T0 // K
         steps = -(-opts.max_new_tokens // K)
-        check_context(L0, steps - 1, self.config.backbone.max_positions, "chunks")
-        chunk_valid = batch.valid.reshape(B, L0, K).any(dim=-1)
-        capacity = L0 + steps - 1
-        cache = StaticKVCache.for_module(self.backbone, B, capacity)
-        pad = PaddingState(chunk_valid, capacity)
-        stop = make_stop_state(
-            B, device, self.config, eos_id=opts.eos_id, stop_at_eos=opts.stop_at_eos
-        )
+        chunk_valid = batch.valid.reshape(B, T0 // K, K).any(dim=-1)
+        cache, pad, stop = start_decoding(
+            self.backbone, chunk_valid, steps, self.config.backbone.max_positions, "chunks",
+            self.config, opts,
+        )  # fmt: skip
         positions, mask = pad.prefill()
         hidden = self.hidden_states(batch.tokens, cache, positions=positions, attn_mask=mask)
         h = hidden[:, -1]
@@ -394,27 +386,6 @@ class CALM(nn.Module):
         return run_to_end(self, lambda: self.stream(prompts, options=opts), opts.max_new_tokens)
 
     # ------------------------------------------------------------------------ persistence
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to the directory ``path`` (the codec's
-        weights included); see :func:`calm_core.model_dir.save_pretrained`."""
-        return save_model_dir(self, path)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        map_location: str | torch.device = "cpu",
-        **hub: Unpack[HubOptions],
-    ) -> Self:
-        """Load a directory written by :meth:`save_pretrained` (in eval mode), or a Hub id
-        (``hub``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``); see
-        :func:`calm_core.model_dir.load_pretrained`."""
-        return load_pretrained(path, map_location=map_location, expected=cls, **hub)
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
-
     def component_records(self) -> dict[str, dict[str, str]]:
         return {"head": component_record(self.head), "codec": component_record(self.codec)}
 

@@ -30,6 +30,7 @@ from typing import Literal, Protocol, TypedDict, Unpack, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from calm_core.backbone import Backbone, StaticKVCache
 from calm_core.reductions import argmax_last
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "resolve_options",
     "run_to_end",
     "sample_from_logits",
+    "start_decoding",
     "to_lists",
 ]
 
@@ -374,6 +376,31 @@ def make_stop_state(
     eos = (eos_id if eos_id is not None else config.eos_id) if stop_at_eos else None
     fill = config.pad_id if config.pad_id is not None else (eos or 0)
     return StopState(batch_size, eos, fill, device)
+
+
+def start_decoding(
+    backbone: Backbone,
+    valid: Tensor,
+    steps: int,
+    max_positions: int,
+    unit: str,
+    config: TokenIds,
+    options: GenerationOptions,
+) -> tuple[StaticKVCache, PaddingState, StopState]:
+    """The state of one generation call of ``steps`` backbone steps after the prompt.
+
+    ``valid [B, S0]`` marks the prompt's real positions (``unit``: what one position is, for the
+    error when prompt and generation do not fit ``max_positions``). The cache holds the prefill
+    and the ``steps - 1`` decode calls after it (the last step's output is never fed back).
+    """
+    B, S0 = valid.shape
+    check_context(S0, steps - 1, max_positions, unit)
+    capacity = S0 + steps - 1
+    cache = StaticKVCache.for_module(backbone, B, capacity)
+    stop = make_stop_state(
+        B, valid.device, config, eos_id=options.eos_id, stop_at_eos=options.stop_at_eos
+    )
+    return cache, PaddingState(valid, capacity), stop
 
 
 def sample_from_logits(

@@ -25,7 +25,17 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self, TypeVar, Unpack, overload, runtime_checkable
+from typing import (
+    Any,
+    ClassVar,
+    Generic,
+    Protocol,
+    Self,
+    TypeVar,
+    Unpack,
+    overload,
+    runtime_checkable,
+)
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,7 +43,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from calm_core import __version__, model_checks
-from calm_core.config import validate_component_config
+from calm_core.config import ConfigModel, validate_component_config
 from calm_core.hub_cache import HubOptions, resolve_model_dir
 from calm_core.interfaces import Component
 from calm_core.load_errors import ComponentNotInstalledError, ModelLoadError
@@ -47,6 +57,7 @@ __all__ = [
     "ComponentNotInstalledError",
     "ModelLoadError",
     "PretrainedModel",
+    "PretrainedModule",
     "check_device",
     "component_name",
     "component_record",
@@ -65,6 +76,7 @@ _ALIASES_KEY = "calm.aliases"
 _SAVE_ID_KEY = "calm.save_id"
 
 M = TypeVar("M", bound=nn.Module)
+C = TypeVar("C", bound=ConfigModel)
 
 #: core model types, imported lazily by ``load_pretrained``: type name -> "module:Class".
 MODEL_TYPES: dict[str, str] = {
@@ -482,3 +494,36 @@ def load_pretrained(
     model.to(map_location)
     model.eval()
     return model
+
+
+class PretrainedModule(nn.Module, Generic[C]):
+    """Base of the core models: their ``config`` and the model-directory methods they share.
+
+    A subclass sets ``model_type`` (a key of :data:`MODEL_TYPES`), ``self.config`` and the two
+    methods that differ per model, ``component_records`` and ``from_config_dict``.
+    """
+
+    model_type: ClassVar[str]
+    config: C
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to the directory ``path`` (the weights of
+        every component inside, e.g. CALM's codec, included); see :func:`save_pretrained`."""
+        return save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        map_location: str | torch.device = "cpu",
+        **hub: Unpack[HubOptions],
+    ) -> Self:
+        """Load a directory written by :meth:`save_pretrained` (in eval mode), or a Hub id
+        (``hub``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``); see
+        :func:`load_pretrained`."""
+        return load_pretrained(path, map_location=map_location, expected=cls, **hub)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The full validated config, JSON-serialisable."""
+        return self.config.model_dump(mode="json")

@@ -318,6 +318,25 @@ def _codec_from_reference(state: Mapping[str, Tensor], ae_config: Mapping[str, A
     return codec
 
 
+def _decoder_keys(
+    state_dict: Mapping[str, Tensor], prefix: str, keep: Callable[[str], bool]
+) -> dict[str, Tensor]:
+    """A reference decoder's tensors under our names: ``{prefix}embed_tokens.weight`` ->
+    ``embed_tokens.weight``, the rest of ``{prefix}*`` -> ``backbone.*``; keys that ``keep``
+    accepts stay as they are, any other key is not ours and is dropped."""
+    ours: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith("rotary_emb.inv_freq"):  # recomputed from the config
+            continue
+        if key == f"{prefix}embed_tokens.weight":
+            ours["embed_tokens.weight"] = value
+        elif key.startswith(prefix):
+            ours["backbone." + key[len(prefix) :]] = value
+        elif keep(key):
+            ours[key] = value
+    return ours
+
+
 def calm_from_reference(
     state_dict: Mapping[str, Tensor],
     ref_config: Mapping[str, Any],
@@ -364,16 +383,7 @@ def calm_from_reference(
     }
     data.update(fields)
     model = CALM(data, codec=codec)
-    ours: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.endswith("rotary_emb.inv_freq"):  # recomputed from the config
-            continue
-        if key == "transformer.embed_tokens.weight":
-            ours["embed_tokens.weight"] = value
-        elif key.startswith("transformer."):
-            ours["backbone." + key[len("transformer.") :]] = value
-        elif key.startswith("embed_proj."):
-            ours[key] = value
+    ours = _decoder_keys(state_dict, "transformer.", lambda key: key.startswith("embed_proj."))
     ours.update({f"head.{k}": v for k, v in head_module.state_dict().items()})
     ours.update({f"codec.{k}": v for k, v in codec.state_dict().items()})
     load_state_into(model, ours, "reference CALM state dict")
@@ -401,16 +411,7 @@ def ar_from_reference(
     }
     data.update(fields)
     model = ARModel(validate_config(ARConfig, data))
-    ours: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.endswith("rotary_emb.inv_freq"):  # recomputed from the config
-            continue
-        if key == "model.embed_tokens.weight":
-            ours["embed_tokens.weight"] = value
-        elif key.startswith("model."):
-            ours["backbone." + key[len("model.") :]] = value
-        elif key == "lm_head.weight":
-            ours[key] = value
+    ours = _decoder_keys(state_dict, "model.", lambda key: key == "lm_head.weight")
     if tie:
         ours["lm_head.weight"] = ours["embed_tokens.weight"]
     load_state_into(model, ours, "reference LlamaForCausalLM state dict")

@@ -14,6 +14,9 @@ Parameter names follow the layout of the published MLP-adaLN denoiser (``time_em
 ``res_blocks.i.adaLN_modulation.1``, ...), so reference weights load without renaming. As there,
 the modulation layers and the output Linear start at zero: an untrained net outputs zeros and every
 block starts as the identity.
+
+Both heads also lay out their batches here: :func:`target_draws` (training: posterior draws beside
+their hidden states) and :func:`noise_start` (sampling: Gaussian starts beside their hidden states).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 import torch
 from calm_core.config import ConfigModel
-from calm_core.interfaces import GenerativeHead, HeadCost, weight_count
+from calm_core.interfaces import GenerativeHead, HeadCost, LatentPosterior, weight_count
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -35,8 +38,10 @@ __all__ = [
     "AdaLNMLP",
     "TimestepEmbedder",
     "network_head_cost",
+    "noise_start",
     "reference_net_shape",
     "strip_net_prefix",
+    "target_draws",
     "timestep_features",
 ]
 
@@ -68,6 +73,37 @@ def network_head_cost(head: GenerativeHead, loss_calls: int) -> HeadCost:
         loss_macs=params * loss_calls,
         calls_per_sample=calls,
     )
+
+
+def target_draws(
+    head: GenerativeHead, hidden: Tensor, target: LatentPosterior, k: int
+) -> tuple[int, Tensor, Tensor]:
+    """The training batch of a network head: ``(N, draws [k*N, D], cond [k*N, H])``, ``k``
+    posterior draws per position (draw-major) and each position's hidden state beside its draws."""
+    n = head.check_hidden(hidden)
+    if target.mean.shape != (n, head.latent_size):
+        raise ValueError(
+            f"target posterior must be [{n}, {head.latent_size}], got {tuple(target.mean.shape)}"
+        )
+    draws = target.sample(k).to(hidden.dtype).reshape(k * n, head.latent_size)
+    cond = hidden.unsqueeze(0).expand(k, n, head.hidden_size).reshape(k * n, -1)
+    return n, draws, cond
+
+
+def noise_start(
+    head: GenerativeHead, hidden: Tensor, num_samples: int, generator: torch.Generator | None
+) -> tuple[int, Tensor, Tensor]:
+    """The sampling batch of a network head: ``(N, noise [S*N, D], cond [S*N, H])`` for
+    ``S = num_samples`` samples per position (sample-major), the noise drawn from ``generator``."""
+    n = head.check_hidden(hidden)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    rows = num_samples * n
+    cond = hidden.unsqueeze(0).expand(num_samples, n, head.hidden_size).reshape(rows, -1)
+    x = torch.randn(
+        (rows, head.latent_size), generator=generator, device=hidden.device, dtype=hidden.dtype
+    )
+    return n, x, cond
 
 
 def timestep_features(t: Tensor, dim: int = 256, max_period: float = 10000.0) -> Tensor:

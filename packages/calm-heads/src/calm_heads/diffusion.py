@@ -27,8 +27,10 @@ from calm_heads.adaln_mlp import (
     AdaLNHeadConfig,
     AdaLNMLP,
     network_head_cost,
+    noise_start,
     reference_net_shape,
     strip_net_prefix,
+    target_draws,
 )
 from calm_heads.diffusion_schedule import LINEAR_MIN_STEPS, DiffusionSchedule, ScheduleName
 
@@ -131,15 +133,8 @@ class DiffusionHead(GenerativeHead):
 
     def loss(self, hidden: Tensor, target: LatentPosterior) -> Tensor:
         """Mean of ``mse + vb`` over ``num_target_samples`` posterior draws: ``[N]``."""
-        n = self.check_hidden(hidden)
-        if target.mean.shape != (n, self.latent_size):
-            raise ValueError(
-                f"target posterior must be [{n}, {self.latent_size}], got "
-                f"{tuple(target.mean.shape)}"
-            )
         k = self.config.num_target_samples
-        x0 = target.sample(k).to(hidden.dtype).reshape(k * n, self.latent_size)
-        cond = hidden.unsqueeze(0).expand(k, n, self.hidden_size).reshape(k * n, -1)
+        n, x0, cond = target_draws(self, hidden, target, k)
         t = torch.randint(0, self.train_schedule.num_steps, (k * n,), device=hidden.device)
         noise = torch.randn_like(x0)
         terms = self.loss_terms(x0, cond, t, noise)
@@ -162,14 +157,7 @@ class DiffusionHead(GenerativeHead):
         self, hidden: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
         """``[num_samples, N, D]`` latents, ``sampling_steps`` batched network calls."""
-        n = self.check_hidden(hidden)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        rows = num_samples * n
-        cond = hidden.unsqueeze(0).expand(num_samples, n, self.hidden_size).reshape(rows, -1)
-        x = torch.randn(
-            (rows, self.latent_size), generator=generator, device=hidden.device, dtype=hidden.dtype
-        )
+        n, x, cond = noise_start(self, hidden, num_samples, generator)
         return self.denoise(x, cond, generator).reshape(num_samples, n, self.latent_size)
 
     # ------------------------------------------------------------------------------ reference

@@ -26,8 +26,10 @@ from calm_heads.adaln_mlp import (
     AdaLNHeadConfig,
     AdaLNMLP,
     network_head_cost,
+    noise_start,
     reference_net_shape,
     strip_net_prefix,
+    target_draws,
 )
 
 __all__ = ["FlowHead", "FlowHeadConfig"]
@@ -106,15 +108,8 @@ class FlowHead(GenerativeHead):
 
     def loss(self, hidden: Tensor, target: LatentPosterior) -> Tensor:
         """Mean velocity-regression loss over ``num_target_samples`` posterior draws: ``[N]``."""
-        n = self.check_hidden(hidden)
-        if target.mean.shape != (n, self.latent_size):
-            raise ValueError(
-                f"target posterior must be [{n}, {self.latent_size}], got "
-                f"{tuple(target.mean.shape)}"
-            )
         k = self.config.num_target_samples
-        z = target.sample(k).to(hidden.dtype).reshape(k * n, self.latent_size)
-        cond = hidden.unsqueeze(0).expand(k, n, self.hidden_size).reshape(k * n, -1)
+        n, z, cond = target_draws(self, hidden, target, k)
         t = torch.rand(k * n, device=hidden.device, dtype=hidden.dtype)
         x0 = torch.randn_like(z)
         return self.loss_terms(z, cond, t, x0).reshape(k, n).mean(dim=0)
@@ -137,14 +132,7 @@ class FlowHead(GenerativeHead):
         self, hidden: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
         """``[num_samples, N, D]`` latents; :attr:`network_calls_per_sample` batched calls."""
-        n = self.check_hidden(hidden)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        rows = num_samples * n
-        cond = hidden.unsqueeze(0).expand(num_samples, n, self.hidden_size).reshape(rows, -1)
-        x = torch.randn(
-            (rows, self.latent_size), generator=generator, device=hidden.device, dtype=hidden.dtype
-        )
+        n, x, cond = noise_start(self, hidden, num_samples, generator)
         return self.integrate(x, cond).reshape(num_samples, n, self.latent_size)
 
     # ------------------------------------------------------------------------------ reference

@@ -8,7 +8,7 @@ import difflib
 import json
 import math
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -23,23 +23,30 @@ from calm_core.config import (
     merge_overrides,
     validate_config,
 )
+from calm_core.data.dataset import PackedDataset
 from calm_core.data.packing import DataError
 from calm_core.data.tokenizer import TokenizerError
 from calm_core.model_dir import ModelLoadError
-from calm_core.recipes import OutputDirError
+from calm_core.recipes import OutputDirError, Recipe
+from calm_core.recipes.config import TrainerOptions
 from calm_core.recipes.final_save import NonFiniteModelError
 from calm_core.registry import PluginConflictError, UnknownComponentError
-from calm_core.runlock import RunLockError
+from calm_core.runlock import RunLockError, run_lock
 from calm_core.runtime import resolve_device
 from calm_core.training.checkpoint import CheckpointError, CheckpointWriteError
 from calm_core.training.errors import NonFiniteLossError
+from calm_core.training.trainer import StepCallback
+from calm_core.validation import check_threads
 
 __all__ = [
     "CLIError",
     "CalmArgumentParser",
     "add_device_argument",
+    "add_model_argument",
+    "add_split_arguments",
     "add_training_arguments",
     "check_input_path",
+    "load_split",
     "open_loggers_arg",
     "prepare_output_dir",
     "print_json",
@@ -47,6 +54,8 @@ __all__ = [
     "resolve_config",
     "resolve_model_arg",
     "resolved_device",
+    "run_training",
+    "set_threads",
     "training_options",
     "usage_errors",
 ]
@@ -194,6 +203,36 @@ def add_device_argument(parser: argparse.ArgumentParser, *, default: str | None 
     )
 
 
+def add_model_argument(parser: argparse.ArgumentParser, dest: str, help: str) -> None:
+    """The positional model directory (or Hub id) ``dest`` and ``--revision`` for a Hub id."""
+    parser.add_argument(dest, metavar="MODEL_DIR", help=help)
+    parser.add_argument(
+        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
+    )
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data DATA_DIR`` (required) and ``--split`` (default val): the packed split to score."""
+    parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
+    parser.add_argument("--split", default="val", help="split to score (default: val)")
+
+
+def load_split(args: argparse.Namespace) -> PackedDataset:
+    """The split ``--split`` of ``--data``; a data problem is a :class:`CLIError`."""
+    try:
+        return PackedDataset(args.data, args.split)
+    except DataError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def set_threads(threads: int | None) -> None:
+    """Check ``--threads`` (issue 23: bounded, before any work) and apply it when given."""
+    with usage_errors():
+        check_threads(threads, "--threads")
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def check_input_path(path: str | Path, what: str) -> Path:
     """``path`` as a Path; a :class:`CLIError` naming ``what`` if it does not exist."""
     p = Path(path)
@@ -299,7 +338,7 @@ def open_loggers_arg(names: list[str] | None, out: Path, config: BaseModel) -> A
         raise CLIError(str(exc)) from None
 
 
-def training_options(args: argparse.Namespace) -> dict[str, Any]:
+def training_options(args: argparse.Namespace) -> TrainerOptions:
     """The trainer flags as keyword options of the recipes' config resolution."""
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be positive, got {args.steps}")
@@ -313,3 +352,30 @@ def training_options(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "device": args.device,
     }
+
+
+def run_training(
+    args: argparse.Namespace,
+    config: BaseModel,
+    device: torch.device,
+    verb: str,
+    make_recipe: Callable[[Path, Sequence[StepCallback]], Recipe[Any]],
+    wrote: str,
+) -> int:
+    """The rest of ``calm train`` / ``calm train-codec`` once ``config`` is resolved: print it,
+    open the ``--logger`` trackers, take ``--out`` and run the recipe ``make_recipe(out,
+    callbacks)`` in it; rank 0 reports ``wrote {wrote} to {out}`` (and ``--json``)."""
+    print_resolved_config(f"{verb} config", config, device)
+    loggers = open_loggers_arg(args.logger, Path(args.out), config)  # a missing extra: now
+    with usage_errors(), run_lock(args.out):  # issue 23: one run per --out, before any write
+        out = prepare_output_dir(
+            args.out, overwrite=args.overwrite, resume=args.resume, resumable=True
+        )
+        with loggers as callbacks:
+            result = make_recipe(out, callbacks).run()
+    if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
+        return 0
+    print(f"wrote {wrote} to {out}", file=sys.stderr)
+    if args.json:
+        print_json(result)
+    return 0

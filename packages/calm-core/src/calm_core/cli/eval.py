@@ -19,20 +19,22 @@ import torch
 from calm_core.cli.common import (
     CLIError,
     add_device_argument,
+    add_model_argument,
+    add_split_arguments,
     check_input_path,
     check_same_tokenizer,
+    load_split,
     print_json,
     resolve_model_arg,
     resolved_device,
+    set_threads,
     usage_errors,
 )
-from calm_core.data.dataset import PackedDataset
-from calm_core.data.packing import DataError
+from calm_core.cli.eval_codec import codec_report
 from calm_core.interfaces import Codec
 from calm_core.metrics.brier_eval import evaluate_brier, model_kind
-from calm_core.metrics.reconstruction import reconstruction_report
 from calm_core.model_dir import ModelLoadError, load_pretrained
-from calm_core.validation import check_batch_memory, check_noise_stds, check_threads
+from calm_core.validation import check_batch_memory, check_noise_stds
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -42,14 +44,8 @@ HELP = "BrierLM (Brier-1..4 with standard errors) of a CALM or AR model, plus co
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", metavar="MODEL_DIR", help="CALM, AR (or codec) model directory, or Hub id"
-    )
-    parser.add_argument(
-        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
-    )
-    parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
-    parser.add_argument("--split", default="val", help="split to score (default: val)")
+    add_model_argument(parser, "model", "CALM, AR (or codec) model directory, or Hub id")
+    add_split_arguments(parser)
     parser.add_argument(
         "--block-len", type=int, default=512, metavar="N",
         help="tokens per scored block (a multiple of K for CALM; default 512)",
@@ -106,16 +102,11 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    with usage_errors():  # issue 23: bounded threads and noise, before any work
-        check_threads(args.threads, "--threads")
-        if not args.no_reconstruction:
+    set_threads(args.threads)
+    if not args.no_reconstruction:
+        with usage_errors():  # issue 23: bounded noise, before any work
             check_noise_stds(args.noise)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        data = PackedDataset(args.data, args.split)
-    except DataError as exc:
-        raise CLIError(str(exc)) from None
+    data = load_split(args)
     model = _load(str(model_dir), resolved_device(args.device))
     check_same_tokenizer(model_dir, args.data, "model")
     out: dict[str, Any] = {"model": str(args.model), "split": args.split}
@@ -162,14 +153,7 @@ def run(args: argparse.Namespace) -> int:
         out["model_type"] = "codec"
         out["brier"] = None
     if codec is not None and not args.no_reconstruction:
-        try:
-            report = reconstruction_report(
-                codec, data.tokens, noise_stds=args.noise, ignore_id=data.pad_id,
-                max_chunks=args.max_chunks, seed=args.seed,
-            )  # fmt: skip
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
-        out.update(report.to_dict())
+        out.update(codec_report(codec, data, args).to_dict())
     print(f"{args.model} on {args.data} [{args.split}]:\n{_format(out)}", file=sys.stderr)
     if args.json:
         print_json(out)

@@ -18,21 +18,24 @@ import torch
 from calm_core.cli.common import (
     CLIError,
     add_device_argument,
+    add_model_argument,
+    add_split_arguments,
     check_input_path,
     check_same_tokenizer,
+    load_split,
     print_json,
     resolve_model_arg,
     resolved_device,
+    set_threads,
     usage_errors,
 )
 from calm_core.data.dataset import PackedDataset
-from calm_core.data.packing import DataError
 from calm_core.interfaces import Codec
-from calm_core.metrics.reconstruction import reconstruction_report
+from calm_core.metrics.reconstruction import ReconstructionReport, reconstruction_report
 from calm_core.model_dir import ModelLoadError, load_pretrained
-from calm_core.validation import check_noise_stds, check_threads
+from calm_core.validation import check_noise_stds
 
-__all__ = ["HELP", "add_arguments", "load_codec", "run"]
+__all__ = ["HELP", "add_arguments", "codec_report", "load_codec", "run"]
 
 #: a --config file may set any of this verb's flags (calm_core.cli.common.apply_options_file)
 OPTIONS_FROM_CONFIG = True
@@ -56,15 +59,23 @@ def load_codec(path: str, device: str | torch.device = "cpu") -> Any:
     )
 
 
+def codec_report(
+    codec: Codec, data: PackedDataset, args: argparse.Namespace
+) -> ReconstructionReport:
+    """The reconstruction report of ``codec`` on ``data`` with the flags ``--noise``,
+    ``--max-chunks`` and ``--seed`` (also ``calm eval``'s); a bad input is a CLIError."""
+    try:
+        return reconstruction_report(
+            codec, data.tokens, noise_stds=args.noise, ignore_id=data.pad_id,
+            max_chunks=args.max_chunks, seed=args.seed,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", metavar="MODEL_DIR", help="codec (or CALM) model directory, or Hub id"
-    )
-    parser.add_argument(
-        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
-    )
-    parser.add_argument("--data", required=True, metavar="DATA_DIR", help="packed data directory")
-    parser.add_argument("--split", default="val", help="split to score (default: val)")
+    add_model_argument(parser, "model", "codec (or CALM) model directory, or Hub id")
+    add_split_arguments(parser)
     parser.add_argument(
         "--noise", type=float, nargs="+", default=[0.1, 0.3, 0.5], metavar="STD",
         help="latent noise stds (default: 0.1 0.3 0.5)",
@@ -79,17 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_arg(args.model, "model directory", revision=args.revision)
     check_input_path(args.data, "data directory")
-    with usage_errors():  # issue 23: bounded threads and noise, before any work
-        check_threads(args.threads, "--threads")
+    set_threads(args.threads)
+    with usage_errors():  # issue 23: bounded noise, before any work
         check_noise_stds(args.noise)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     if args.max_chunks is not None and args.max_chunks < 1:
         raise CLIError(f"--max-chunks must be positive, got {args.max_chunks}")
-    try:
-        data = PackedDataset(args.data, args.split)
-    except DataError as exc:
-        raise CLIError(str(exc)) from None
+    data = load_split(args)
     codec = load_codec(str(model_dir), resolved_device(args.device))
     check_same_tokenizer(model_dir, args.data, "codec")
     if codec.vocab_size < data.vocab_size:
@@ -102,13 +108,7 @@ def run(args: argparse.Namespace) -> int:
             f"the data is packed for K={data.chunk_size}, the codec has K={codec.chunk_size}"
         )
     t0 = time.perf_counter()
-    try:
-        report = reconstruction_report(
-            codec, data.tokens, noise_stds=args.noise, ignore_id=data.pad_id,
-            max_chunks=args.max_chunks, seed=args.seed,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    report = codec_report(codec, data, args)
     seconds = time.perf_counter() - t0
     print(
         f"{args.model} on {args.data} [{args.split}] ({seconds:.1f} s):\n{report.format()}",

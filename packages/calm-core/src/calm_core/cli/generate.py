@@ -14,6 +14,7 @@ from typing import Any
 from calm_core.cli.common import (
     CLIError,
     add_device_argument,
+    add_model_argument,
     check_input_path,
     print_json,
     resolve_model_arg,
@@ -30,12 +31,7 @@ HELP = "Generate a continuation of a text prompt with a trained CALM or AR model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model_dir", metavar="MODEL_DIR", help="model directory (calm train) or Hub id org/name"
-    )
-    parser.add_argument(
-        "--revision", metavar="REV", help="Hub id only: branch, tag or commit (default: main)"
-    )
+    add_model_argument(parser, "model_dir", "model directory (calm train) or Hub id org/name")
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     parser.add_argument(

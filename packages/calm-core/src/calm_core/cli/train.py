@@ -10,23 +10,17 @@ printed to stderr before training.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from calm_core.cli.common import (
     CLIError,
     add_training_arguments,
     check_input_path,
-    open_loggers_arg,
-    prepare_output_dir,
-    print_json,
-    print_resolved_config,
     resolve_model_arg,
+    run_training,
     training_options,
     usage_errors,
 )
 from calm_core.recipes import ModelRecipe, resolve_model_config
-from calm_core.runlock import run_lock
 from calm_core.runtime import resolve_device
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -70,21 +64,11 @@ def run(args: argparse.Namespace) -> int:
             "--codec MODEL_DIR is required for --model calm (train one: calm train-codec)"
         )
     codec_dir = None if args.codec is None else resolve_model_arg(args.codec, "codec directory")
-    print_resolved_config("calm train config", config, device)
-    loggers = open_loggers_arg(args.logger, Path(args.out), config)  # a missing extra: now
-    with usage_errors(), run_lock(args.out):  # issue 23: one run per --out, before any write
-        out = prepare_output_dir(
-            args.out, overwrite=args.overwrite, resume=args.resume, resumable=True
-        )
-        with loggers as callbacks:
-            recipe = ModelRecipe(
-                config, args.data, out, codec_dir=codec_dir, resume=args.resume,
-                progress=not args.no_progress, callbacks=callbacks,
-            )  # fmt: skip
-            result = recipe.run()
-    if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
-        return 0
-    print(f"wrote {config.model} model to {out}", file=sys.stderr)
-    if args.json:
-        print_json(result)
-    return 0
+    return run_training(
+        args, config, device, "calm train",
+        lambda out, callbacks: ModelRecipe(
+            config, args.data, out, codec_dir=codec_dir, resume=args.resume,
+            progress=not args.no_progress, callbacks=callbacks,
+        ),
+        f"{config.model} model",
+    )  # fmt: skip

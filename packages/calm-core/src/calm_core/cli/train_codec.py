@@ -10,21 +10,15 @@ stderr before training.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from calm_core.cli.common import (
     add_training_arguments,
     check_input_path,
-    open_loggers_arg,
-    prepare_output_dir,
-    print_json,
-    print_resolved_config,
+    run_training,
     training_options,
     usage_errors,
 )
 from calm_core.recipes import DEFAULT_RECIPE, RECIPES, CodecRecipe, resolve_codec_config
-from calm_core.runlock import run_lock
 from calm_core.runtime import resolve_device
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -50,21 +44,11 @@ def run(args: argparse.Namespace) -> int:
     with usage_errors():
         config = resolve_codec_config(args.config, recipe=args.recipe, codec=args.codec, **options)
         device = resolve_device(config.train.device)
-    print_resolved_config("calm train-codec config", config, device)
-    loggers = open_loggers_arg(args.logger, Path(args.out), config)  # a missing extra: now
-    with usage_errors(), run_lock(args.out):  # issue 23: one run per --out, before any write
-        out = prepare_output_dir(
-            args.out, overwrite=args.overwrite, resume=args.resume, resumable=True
-        )
-        with loggers as callbacks:
-            recipe = CodecRecipe(
-                config, args.data, out, resume=args.resume, progress=not args.no_progress,
-                callbacks=callbacks,
-            )  # fmt: skip
-            result = recipe.run()
-    if result.get("rank", 0):  # a non-main torchrun rank: rank 0 writes and reports
-        return 0
-    print(f"wrote codec to {out}", file=sys.stderr)
-    if args.json:
-        print_json(result)
-    return 0
+    return run_training(
+        args, config, device, "calm train-codec",
+        lambda out, callbacks: CodecRecipe(
+            config, args.data, out, resume=args.resume, progress=not args.no_progress,
+            callbacks=callbacks,
+        ),
+        "codec",
+    )  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 from pydantic import BaseModel, Field
 
@@ -36,6 +36,7 @@ __all__ = [
     "ConfigSource",
     "TrainCodecConfig",
     "TrainModelConfig",
+    "TrainerOptions",
     "codec_recipe",
     "model_recipe",
     "resolve_codec_config",
@@ -195,28 +196,43 @@ def model_recipe(
     return out
 
 
-def train_overrides(
-    *,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    seq_len: int | None = None,
-    lr: float | None = None,
-    eval_every: int | None = None,
-    seed: int | None = None,
-    threads: int | None = None,
-    device: str | None = None,
-) -> dict[str, Any]:
+class TrainerOptions(TypedDict, total=False):
+    """The trainer options that ``train_model`` / ``train_codec`` (and the command line's flags)
+    take as keywords, each overriding one field of the ``train`` section."""
+
+    steps: int | None
+    batch_size: int | None
+    seq_len: int | None
+    lr: float | None
+    eval_every: int | None
+    seed: int | None
+    threads: int | None
+    device: str | None
+
+
+#: each trainer option's dotted field in the config
+_TRAINER_FIELDS = {
+    "steps": "train.steps",
+    "batch_size": "train.batch_size",
+    "seq_len": "train.seq_len",
+    "lr": "train.lr",
+    "eval_every": "train.eval_every",
+    "seed": "train.seed",
+    "threads": "train.num_threads",
+    "device": "train.device",
+}
+
+
+def train_overrides(**options: Unpack[TrainerOptions]) -> dict[str, Any]:
     """Trainer options as dotted overrides of the ``train`` section (None changes nothing)."""
-    return {
-        "train.steps": steps,
-        "train.batch_size": batch_size,
-        "train.seq_len": seq_len,
-        "train.lr": lr,
-        "train.eval_every": eval_every,
-        "train.seed": seed,
-        "train.num_threads": threads,
-        "train.device": device,
-    }
+    given: dict[str, Any] = dict(options)
+    unknown = sorted(set(given) - set(_TRAINER_FIELDS))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument {unknown[0]!r}; the trainer options are "
+            + ", ".join(_TRAINER_FIELDS)
+        )
+    return {field: given.get(name) for name, field in _TRAINER_FIELDS.items()}
 
 
 def resolve(
@@ -249,7 +265,7 @@ def resolve_codec_config(
     *,
     recipe: str = DEFAULT_RECIPE,
     codec: str | None = None,
-    **train: Any,
+    **train: Unpack[TrainerOptions],
 ) -> TrainCodecConfig:
     """The codec recipe ``recipe`` (shortened to ``steps``) <- ``config`` <- the options.
 
@@ -271,7 +287,7 @@ def resolve_model_config(
     model: str = "calm",
     preset: str | None = None,
     head: str | None = None,
-    **train: Any,
+    **train: Unpack[TrainerOptions],
 ) -> TrainModelConfig:
     """The preset's shape and the trainer defaults (shortened to ``steps``) <- ``config`` <-
     the options; ``head`` names another registered head for CALM (its config then starts empty).

@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from torch import nn
 
@@ -32,6 +32,7 @@ from calm_core.recipes.config import (
     DEFAULT_RECIPE,
     ConfigSource,
     TrainCodecConfig,
+    TrainerOptions,
     resolve_codec_config,
 )
 from calm_core.recipes.rundir import prepare_output_dir
@@ -112,18 +113,11 @@ def train_codec(
     recipe: str = DEFAULT_RECIPE,
     codec: str | None = None,
     config: ConfigSource | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    seq_len: int | None = None,
-    lr: float | None = None,
-    eval_every: int | None = None,
-    seed: int | None = None,
-    threads: int | None = None,
-    device: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Sequence[StepCallback] = (),
+    **options: Unpack[TrainerOptions],
 ) -> dict[str, Any]:
     """Train a codec on the data directory ``data`` and write its model directory into ``out``.
 
@@ -147,10 +141,7 @@ def train_codec(
         RunLockError: another run (or the stale lock of a dead one) holds ``out``.
         CheckpointError: ``resume`` from a run made with other settings.
     """
-    resolved = resolve_codec_config(
-        config, recipe=recipe, codec=codec, steps=steps, batch_size=batch_size, seq_len=seq_len,
-        lr=lr, eval_every=eval_every, seed=seed, threads=threads, device=device,
-    )  # fmt: skip
+    resolved = resolve_codec_config(config, recipe=recipe, codec=codec, **options)
     with run_lock(out):  # issue 23: one run per output directory, taken before any write
         prepare_output_dir(out, overwrite=overwrite, resume=resume, resumable=True)
         recipe_ = CodecRecipe(

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from torch import nn
 
 from calm_core.recipes.base import Recipe
 from calm_core.recipes.build import build_model, check_lengths
-from calm_core.recipes.config import ConfigSource, TrainModelConfig, resolve_model_config
+from calm_core.recipes.config import (
+    ConfigSource,
+    TrainerOptions,
+    TrainModelConfig,
+    resolve_model_config,
+)
 from calm_core.recipes.rundir import prepare_output_dir
 from calm_core.runlock import run_lock
 from calm_core.training.trainer import StepCallback
@@ -78,18 +83,11 @@ def train_model(
     head: str | None = None,
     preset: str | None = None,
     config: ConfigSource | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    seq_len: int | None = None,
-    lr: float | None = None,
-    eval_every: int | None = None,
-    seed: int | None = None,
-    threads: int | None = None,
-    device: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Sequence[StepCallback] = (),
+    **options: Unpack[TrainerOptions],
 ) -> dict[str, Any]:
     """Train CALM (``model="calm"``, around the codec directory ``codec``) or the AR baseline
     (``model="ar"``) on the data directory ``data``; write the model directory into ``out``.
@@ -113,10 +111,7 @@ def train_model(
         RunLockError: another run (or the stale lock of a dead one) holds ``out``.
         CheckpointError: ``resume`` from a run made with other settings.
     """
-    resolved = resolve_model_config(
-        config, model=model, preset=preset, head=head, steps=steps, batch_size=batch_size,
-        seq_len=seq_len, lr=lr, eval_every=eval_every, seed=seed, threads=threads, device=device,
-    )  # fmt: skip
+    resolved = resolve_model_config(config, model=model, preset=preset, head=head, **options)
     with run_lock(out):  # issue 23: one run per output directory, taken before any write
         prepare_output_dir(out, overwrite=overwrite, resume=resume, resumable=True)
         recipe = ModelRecipe(
