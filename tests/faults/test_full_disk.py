@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from calm_core import model_dir
-from calm_core.training import checkpoint
+from calm_core.training import checkpoint, fsdp
 from safetensors import SafetensorError
+from torch.distributed.checkpoint import filesystem
 
 RunCLI = Callable[..., tuple[int, str]]
 
@@ -91,3 +93,21 @@ def test_full_disk_at_a_checkpoint_names_the_previous_one(
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step-00000001"]  # the torn step-2 temporary is gone
     assert not (out / "model.safetensors").exists()
+
+
+def test_full_disk_in_a_sharded_checkpoint_is_the_os_error_not_dcps_wrapper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DCP wraps every rank's failure in a CheckpointException (a BaseException, which the
+    # trainer's OSError handling and any `except Exception` would miss): FSDP checkpoints raise
+    # the disk's own OSError, which save_training_checkpoint turns into CheckpointWriteError
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise _disk_full("os")
+
+    monkeypatch.setattr(filesystem, "_write_files_from_queue", full)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(OSError) as info:
+        fsdp.save_sharded(model, optimizer, tmp_path)
+    assert info.value.errno == errno.ENOSPC
+    assert checkpoint.describe_write_error(info.value) == "No space left on device"

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
@@ -84,7 +85,7 @@ def is_sharded_checkpoint(path: Path) -> bool:
 def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Write model and optimizer state under ``path/dcp`` (every rank its own shards)."""
     model_state, optim_state = get_state_dict(model, optimizer)
-    with _alone_is_intended():
+    with _alone_is_intended(), _unwrapped_failures():
         dcp_save(
             {"model": model_state, "optim": optim_state},
             checkpoint_id=path / SHARDED_DIR,
@@ -97,7 +98,7 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
     (``get_state_dict`` first creates an empty optimizer's state, which DCP loads in place)."""
     model_state, optim_state = get_state_dict(model, optimizer)
     state: dict[str, Any] = {"model": model_state, "optim": optim_state}
-    with _alone_is_intended():
+    with _alone_is_intended(), _unwrapped_failures():
         dcp_load(state, checkpoint_id=path / SHARDED_DIR, no_dist=not _in_group())
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
@@ -115,3 +116,17 @@ def _alone_is_intended() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
+
+
+@contextlib.contextmanager
+def _unwrapped_failures() -> Iterator[None]:
+    # DCP gathers every rank's failure into a CheckpointException, a BaseException that no
+    # `except Exception` (nor the trainer's OSError handling: a full disk) sees; raise the first
+    # rank's own exception instead, chained to DCP's report of all of them
+    try:
+        yield
+    except CheckpointException as exc:
+        failures = [f[0] for f in exc.failures.values() if isinstance(f[0], Exception)]
+        if not failures:
+            raise
+        raise failures[0] from exc
