@@ -28,14 +28,6 @@ TEST_PLUGINS = [
 ]
 # the example third-party plugin: CI installs it like a user would and runs its own tests
 EXAMPLE_PLUGIN = "examples/calm-head-gaussian"
-TEST_DIRS = [
-    "packages/calm-core/tests",
-    "packages/calm-heads/tests",
-    "packages/calm-codecs/tests",
-    "tests",
-    "benchmarks/tests",
-    f"{EXAMPLE_PLUGIN}/tests",
-]
 
 
 def _install_project(session: nox.Session, *extra: str) -> None:
@@ -57,7 +49,8 @@ def tests(session: nox.Session) -> None:
         *TEST_PLUGINS,
         EXAMPLE_PLUGIN,
     )
-    session.run("pytest", "-q", "--timeout=900", *TEST_DIRS, *session.posargs)
+    # no paths: the `testpaths` of the root pyproject.toml (every test directory)
+    session.run("pytest", "-q", "--timeout=900", *session.posargs)
     session.notify("core_alone")
     session.notify("docs")
     # the release as users get it: wheels alone in a fresh venv; the plugin template rendered
